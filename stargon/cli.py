@@ -1,0 +1,182 @@
+"""The one `stargon` command: data (check, fetch) now; train, fit, sample, evaluate, serve later."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from stargon import __version__
+
+app = typer.Typer(help="StarGON: a generative model of stellar spectra from many surveys.")
+data_app = typer.Typer(help="Survey data: check a folder, fetch from the archives.")
+fetch_app = typer.Typer(help="Download real spectra from the public archives into a cache.")
+app.add_typer(data_app, name="data")
+data_app.add_typer(fetch_app, name="fetch")
+console = Console(width=None if Console().is_terminal else 160)
+errors = Console(stderr=True)
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("STARGON_DATA", "../shared/data"))
+
+
+@app.callback(invoke_without_command=True)
+def main(
+    ctx: typer.Context,
+    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+) -> None:
+    if version:
+        console.print(f"stargon {__version__}")
+        raise typer.Exit()
+    if ctx.invoked_subcommand is None:
+        console.print(ctx.get_help())
+
+
+@data_app.command("check")
+def data_check(
+    directory: Annotated[
+        Path | None, typer.Argument(help="Data folder (default: $STARGON_DATA or ../shared/data).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Read every spectrum under DIRECTORY and summarise each source; list failed files."""
+    from stargon.surveys.check import check_folder, summaries_as_dict
+
+    directory = directory or default_data_dir()
+    if not directory.exists():
+        errors.print(f"[red]error:[/] {directory}: no such file or directory")
+        raise typer.Exit(2)
+    with Progress(console=errors, transient=True, disable=as_json) as progress:
+        task = progress.add_task(f"reading {directory}", total=None)
+        summaries = check_folder(directory, progress=lambda _: progress.advance(task))
+    if as_json:
+        print(json.dumps(summaries_as_dict(summaries), indent=1))
+        return
+    console.print(_summary_table(directory, summaries))
+    failures = [f for s in summaries for f in s.failures]
+    if failures:
+        table = Table(
+            "file", "problem", title=f"{len(failures)} files failed", title_justify="left"
+        )
+        for failure in failures:
+            table.add_row(failure["file"], failure["reason"])
+        console.print(table)
+
+
+def _summary_table(directory: Path, summaries) -> Table:
+    table = Table(title=f"Spectra in {directory}", title_justify="left")
+    for column in ("source", "files", "spectra", "failed", "instrument", "Å range"):
+        table.add_column(
+            column, justify="right" if column in ("files", "spectra", "failed") else "left"
+        )
+    for column in ("median S/N", "normalised", "errors", "labels"):
+        table.add_column(column)
+    for s in summaries:
+        wave = f"{s.wave_min:,.0f}–{s.wave_max:,.0f}" if s.spectra else "—"
+        snr = f"{s.median_snr:.0f}" if s.spectra else "—"
+        table.add_row(
+            s.source,
+            str(s.files),
+            str(s.spectra),
+            f"[red]{s.failed}[/]" if s.failed else "0",
+            ", ".join(s.instruments) or "—",
+            wave,
+            snr,
+            s.normalised,
+            s.has_errors,
+            ", ".join(s.labels) or "—",
+        )
+    total = [sum(getattr(s, k) for s in summaries) for k in ("files", "spectra", "failed")]
+    table.add_section()
+    table.add_row("total", *map(str, total), "", "", "", "", "", "")
+    return table
+
+
+CacheOption = Annotated[Path | None, typer.Option("--cache", help="Cache folder.")]
+BaseUrlOption = Annotated[
+    str | None, typer.Option("--base-url", help="Archive root URL (a mirror, or a test server).")
+]
+Md5Option = Annotated[str | None, typer.Option("--md5", help="Expected MD5 of the file.")]
+
+
+def _fetch_all(remotes, cache, base_url, md5=None) -> None:
+    from stargon.surveys.fetch import FetchError, fetch
+
+    failed = 0
+    for remote in remotes:
+        try:
+            path = fetch(remote, cache=cache, base_url=base_url, md5=md5)
+            console.print(f"[green]ok[/] {path}")
+        except FetchError as exc:
+            failed += 1
+            errors.print(f"[red]error:[/] {exc}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@fetch_app.command("apogee-star")
+def fetch_apogee_star(
+    apogee_id: Annotated[str, typer.Argument(help="APOGEE id, e.g. 2M17335483-2753043.")],
+    telescope: Annotated[str, typer.Option(help="apo25m, lco25m or apo1m.")] = "apo25m",
+    field: Annotated[str, typer.Option(help="APOGEE field, e.g. 000+02.")] = ...,
+    release: str = "dr17",
+    cache: CacheOption = None,
+    base_url: BaseUrlOption = None,
+    md5: Md5Option = None,
+) -> None:
+    """An SDSS APOGEE apStar file (combined spectrum of one star)."""
+    from stargon.surveys.fetch import apogee_star
+
+    _fetch_all([apogee_star(apogee_id, telescope, field, release)], cache, base_url, md5)
+
+
+@fetch_app.command("apogee-visit")
+def fetch_apogee_visit(
+    plate: Annotated[str, typer.Option(help="Plate number.")],
+    mjd: Annotated[int, typer.Option(help="MJD of the visit.")],
+    fiber: Annotated[int, typer.Option(help="Fiber number.")],
+    field: Annotated[str, typer.Option(help="APOGEE field.")],
+    telescope: str = "apo25m",
+    release: str = "dr17",
+    cache: CacheOption = None,
+    base_url: BaseUrlOption = None,
+    md5: Md5Option = None,
+) -> None:
+    """An SDSS APOGEE apVisit file (one visit, observed frame)."""
+    from stargon.surveys.fetch import apogee_visit
+
+    remote = apogee_visit(telescope, field, plate, mjd, fiber, release)
+    _fetch_all([remote], cache, base_url, md5)
+
+
+@fetch_app.command("galah")
+def fetch_galah(
+    sobject_ids: Annotated[list[str], typer.Argument(help="GALAH sobject_id(s).")],
+    release: Annotated[str, typer.Option(help="dr3 or dr4.")] = "dr3",
+    cache: CacheOption = None,
+    base_url: BaseUrlOption = None,
+) -> None:
+    """The four HERMES arms of GALAH spectra, by sobject_id."""
+    from stargon.surveys.fetch import galah_arms
+
+    _fetch_all([r for s in sobject_ids for r in galah_arms(s, release)], cache, base_url)
+
+
+@fetch_app.command("lamost")
+def fetch_lamost(
+    obsids: Annotated[list[int], typer.Argument(help="LAMOST obsid(s).")],
+    release: Annotated[str, typer.Option(help="Data release, e.g. dr8, dr10.")] = "dr8",
+    cache: CacheOption = None,
+    base_url: BaseUrlOption = None,
+) -> None:
+    """LAMOST low-resolution spectra, by obsid."""
+    from stargon.surveys.fetch import lamost_spectrum
+
+    _fetch_all([lamost_spectrum(o, release) for o in obsids], cache, base_url)

@@ -1,0 +1,119 @@
+"""Small helpers shared by the readers: FITS wavelength axes, noise, catalogues beside files."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from astropy.io import fits
+
+from stargon.model.physics import air_to_vacuum as _air_to_vacuum_torch
+from stargon.surveys.spectrum import SpectrumReadError, der_snr_noise
+
+
+def air_to_vacuum(wave_air: np.ndarray) -> np.ndarray:
+    """The physics module's IAU/Morton conversion, for NumPy arrays."""
+    return _air_to_vacuum_torch(torch.as_tensor(np.asarray(wave_air, dtype=np.float64))).numpy()
+
+
+def linear_axis(header: fits.Header, n: int, path: Path) -> np.ndarray:
+    """λ_i = CRVAL1 + CDELT1 (i + 1 − CRPIX1), the FITS linear world coordinate."""
+    try:
+        start = float(header["CRVAL1"])
+        step = float(header.get("CDELT1", header.get("CD1_1")))
+    except (KeyError, TypeError) as exc:
+        raise SpectrumReadError(path, "header lacks CRVAL1/CDELT1 for a wavelength axis") from exc
+    return start + step * (np.arange(n) + 1 - float(header.get("CRPIX1", 1.0)))
+
+
+def image_data(hdul: fits.HDUList, key: int | str, path: Path, ndim: int) -> np.ndarray:
+    """The data of an image HDU, checked for presence and dimensionality."""
+    try:
+        hdu = hdul[key]
+    except (KeyError, IndexError) as exc:
+        raise SpectrumReadError(path, f"missing HDU {key!r}") from exc
+    try:
+        data = hdu.data
+    except (OSError, ValueError, TypeError) as exc:
+        raise SpectrumReadError(path, f"truncated or corrupt FITS data in HDU {key!r}") from exc
+    if data is None or data.ndim != ndim:
+        shape = None if data is None else data.shape
+        raise SpectrumReadError(path, f"HDU {key!r} should be a {ndim}-D image, found {shape}")
+    return np.asarray(data, dtype=np.float64)
+
+
+def table_columns(
+    hdul: fits.HDUList, key: int | str, path: Path, names: tuple[str, ...]
+) -> dict[str, np.ndarray]:
+    """Named columns of a table HDU, with a clear error when the HDU or a column is missing."""
+    try:
+        data = hdul[key].data
+    except (KeyError, IndexError) as exc:
+        raise SpectrumReadError(path, f"missing table HDU {key!r}") from exc
+    except (OSError, ValueError, TypeError) as exc:
+        raise SpectrumReadError(path, f"truncated or corrupt table in HDU {key!r}") from exc
+    if data is None or not hasattr(data, "columns"):
+        raise SpectrumReadError(path, f"HDU {key!r} is not a table")
+    present = {c.lower(): c for c in data.columns.names}
+    missing = [n for n in names if n.lower() not in present]
+    if missing:
+        raise SpectrumReadError(path, f"table HDU {key!r} lacks columns {missing}")
+    return {n: np.asarray(data[present[n.lower()]], dtype=np.float64) for n in names}
+
+
+def ivar_from_sigma(sigma: np.ndarray) -> np.ndarray:
+    """1/σ² where σ is finite and positive, else 0 (masked)."""
+    sigma = np.asarray(sigma, dtype=np.float64)
+    good = np.isfinite(sigma) & (sigma > 0)
+    return np.where(good, 1.0 / np.where(good, sigma, 1.0) ** 2, 0.0)
+
+
+def noise_ivar(flux: np.ndarray, covered: np.ndarray | None = None) -> np.ndarray:
+    """Constant ivar from the DER_SNR noise, for sources that publish no uncertainties.
+
+    `covered` marks the pixels that hold data (libraries pad partial coverage with zeros);
+    the noise is estimated there only and ivar is 0 elsewhere.
+    """
+    covered = np.isfinite(flux) if covered is None else covered & np.isfinite(flux)
+    sigma = der_snr_noise(flux[covered])
+    return np.where(covered, 1.0 / sigma**2 if sigma > 0 else 0.0, 0.0)
+
+
+def segments_from_gaps(wave: np.ndarray, factor: float = 20.0) -> list[tuple[int, int]]:
+    """Detector segments from jumps in the wavelength grid larger than `factor` median steps."""
+    step = np.diff(wave)
+    cuts = np.flatnonzero(step > factor * np.median(step)) + 1
+    edges = [0, *cuts.tolist(), wave.size]
+    return list(itertools.pairwise(edges))
+
+
+def segments_at(wave: np.ndarray, boundaries: tuple[float, ...]) -> list[tuple[int, int]]:
+    """Segments split at fixed wavelengths (e.g. a spectrograph's dichroic)."""
+    cuts = [int(np.searchsorted(wave, b)) for b in boundaries]
+    edges = [0, *[c for c in cuts if 0 < c < wave.size], wave.size]
+    return list(itertools.pairwise(edges))
+
+
+def files_beside(path: Path, pattern: str, levels: int = 3) -> Iterator[Path]:
+    """Files matching `pattern` in the folders above `path` and their direct subfolders."""
+    folder = path.resolve().parent
+    for _ in range(levels + 1):
+        yield from _matches(folder, pattern)
+        if folder.parent == folder:
+            return
+        folder = folder.parent
+
+
+@functools.lru_cache(maxsize=256)
+def _matches(folder: Path, pattern: str) -> tuple[Path, ...]:
+    found = sorted(folder.glob(pattern)) + sorted(folder.glob(f"*/{pattern}"))
+    return tuple(p for p in found if p.is_file())
+
+
+def clean_star_name(name: str) -> str:
+    """One spelling for star names across libraries: upper case, no spaces."""
+    return "".join(name.split()).upper()

@@ -1,0 +1,244 @@
+"""Which reader understands a file, and streaming a folder of survey files.
+
+A reader *claims* a file from a cheap probe (FITS headers and HDU names, CSV columns, npz keys)
+and then *reads* it into one or more `Spectrum` records. Files that hold no spectrum (catalogues,
+wavelength grids, networks) are recognised as such and skipped, not reported as failures.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+import warnings
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.utils.exceptions import AstropyUserWarning
+
+from stargon.surveys.spectrum import Spectrum, SpectrumReadError
+
+SPECTRUM_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz", ".fts", ".npz", ".csv")
+
+
+@dataclass
+class Probe:
+    """What a reader may look at to decide whether a file is its own."""
+
+    path: Path
+    kind: str  # "fits", "csv" or "npz"
+    header: fits.Header = field(default_factory=fits.Header)
+    hdu_names: list[str] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)
+    has_spectrum_data: bool = True
+
+
+@dataclass(frozen=True)
+class Reader:
+    """A named reader: `claims(probe)` decides, `read(path)` yields spectra."""
+
+    name: str
+    claims: Callable[[Probe], bool]
+    read: Callable[[Path], Iterator[Spectrum]]
+
+
+READERS: list[Reader] = []
+
+
+def register(name: str, claims: Callable[[Probe], bool]):
+    """Decorator that adds a read function to the registry under `name`."""
+
+    def wrap(read: Callable[[Path], Iterator[Spectrum]]):
+        READERS.append(Reader(name, claims, read))
+        return read
+
+    return wrap
+
+
+def reader_named(name: str) -> Reader:
+    for reader in READERS:
+        if reader.name == name:
+            return reader
+    known = ", ".join(r.name for r in READERS)
+    raise ValueError(f"unknown survey reader {name!r}; known readers: {known}")
+
+
+def is_spectrum_candidate(path: Path) -> bool:
+    return path.name.lower().endswith(SPECTRUM_SUFFIXES)
+
+
+def probe_file(path: Path) -> Probe:
+    """Open just enough of a file to pick its reader; bad files raise SpectrumReadError."""
+    if not path.exists():
+        raise SpectrumReadError(path, "file does not exist")
+    if not path.is_file():
+        raise SpectrumReadError(path, "not a regular file")
+    name = path.name.lower()
+    if name.endswith(".npz"):
+        return _probe_npz(path)
+    if name.endswith(".csv"):
+        return _probe_csv(path)
+    return _probe_fits(path)
+
+
+def _probe_fits(path: Path) -> Probe:
+    try:
+        with open_fits(path) as hdul:
+            header = hdul[0].header.copy()
+            names = [hdu.name for hdu in hdul]
+            has_data = any(
+                (hdu.is_image and hdu.header.get("NAXIS", 0) >= 1 and hdu.header["BITPIX"] < 0)
+                or (isinstance(hdu, fits.BinTableHDU) and _looks_spectral(hdu.columns.names))
+                for hdu in hdul
+            )
+    except SpectrumReadError:
+        raise
+    except Exception as exc:  # astropy raises many types for damaged files
+        raise SpectrumReadError(path, f"not a readable FITS file ({exc})") from exc
+    return Probe(path, "fits", header=header, hdu_names=names, has_spectrum_data=has_data)
+
+
+def _looks_spectral(columns: Iterable[str]) -> bool:
+    lowered = {c.lower() for c in columns}
+    return bool(lowered & {"flux", "sob", "spectrum"}) and bool(
+        lowered & {"wave", "wavelength", "loglam", "lambda"}
+    )
+
+
+def _probe_csv(path: Path) -> Probe:
+    try:
+        with open(path, newline="") as handle:
+            columns = next(csv.reader(handle))
+    except (StopIteration, UnicodeDecodeError, csv.Error) as exc:
+        raise SpectrumReadError(path, f"not a readable CSV file ({exc or 'empty'})") from exc
+    columns = [c.strip() for c in columns]
+    return Probe(path, "csv", columns=columns, has_spectrum_data=_looks_spectral(columns))
+
+
+def _probe_npz(path: Path) -> Probe:
+    try:
+        with np.load(path) as archive:
+            keys = list(archive.files)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise SpectrumReadError(path, f"not a readable npz archive ({exc})") from exc
+    spectral = bool({"spectrum", "spectra", "flux"} & set(keys))
+    return Probe(path, "npz", columns=keys, has_spectrum_data=spectral)
+
+
+def open_fits(path: Path) -> fits.HDUList:
+    """Open a FITS file, turning truncation and corruption into SpectrumReadError."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", AstropyUserWarning)
+            hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
+    except (OSError, AstropyUserWarning, EOFError, gzip.BadGzipFile, ValueError) as exc:
+        reason = "truncated or corrupt FITS file" if _is_truncation(exc) else "not a FITS file"
+        raise SpectrumReadError(path, f"{reason} ({exc})") from exc
+    return hdul
+
+
+def _is_truncation(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return any(word in text for word in ("truncat", "end of file", "eof", "smaller than"))
+
+
+def find_reader(probe: Probe) -> Reader | None:
+    for reader in READERS:
+        if reader.claims(probe):
+            return reader
+    return None
+
+
+def read_file(path: str | Path, survey: str | None = None) -> list[Spectrum]:
+    """All spectra in one file; `survey` forces a reader. Raises SpectrumReadError."""
+    probe = probe_file(Path(path))
+    return _read_with(resolve_reader(probe, survey), probe.path)
+
+
+def resolve_reader(probe: Probe, survey: str | None = None) -> Reader:
+    """The reader for a probed file, or a SpectrumReadError that says why there is none."""
+    if survey is not None:
+        reader = reader_named(survey)
+        if not reader.claims(probe):
+            raise SpectrumReadError(probe.path, f"not a {survey} file (its reader rejects it)")
+        return reader
+    reader = find_reader(probe)
+    if reader is None:
+        what = "holds no spectrum" if not probe.has_spectrum_data else "is of no known survey"
+        raise SpectrumReadError(probe.path, f"no reader recognises this file: it {what}")
+    return reader
+
+
+def _read_with(reader: Reader, path: Path) -> list[Spectrum]:
+    try:
+        return list(reader.read(path))
+    except SpectrumReadError:
+        raise
+    except Exception as exc:
+        raise SpectrumReadError(path, f"{reader.name} reader failed: {exc}") from exc
+
+
+@dataclass
+class FileOutcome:
+    """What happened to one file in a batch: spectra read, skipped as non-spectrum, or failed."""
+
+    path: Path
+    spectra: list[Spectrum] = field(default_factory=list)
+    reader: str | None = None
+    error: str | None = None
+    skipped: bool = False
+
+
+def iter_files(root: str | Path) -> Iterator[Path]:
+    """Spectrum-like files under `root`, in a stable order, without listing everything first."""
+    root = Path(root)
+    if root.is_file():
+        yield root
+        return
+    if not root.is_dir():
+        raise SpectrumReadError(root, "no such file or directory")
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not _excluded_folder(d))
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if is_spectrum_candidate(path):
+                yield path
+
+
+def _excluded_folder(name: str) -> bool:
+    """Folders a walk leaves out: hidden ones, and `omit/` where libraries park rejected files
+    (the MaNGA DAP convention, e.g. MILES m0970)."""
+    return name.startswith((".", "_")) or name.lower() == "omit"
+
+
+def scan(root: str | Path, survey: str | None = None) -> Iterator[FileOutcome]:
+    """Read every file under `root`, one outcome per file; a bad file never stops the batch."""
+    for path in iter_files(root):
+        try:
+            probe = probe_file(path)
+            if survey is None and not probe.has_spectrum_data and find_reader(probe) is None:
+                yield FileOutcome(path, skipped=True)
+                continue
+            reader = resolve_reader(probe, survey)
+            yield FileOutcome(path, spectra=_read_with(reader, path), reader=reader.name)
+        except SpectrumReadError as exc:
+            yield FileOutcome(path, error=exc.problem)
+
+
+def iter_spectra(
+    root: str | Path,
+    survey: str | None = None,
+    on_error: Callable[[Path, str], None] | None = None,
+) -> Iterator[Spectrum]:
+    """Stream spectra from a file or folder; failures go to `on_error` (default: a warning)."""
+    for outcome in scan(root, survey):
+        if outcome.error is not None:
+            if on_error is None:
+                warnings.warn(f"skipped {outcome.path}: {outcome.error}", stacklevel=2)
+            else:
+                on_error(outcome.path, outcome.error)
+        yield from outcome.spectra

@@ -1,0 +1,123 @@
+"""The one spectrum record every reader returns, and its validation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from astropy import units as u
+
+Frame = Literal["observed", "rest"]
+
+
+class SpectrumReadError(ValueError):
+    """A file that cannot become a Spectrum; the message names the file and the problem."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+@dataclass
+class Spectrum:
+    """One observed (or rest-frame) spectrum at its native pixels.
+
+    `wave` is vacuum Å, float64, strictly increasing. `ivar` is 0 where a pixel is masked and
+    never NaN; `flux` is finite everywhere (masked pixels hold 0). `has_errors` is False for
+    sources that publish no uncertainties: their ivar then comes from a DER_SNR noise estimate.
+    """
+
+    wave: np.ndarray
+    flux: np.ndarray
+    ivar: np.ndarray
+    instrument: str
+    resolving_power: float | np.ndarray
+    frame: Frame
+    normalised: bool
+    source: str
+    star_id: str
+    segments: list[tuple[int, int]] = field(default_factory=list)
+    labels: dict[str, float] = field(default_factory=dict)
+    has_errors: bool = True
+    flux_unit: str = ""
+
+    def __post_init__(self) -> None:
+        self.wave = np.asarray(self.wave, dtype=np.float64)
+        self.flux = np.asarray(self.flux, dtype=np.float64)
+        self.ivar = np.asarray(self.ivar, dtype=np.float64)
+        if not self.segments:
+            self.segments = [(0, self.wave.size)]
+        self._validate()
+
+    def _validate(self) -> None:
+        def fail(problem: str) -> None:
+            raise SpectrumReadError(self.source, problem)
+
+        if self.wave.ndim != 1 or self.wave.size < 2:
+            fail(f"wavelength array must be 1-D with at least 2 pixels, got {self.wave.shape}")
+        if self.flux.shape != self.wave.shape or self.ivar.shape != self.wave.shape:
+            fail(
+                f"wave, flux and ivar shapes differ: {self.wave.shape}, "
+                f"{self.flux.shape}, {self.ivar.shape}"
+            )
+        if not np.all(np.isfinite(self.wave)):
+            fail("wavelength array contains NaN or infinite values")
+        if np.any(np.diff(self.wave) <= 0):
+            bad = int(np.argmax(np.diff(self.wave) <= 0))
+            fail(f"wavelengths are not strictly increasing (pixel {bad} → {bad + 1})")
+        if np.any(self.ivar < 0):
+            fail(f"negative inverse variance in {int(np.sum(self.ivar < 0))} pixels")
+        if self.frame not in ("observed", "rest"):
+            fail(f"frame must be 'observed' or 'rest', got {self.frame!r}")
+        bad_flux = ~np.isfinite(self.flux) | ~np.isfinite(self.ivar)
+        self.flux = np.where(bad_flux, 0.0, self.flux)
+        self.ivar = np.where(bad_flux, 0.0, self.ivar)
+        if not np.any(self.ivar > 0):
+            fail("no valid pixels: flux is all NaN or every pixel is masked")
+        ends = [end for _, end in self.segments]
+        if any(a >= b for a, b in self.segments) or max(ends) > self.wave.size:
+            fail(f"detector segments {self.segments} do not fit {self.wave.size} pixels")
+
+    @property
+    def n_pixels(self) -> int:
+        return int(self.wave.size)
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.ivar > 0
+
+    @property
+    def wavelength(self) -> u.Quantity:
+        """Vacuum wavelengths with units, for astropy users."""
+        return self.wave * u.AA
+
+    @property
+    def uncertainty(self) -> np.ndarray:
+        """1σ per pixel (inf where masked)."""
+        with np.errstate(divide="ignore"):
+            return np.where(self.valid, 1.0 / np.sqrt(self.ivar), np.inf)
+
+    def median_snr(self) -> float:
+        """Median per-pixel S/N over valid pixels: |flux| · sqrt(ivar)."""
+        snr = np.abs(self.flux[self.valid]) * np.sqrt(self.ivar[self.valid])
+        return float(np.median(snr))
+
+    @property
+    def flux_quantity(self) -> u.Quantity:
+        """Flux with its unit (dimensionless when normalised or relative)."""
+        return self.flux * u.Unit(self.flux_unit)
+
+
+def der_snr_noise(flux: np.ndarray) -> float:
+    """Per-pixel noise from the flux alone (DER_SNR, Stoehr et al. 2008).
+
+    σ = 1.482602 / √6 · median |2f_i − f_{i−2} − f_{i+2}|: robust to lines and continuum slope
+    as long as the spectrum is well sampled. Used for sources that publish no uncertainties.
+    """
+    f = flux[np.isfinite(flux)]
+    if f.size < 5:
+        return float("nan")
+    return float(1.482602 / np.sqrt(6.0) * np.median(np.abs(2.0 * f[2:-2] - f[:-4] - f[4:])))
