@@ -21,10 +21,13 @@ def air_to_vacuum(wave_air: np.ndarray) -> np.ndarray:
 
 
 def linear_axis(header: fits.Header, n: int, path: Path) -> np.ndarray:
-    """λ_i = CRVAL1 + CDELT1 (i + 1 − CRPIX1), the FITS linear world coordinate."""
+    """λ_i = CRVAL1 + CD1_1 (i + 1 − CRPIX1), the FITS linear world coordinate.
+
+    As the FITS standard says, CD1_1 takes precedence over CDELT1 when both are present.
+    """
     try:
         start = float(header["CRVAL1"])
-        step = float(header.get("CDELT1", header.get("CD1_1")))
+        step = float(header["CD1_1"] if "CD1_1" in header else header["CDELT1"])
     except (KeyError, TypeError) as exc:
         raise SpectrumReadError(path, "header lacks CRVAL1/CDELT1 for a wavelength axis") from exc
     return start + step * (np.arange(n) + 1 - float(header.get("CRPIX1", 1.0)))
@@ -115,5 +118,5 @@ def _matches(folder: Path, pattern: str) -> tuple[Path, ...]:
 
 
 def clean_star_name(name: str) -> str:
-    """One spelling for star names across libraries: upper case, no spaces."""
-    return "".join(name.split()).upper()
+    """One spelling for star names across libraries: upper case, single spaces, no `_`."""
+    return " ".join(name.replace("_", " ").split()).upper()

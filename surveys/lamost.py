@@ -14,7 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from stargon.surveys.common import air_to_vacuum, files_beside, image_data, segments_at
+from stargon.surveys.common import (
+    air_to_vacuum,
+    files_beside,
+    image_data,
+    linear_axis,
+    segments_at,
+)
 from stargon.surveys.registry import Probe, open_fits, register
 from stargon.surveys.spectrum import Spectrum, SpectrumReadError
 
@@ -35,14 +41,9 @@ def read_lamost(path: Path) -> Iterator[Spectrum]:
     if rows.shape[0] < 5:
         raise SpectrumReadError(path, f"LAMOST image should have 5 rows, found {rows.shape[0]}")
     flux, ivar, third, andmask = rows[0], rows[1], rows[2], rows[3]
-    if _is_wavelength(third):
-        wave = third  # DR8 layout
-    else:
-        pixel = np.arange(rows.shape[1])
-        loglam = header["CRVAL1"] + header.get("CD1_1", header.get("CDELT1")) * (
-            pixel + 1 - header.get("CRPIX1", 1)
-        )
-        wave = 10.0**loglam
+    # DR8 stores the wavelengths as row 3 (its header axis may be a -9999 placeholder); DR1
+    # stores a sub-continuum there and the log10-linear axis in the header.
+    wave = third if _is_wavelength_row(third) else 10.0 ** linear_axis(header, third.size, path)
     if not header.get("VACUUM", True):
         wave = air_to_vacuum(wave)
     ivar = np.where(andmask != 0, 0.0, ivar)
@@ -64,8 +65,12 @@ def read_lamost(path: Path) -> Iterator[Spectrum]:
     )
 
 
-def _is_wavelength(row: np.ndarray) -> bool:
-    return bool(np.all(np.diff(row) > 0) and 3000 < row[0] < 4500 and 8000 < row[-1] < 10500)
+def _is_wavelength_row(row: np.ndarray) -> bool:
+    """Optical Å from ~3,700 to ~9,000, increasing almost everywhere (a corrupted pixel pair
+    still counts, so that validation can name the problem instead of misreading the layout)."""
+    finite = bool(np.all(np.isfinite(row)))
+    spans = finite and 3000 < row[0] < 4500 and 8000 < row[-1] < 10500
+    return bool(spans and np.mean(np.diff(row) > 0) > 0.99)
 
 
 def _header_rv(header) -> float:
@@ -98,7 +103,7 @@ def _load_catalogue(catalogue: Path) -> dict[str, tuple[dict[str, float], str | 
         return {
             row["filename"]: (
                 {name: _number(row.get(col)) for col, name in _LABEL_COLUMNS.items()},
-                row.get("designation") or None,
+                _designation(row.get("designation")),
             )
             for row in rows
         }
@@ -111,6 +116,13 @@ def _load_catalogue(catalogue: Path) -> dict[str, tuple[dict[str, float], str | 
             entries[name] = ({"group_id": float(group)}, f"{catalogue.stem}:group{group}")
         return entries
     return {}
+
+
+def _designation(text: str | None) -> str | None:
+    """Catalogue designations lack the survey prefix that FITS headers carry (DESIG)."""
+    if not text:
+        return None
+    return text if text.startswith("LAMOST") else f"LAMOST {text}"
 
 
 def _number(text: str | None) -> float:

@@ -51,7 +51,8 @@ def read_miles(path: Path) -> Iterator[Spectrum]:
 @register("stelib", _claims_stelib)
 def read_stelib(path: Path) -> Iterator[Spectrum]:
     wave_air, flux, header = _read_1d(path)
-    name = header.get("OBJECT") or path.stem.split("_")[-1]
+    # The file name carries the star name in the spelling MILES uses (OBJECT does not always).
+    name = path.stem.split("_")[-1] if "_" in path.stem else header.get("OBJECT", path.stem)
     yield _library_spectrum(
         path, wave_air, flux, "STELIB", STELIB_FWHM, clean_star_name(str(name)), {}
     )

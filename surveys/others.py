@@ -103,7 +103,7 @@ def read_boss(path: Path) -> Iterator[Spectrum]:
         source=str(path),
         star_id=f"SDSS {plate}-{mjd}-{fiber}",
         segments=segments_at(wave, (BOSS_CAMERA_BOUNDARY,)),
-        labels={"rv": z * C_KMS} if np.isfinite(z) else {},
+        labels={"rv": float(z * C_KMS)} if np.isfinite(z) else {},
         flux_unit="1e-17 erg / (s cm2 Angstrom)",
     )
 

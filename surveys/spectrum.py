@@ -28,6 +28,7 @@ class Spectrum:
     `wave` is vacuum Å, float64, strictly increasing. `ivar` is 0 where a pixel is masked and
     never NaN; `flux` is finite everywhere (masked pixels hold 0). `has_errors` is False for
     sources that publish no uncertainties: their ivar then comes from a DER_SNR noise estimate.
+    `synthetic` marks model-made spectra, which must never be counted as real data.
     """
 
     wave: np.ndarray
@@ -43,6 +44,7 @@ class Spectrum:
     labels: dict[str, float] = field(default_factory=dict)
     has_errors: bool = True
     flux_unit: str = ""
+    synthetic: bool = False
 
     def __post_init__(self) -> None:
         self.wave = np.asarray(self.wave, dtype=np.float64)
