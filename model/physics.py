@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from astropy import constants
 
 C_KMS: float = constants.c.to_value("km/s")
@@ -180,41 +181,66 @@ def fit_continuum(
     model: torch.Tensor,
     segments: Sequence[tuple[int, int]] | None = None,
     degree: int = 2,
-    ridge: float = 1e-8,
 ) -> torch.Tensor:
     """Closed-form weighted least squares for a smooth multiplicative continuum C(λ).
 
     Minimises Σ ivar (flux − C · model)² with C a Legendre polynomial of `degree` per detector
     segment (pixel ranges [start, stop)). Batched over leading dims, differentiable in `model`
-    and `flux`. A tiny ridge keeps segments with no valid pixels solvable (their C is 0).
+    and `flux`.
     """
     n = wave.shape[-1]
-    segments = list(segments) if segments else [(0, n)]
-    basis = _segment_legendre_basis(wave, segments, degree).to(flux.dtype)  # (..., N, P)
-    design = model.unsqueeze(-1) * basis
-    weighted = design * ivar.unsqueeze(-1)
-    normal = weighted.transpose(-1, -2) @ design
-    normal = normal + ridge * torch.eye(normal.shape[-1], dtype=flux.dtype, device=flux.device)
+    segment_id, x = segment_coordinates(wave, segments or [(0, n)])
+    design = legendre_design(x, segment_id, len(segments or [0]), degree).to(flux.dtype)
+    return solve_continuum(design, flux, ivar, model)
+
+
+def segment_coordinates(
+    wave: torch.Tensor, segments: Sequence[tuple[int, int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each pixel: which segment it is in, and its position x ∈ [-1, 1] inside it."""
+    segment_id = torch.zeros(wave.shape[-1], dtype=torch.long, device=wave.device)
+    x = torch.zeros_like(wave)
+    for index, (start, stop) in enumerate(segments):
+        segment_id[start:stop] = index
+        lo, hi = wave[..., start : start + 1], wave[..., stop - 1 : stop]
+        span = (hi - lo).clamp_min(1e-12)
+        x[..., start:stop] = 2 * (wave[..., start:stop] - lo) / span - 1
+    return segment_id, x
+
+
+def legendre_design(
+    x: torch.Tensor, segment_id: torch.Tensor, n_segments: int, degree: int
+) -> torch.Tensor:
+    """Continuum design matrix (..., N, n_segments · (degree+1)): Legendre P_0…P_degree of x,
+    one block of columns per segment, zero outside it."""
+    polys = [torch.ones_like(x), x]
+    for order in range(1, degree):
+        polys.append(((2 * order + 1) * x * polys[-1] - order * polys[-2]) / (order + 1))
+    legendre = torch.stack(polys[: degree + 1], dim=-1)  # (..., N, degree+1)
+    one_hot = F.one_hot(segment_id, n_segments).to(x.dtype)  # (..., N, S)
+    return (one_hot.unsqueeze(-1) * legendre.unsqueeze(-2)).flatten(-2)
+
+
+def solve_continuum(
+    design: torch.Tensor,
+    flux: torch.Tensor,
+    ivar: torch.Tensor,
+    model: torch.Tensor,
+    ridge: float = 1e-9,
+) -> torch.Tensor:
+    """C = design · c with c = argmin Σ ivar (flux − model · design c)², in closed form.
+
+    The ridge is relative to the normal matrix's mean diagonal, so it does not depend on the
+    flux units; it keeps segments without valid pixels solvable (their C is then 0).
+    """
+    columns = model.unsqueeze(-1) * design
+    weighted = columns * ivar.unsqueeze(-1)
+    normal = weighted.transpose(-1, -2) @ columns
+    scale = normal.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-30)
+    eye = torch.eye(normal.shape[-1], dtype=normal.dtype, device=normal.device)
+    normal = normal + ridge * scale[..., None, None] * eye
     rhs = (weighted * flux.unsqueeze(-1)).sum(-2)
     coeffs = torch.linalg.solve(normal, rhs.unsqueeze(-1)).squeeze(-1)
-    return (basis @ coeffs.unsqueeze(-1)).squeeze(-1)
-
-
-def _segment_legendre_basis(
-    wave: torch.Tensor, segments: Sequence[tuple[int, int]], degree: int
-) -> torch.Tensor:
-    """Block-diagonal Legendre basis: columns for segment s are zero outside its pixels."""
-    n = wave.shape[-1]
-    columns = []
-    for start, stop in segments:
-        inside = torch.zeros(n, dtype=torch.bool, device=wave.device)
-        inside[start:stop] = True
-        lo, hi = wave[..., start : start + 1], wave[..., stop - 1 : stop]
-        x = (2 * (wave - lo) / (hi - lo).clamp_min(1e-12) - 1).clamp(-1, 1)
-        p_prev, p = torch.ones_like(x), x
-        polys = [p_prev, p][: degree + 1]
-        for order in range(1, degree):
-            p_prev, p = p, ((2 * order + 1) * x * p - order * p_prev) / (order + 1)
-            polys.append(p)
-        columns.extend(poly * inside for poly in polys)
-    return torch.stack(columns, dim=-1)
+    if design.ndim < coeffs.ndim + 1:
+        design = design.expand(*coeffs.shape[:-1], *design.shape)
+    return (design @ coeffs.unsqueeze(-1)).squeeze(-1)

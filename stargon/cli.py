@@ -180,3 +180,88 @@ def fetch_lamost(
     from stargon.surveys.fetch import lamost_spectrum
 
     _fetch_all([lamost_spectrum(o, release) for o in obsids], cache, base_url)
+
+
+@app.command("train")
+def train_command(
+    out: Annotated[Path, typer.Option("--out", help="Run folder (checkpoints, metrics, split).")],
+    data: Annotated[Path | None, typer.Option("--data", help="Data folder.")] = None,
+    surveys: Annotated[
+        str | None, typer.Option("--surveys", help="Comma-separated data subfolders to use.")
+    ] = None,
+    steps: int = 2000,
+    batch_size: Annotated[int, typer.Option(help="Global batch size.")] = 64,
+    pixels: Annotated[int, typer.Option(help="Pixels sampled per spectrum and step.")] = 1000,
+    latent_dim: int = 16,
+    n_basis: int = 32,
+    lr: float = 3e-3,
+    seed: int = 0,
+    warmup_steps: Annotated[int, typer.Option(help="Steps on rest-frame spectra only.")] = 200,
+    rv_every: Annotated[int, typer.Option(help="Steps between RV re-estimates.")] = 500,
+    checkpoint_every: int = 100,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 …")] = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from latest.json.")] = False,
+    package: Annotated[
+        bool, typer.Option(help="After training: prior, held-out metrics, RUN/model.")
+    ] = True,
+) -> None:
+    """Train the GON on real spectra (run under `torchrun` for several processes)."""
+    from stargon.model.decoder import ModelConfig
+    from stargon.train.loop import TrainConfig, train
+    from stargon.train.release import release
+
+    config = TrainConfig(
+        data=str(data or default_data_dir()),
+        out=str(out),
+        surveys=surveys.split(",") if surveys else None,
+        steps=steps,
+        batch_size=batch_size,
+        n_pixels=pixels,
+        lr=lr,
+        seed=seed,
+        warmup_steps=warmup_steps,
+        rv_every=rv_every,
+        checkpoint_every=checkpoint_every,
+        device=device,
+        model=ModelConfig(latent_dim=latent_dim, n_basis=n_basis),
+    )
+    run = train(config, resume=resume)
+    if package and int(os.environ.get("RANK", "0")) == 0:
+        console.print(f"[green]trained[/] {run}; packaging the model …")
+        console.print(f"[green]model[/] {release(run)}")
+
+
+@app.command("fit")
+def fit_command(
+    paths: Annotated[list[Path], typer.Argument(help="Spectrum files or folders.")],
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Model folder (default: the embedded one).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="CSV with one row per spectrum.")] = Path("fits.csv"),
+    device: str = "cpu",
+) -> None:
+    """Fit radial velocity, latents and continuum to every readable spectrum."""
+    from stargon.train.fitting import fit_paths
+
+    failures = fit_paths(paths, checkpoint, out, device)
+    for path, reason in failures:
+        errors.print(f"[yellow]skipped[/] {path}: {reason}")
+    console.print(f"[green]wrote[/] {out}")
+
+
+@app.command("sample")
+def sample_command(
+    n: Annotated[int, typer.Option("-n", help="How many spectra.")] = 10,
+    instrument: Annotated[
+        str, typer.Option(help="apogee, galah, lamost, miles, stelib, boss, gaia_rvs")
+    ] = "apogee",
+    checkpoint: Annotated[Path | None, typer.Option(help="Model folder.")] = None,
+    out: Annotated[Path, typer.Option(help="Output .fits or .csv")] = Path("samples.fits"),
+    v_kms: Annotated[float, typer.Option("--rv", help="Radial velocity of the samples.")] = 0.0,
+    seed: int = 0,
+) -> None:
+    """Draw new spectra from the latent prior, on an instrument's pixels and resolution."""
+    from stargon.train.sampling import sample_to_file
+
+    sample_to_file(n, instrument, checkpoint, out, v_kms, seed)
+    console.print(f"[green]wrote[/] {out}")

@@ -152,4 +152,4 @@ def test_continuum_recovered_per_segment_in_closed_form():
     ivar[:, bad] = 0
     segments = [(0, int((wave < 5500).sum())), (int((wave < 5500).sum()), 600)]
     continuum = physics.fit_continuum(wave, flux, ivar, model, segments, degree=2)
-    assert torch.allclose(continuum, true_continuum.expand_as(continuum), rtol=1e-7)
+    assert torch.allclose(continuum, true_continuum.expand_as(continuum), rtol=1e-6)

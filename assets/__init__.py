@@ -1,0 +1,1 @@
+"""What this project made itself: the embedded default model and the line list."""

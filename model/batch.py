@@ -1,0 +1,124 @@
+"""Spectra as tensors for the model: pixels (all or a random subset), continuum design, scale.
+
+Each spectrum's flux is divided by its median |flux| (ivar multiplied accordingly), so
+flux-calibrated and normalised spectra share one numerical range; χ² does not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from stargon.model.physics import legendre_design
+from stargon.surveys.spectrum import Spectrum
+
+NORMALISED_DEGREE = 2  # a residual tilt for continuum-normalised spectra
+FLUX_CALIBRATED_DEGREE = 6  # the SED shape of flux-calibrated spectra, per segment
+MAX_SEGMENTS = 4
+
+
+@dataclass
+class PixelBatch:
+    """B spectra × P pixels; padding pixels have ivar 0."""
+
+    wave: torch.Tensor  # (B, P) observed vacuum Å, float64
+    flux: torch.Tensor  # (B, P) divided by `scale`
+    ivar: torch.Tensor  # (B, P)
+    resolving_power: torch.Tensor  # (B, P)
+    design: torch.Tensor  # (B, P, C) continuum basis
+    v_kms: torch.Tensor  # (B,) velocity used to read the rest frame
+    scale: torch.Tensor  # (B,) the flux unit divided out
+
+    @property
+    def n_valid(self) -> torch.Tensor:
+        return (self.ivar > 0).sum(-1).clamp_min(1)
+
+    def to(self, device: torch.device | str) -> PixelBatch:
+        return PixelBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def with_velocity(self, v_kms: torch.Tensor) -> PixelBatch:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return PixelBatch(**(values | {"v_kms": v_kms}))
+
+
+def continuum_degree(spectrum: Spectrum) -> int:
+    return NORMALISED_DEGREE if spectrum.normalised else FLUX_CALIBRATED_DEGREE
+
+
+def make_batch(
+    spectra: Sequence[Spectrum],
+    v_kms: Sequence[float] | None = None,
+    n_pixels: int | None = None,
+    rngs: Sequence[np.random.Generator] | None = None,
+    error_floor: float = 0.0,
+    dtype: torch.dtype = torch.float32,
+) -> PixelBatch:
+    """Tensors for a list of spectra: every valid pixel, or `n_pixels` drawn at random.
+
+    `error_floor` adds a fractional error in quadrature (σ² + (floor·flux)²): a guard, used
+    in training only, against spectra whose noise is far below the model's accuracy.
+    """
+    rows = []
+    for index, spectrum in enumerate(spectra):
+        valid = np.flatnonzero(spectrum.valid)
+        if n_pixels is not None:
+            rng = rngs[index] if rngs is not None else np.random.default_rng(index)
+            valid = np.sort(rng.choice(valid, n_pixels, replace=valid.size < n_pixels))
+        rows.append(_pixels(spectrum, valid, error_floor))
+    width = max(r[0].size for r in rows)
+    degree = max(continuum_degree(s) for s in spectra)
+    arrays = [np.zeros((len(rows), width)) for _ in range(6)]
+    arrays[0][:] = 1.0  # padding wavelength: any positive value
+    arrays[3][:] = 1.0
+    scales = np.ones(len(rows))
+    for b, (wave, flux, ivar, res, seg, x) in enumerate(rows):
+        n = wave.size
+        for array, values in zip(arrays, (wave, flux, ivar, res, seg, x), strict=True):
+            array[b, :n] = values
+        arrays[0][b, n:] = wave[-1]
+        scales[b] = np.median(np.abs(flux[ivar > 0])) or 1.0
+    wave, flux, ivar, res, seg, x = (torch.as_tensor(a) for a in arrays)
+    flux = flux / torch.as_tensor(scales)[:, None]
+    ivar = ivar * torch.as_tensor(scales)[:, None] ** 2
+    design = legendre_design(x, seg.long(), MAX_SEGMENTS, degree)
+    design = design * _degree_mask(spectra, degree)[:, None, :]
+    velocities = torch.as_tensor(np.zeros(len(rows)) if v_kms is None else np.asarray(v_kms))
+    return PixelBatch(
+        wave=wave.to(torch.float64),  # kept in double: Doppler shifts are tiny
+        flux=flux.to(dtype),
+        ivar=ivar.to(dtype),
+        resolving_power=res.to(dtype),
+        design=design.to(dtype),
+        v_kms=velocities.to(dtype),
+        scale=torch.as_tensor(scales).to(dtype),
+    )
+
+
+def _pixels(spectrum: Spectrum, index: np.ndarray, error_floor: float):
+    """Per-pixel arrays of one spectrum at `index`: wave, flux, ivar, R, segment, x."""
+    segment = np.zeros(spectrum.n_pixels)
+    x = np.zeros(spectrum.n_pixels)
+    for s, (start, stop) in enumerate(spectrum.segments[:MAX_SEGMENTS]):
+        segment[start:stop] = s
+        lo, hi = spectrum.wave[start], spectrum.wave[stop - 1]
+        x[start:stop] = 2 * (spectrum.wave[start:stop] - lo) / max(hi - lo, 1e-9) - 1
+    ivar = spectrum.ivar
+    if error_floor > 0:
+        with np.errstate(divide="ignore"):
+            var = np.where(ivar > 0, 1.0 / np.where(ivar > 0, ivar, 1.0), np.inf)
+        ivar = np.where(ivar > 0, 1.0 / (var + (error_floor * spectrum.flux) ** 2), 0.0)
+    resolving_power = np.broadcast_to(spectrum.resolving_power, spectrum.wave.shape)
+    return tuple(
+        np.asarray(a)[index]
+        for a in (spectrum.wave, spectrum.flux, ivar, resolving_power, segment, x)
+    )
+
+
+def _degree_mask(spectra: Sequence[Spectrum], degree: int) -> torch.Tensor:
+    """Switch off the Legendre orders above each spectrum's own continuum degree."""
+    order = torch.arange(degree + 1).repeat(MAX_SEGMENTS)
+    limits = torch.tensor([continuum_degree(s) for s in spectra])
+    return (order[None, :] <= limits[:, None]).to(torch.float64)

@@ -1,0 +1,208 @@
+"""The rest-frame, continuous-wavelength decoder f(λ_rest, z).
+
+f(λ, z) = T₀(λ) + Σ_k h_k(z) T_k(λ): a small MLP h of the latent weighs K learned functions of
+ln λ, stored as a fine table and read by linear interpolation. Everything that happens to
+wavelengths — Doppler shift, the instrument's LSF, the pixel grid — is linear in T, so it is
+applied to the table, not to the network:
+
+* the LSF: a Gaussian of σ = 1/(2.355 R) in ln λ. The table is blurred into a pyramid of levels
+  of growing σ (decimated as σ grows); a pixel of resolving power R reads the two levels that
+  bracket its σ and mixes them in σ². Per-pixel R (MILES, STELIB, GALAH) costs nothing extra.
+* Doppler: pixels are read at ln λ_obs − ln(1 + v/c).
+
+`pixel_basis(...)` returns the (K+1, …) basis at any pixels; decoding is then `decode(z, basis)`,
+one MLP and one matrix product, and the basis can be cached per instrument and velocity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stargon.model.physics import C_KMS, FWHM_PER_SIGMA
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild the model (stored in every checkpoint)."""
+
+    latent_dim: int = 16
+    n_basis: int = 32
+    hidden: int = 128
+    n_hidden_layers: int = 2
+    wave_min: float = 3150.0  # vacuum Å, rest frame
+    wave_max: float = 17100.0
+    ln_step: float = 1.5e-5  # table step in ln λ (R_grid ≈ 67,000)
+    lowest_resolving_power: float = 800.0  # the pyramid reaches this R
+    lsf_levels_per_octave: int = 2
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ModelConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}")
+        return cls(**values)
+
+    @property
+    def n_table(self) -> int:
+        return math.ceil(math.log(self.wave_max / self.wave_min) / self.ln_step) + 1
+
+
+@dataclass(frozen=True)
+class PyramidLevel:
+    sigma: float  # Gaussian σ in ln λ applied so far
+    step: float  # grid step in ln λ of this level
+
+
+def pyramid_plan(config: ModelConfig) -> list[PyramidLevel]:
+    """σ grows by 2^(1/levels_per_octave) per level; the grid halves once σ ≥ 8 steps."""
+    sigma_max = 1.0 / (FWHM_PER_SIGMA * config.lowest_resolving_power)
+    ratio = 2.0 ** (1.0 / config.lsf_levels_per_octave)
+    levels = [PyramidLevel(0.0, config.ln_step)]
+    sigma, step = config.ln_step, config.ln_step
+    while True:
+        if sigma / step >= 8.0:
+            step *= 2.0
+        levels.append(PyramidLevel(sigma, step))
+        if sigma >= sigma_max:
+            return levels
+        sigma *= ratio
+
+
+def gaussian_blur(table: torch.Tensor, sigma_steps: float) -> torch.Tensor:
+    """Depthwise Gaussian convolution along the last axis (edge values repeated)."""
+    radius = max(1, math.ceil(4.0 * sigma_steps))
+    offsets = torch.arange(-radius, radius + 1, dtype=table.dtype, device=table.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma_steps) ** 2)
+    kernel = (kernel / kernel.sum()).expand(table.shape[0], 1, -1)
+    padded = F.pad(table.unsqueeze(0), (radius, radius), mode="replicate")
+    return F.conv1d(padded, kernel, groups=table.shape[0]).squeeze(0)
+
+
+class LatentMLP(nn.Module):
+    """h(z): latent → K basis weights. LayerNorm, never BatchNorm (a spectrum's code must not
+    depend on its batch-mates)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = config.latent_dim
+        for _ in range(config.n_hidden_layers):
+            layers += [nn.Linear(width, config.hidden), nn.LayerNorm(config.hidden), nn.SiLU()]
+            width = config.hidden
+        layers.append(nn.Linear(width, config.n_basis))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class BasisDecoder(nn.Module):
+    """f(λ_rest, z) as a latent-weighted sum of learned functions of ln λ."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        table = 1e-3 * torch.randn(config.n_basis + 1, config.n_table)
+        table[0] = 1.0  # T₀ starts as a flat continuum
+        self.table = nn.Parameter(table)
+        self.h = LatentMLP(config)
+        self.levels = pyramid_plan(config)
+        self.ln_min = math.log(config.wave_min)
+
+    def pyramid(self, table: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """A table (default: the basis) blurred to every LSF level. Any rows on the same grid
+        work, e.g. decoded template spectra for a fast velocity scan."""
+        tables = [self.table if table is None else table]
+        for previous, level in zip(self.levels[:-1], self.levels[1:], strict=True):
+            added = math.sqrt(level.sigma**2 - previous.sigma**2) / previous.step
+            blurred = gaussian_blur(tables[-1], added)
+            if level.step > previous.step:
+                blurred = blurred[:, ::2]
+            tables.append(blurred)
+        return tables
+
+    def pixel_basis(
+        self,
+        wave_obs: torch.Tensor,
+        v_kms: torch.Tensor | float = 0.0,
+        resolving_power: torch.Tensor | float = math.inf,
+        pyramid: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The (K+1, *wave_obs.shape) basis seen by pixels at observed vacuum wavelengths.
+
+        `v_kms` is per spectrum (shape of wave_obs without its last axis) or a scalar;
+        `resolving_power` is a scalar or per pixel. Differentiable in the table, v and λ.
+        """
+        pyramid = self.pyramid() if pyramid is None else pyramid
+        # ln λ in float64: float32 would limit velocities to ε·c ≈ 0.3 km/s.
+        wave64 = wave_obs.to(torch.float64)
+        v = torch.as_tensor(v_kms, device=wave_obs.device).to(torch.float64)
+        if v.ndim > 0:
+            v = v.unsqueeze(-1)
+        ln_rest = torch.log(wave64) - torch.log1p(v / C_KMS)
+        resolving_power = torch.as_tensor(resolving_power, device=wave_obs.device)
+        var = (1.0 / (FWHM_PER_SIGMA * resolving_power.to(torch.float64))) ** 2
+        var = var.expand_as(ln_rest)
+        sigmas2 = torch.tensor([lv.sigma**2 for lv in self.levels], dtype=torch.float64)
+        weights = _level_weights(var, sigmas2.to(wave_obs.device))
+        basis = torch.zeros(
+            (pyramid[0].shape[0], *ln_rest.shape), dtype=self.table.dtype, device=wave_obs.device
+        )
+        for index, level in enumerate(self.levels):
+            weight = weights[..., index]
+            if not bool((weight > 0).any()):
+                continue
+            values = _interpolate(pyramid[index], ln_rest, self.ln_min, level.step)
+            basis = basis + weight.to(basis.dtype) * values
+        return basis
+
+    def templates(self, z: torch.Tensor) -> torch.Tensor:
+        """Rest-frame spectra (M, n_table) on the table grid at intrinsic resolution."""
+        return self.table[0] + self.h(z) @ self.table[1:]
+
+    def decode(self, z: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+        """Normalised flux: z (B, D) with a basis (K+1, B, P) per spectrum or (K+1, P) shared."""
+        weights = self.h(z)
+        if basis.ndim == 2:
+            return basis[0] + weights @ basis[1:]
+        return basis[0] + torch.einsum("bk,kbp->bp", weights, basis[1:])
+
+    def forward(self, wave_rest: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """f(λ_rest, z) at intrinsic resolution; wave_rest (P,) shared or (B, P)."""
+        basis = self.pixel_basis(wave_rest)
+        return self.decode(z, basis)
+
+
+def _level_weights(var: torch.Tensor, sigmas2: torch.Tensor) -> torch.Tensor:
+    """Weights (…, L) mixing the two pyramid levels whose σ² bracket each pixel's σ²."""
+    var = var.clamp(max=float(sigmas2[-1]))
+    upper = torch.searchsorted(sigmas2, var.contiguous()).clamp(1, len(sigmas2) - 1)
+    lower = upper - 1
+    lo, hi = sigmas2[lower], sigmas2[upper]
+    t = ((var - lo) / (hi - lo)).clamp(0, 1)
+    weights = torch.zeros((*var.shape, len(sigmas2)), dtype=var.dtype, device=var.device)
+    weights.scatter_(-1, lower.unsqueeze(-1), (1 - t).unsqueeze(-1))
+    weights.scatter_add_(-1, upper.unsqueeze(-1), t.unsqueeze(-1))
+    return weights
+
+
+def _interpolate(table: torch.Tensor, ln_wave: torch.Tensor, ln_min: float, step: float):
+    """Linear interpolation of every row of `table` at ln λ; (K, *ln_wave.shape)."""
+    position = (ln_wave - ln_min) / step
+    n = table.shape[-1]
+    left = position.detach().floor().clamp(0, n - 2).long()
+    t = (position - left).clamp(0, 1).to(table.dtype)
+    flat_left = left.reshape(-1)
+    values_left = table[:, flat_left].reshape(table.shape[0], *ln_wave.shape)
+    values_right = table[:, flat_left + 1].reshape(table.shape[0], *ln_wave.shape)
+    return values_left + t * (values_right - values_left)

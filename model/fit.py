@@ -1,0 +1,178 @@
+"""Fit one observation: radial velocity, latents and continuum.
+
+v is found by scanning a velocity grid (each trial velocity gets its own GON latent, so the
+template adapts to the star), refined on a 1 km/s grid, then (v, z) are optimised jointly.
+Its photon-noise limit σ_v = 1/sqrt(Σ ivar (∂m/∂v)²) comes from the model itself
+(∂m/∂v = −(λ ∂m/∂λ)/c, by forward-mode autograd).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.func import jvp
+
+from stargon.model.batch import PixelBatch, make_batch
+from stargon.model.gon import StarGON
+from stargon.model.physics import solve_continuum
+from stargon.surveys.spectrum import Spectrum
+
+COARSE_GRID = np.arange(-1000.0, 1000.0 + 1e-9, 10.0)
+FINE_HALF_WIDTH, FINE_STEP = 15.0, 1.0
+BASIS_BUDGET = 8_000_000  # floats per velocity chunk in the scan
+
+
+@dataclass
+class FitResult:
+    v_kms: float
+    v_err_kms: float
+    z: np.ndarray
+    chi2_dof: float
+    n_pix: int
+    wave: np.ndarray
+    model_flux: np.ndarray  # continuum × normalised model, in the spectrum's flux units
+    continuum: np.ndarray
+    normalised_model: np.ndarray
+
+
+def template_scan(
+    model: StarGON, batch: PixelBatch, templates: list[torch.Tensor], v_grid: np.ndarray
+) -> np.ndarray:
+    """χ²/n (M, V) of M fixed template spectra (a pyramid of decoded rows) at each velocity,
+    continuum solved for each: cheap, since no latent gradient is needed."""
+    n_templates, n_pix = templates[0].shape[0], batch.flux.shape[-1]
+    chunk = max(1, BASIS_BUDGET // (n_templates * n_pix))
+    chi2 = []
+    for start in range(0, len(v_grid), chunk):
+        v = torch.as_tensor(v_grid[start : start + chunk], dtype=batch.flux.dtype)
+        trial = _repeat(batch, len(v)).with_velocity(v.to(batch.flux.device))
+        with torch.no_grad():
+            rows = model.decoder.pixel_basis(
+                trial.wave, trial.v_kms, trial.resolving_power, templates
+            )
+            design = trial.design.expand(n_templates, *trial.design.shape)
+            flux, ivar = trial.flux.expand_as(rows), trial.ivar.expand_as(rows)
+            continuum = solve_continuum(design, flux, ivar, rows)
+            residual = (ivar * (flux - continuum * rows) ** 2).sum(-1) / trial.n_valid
+        chi2.append(residual.cpu().numpy())
+    return np.concatenate(chi2, axis=1)
+
+
+def velocity_scan(
+    model: StarGON, batch: PixelBatch, v_grid: np.ndarray, pyramid=None
+) -> np.ndarray:
+    """χ²/n after one GON step at each trial velocity, for a single-spectrum batch."""
+    pyramid = model.decoder.pyramid() if pyramid is None else pyramid
+    n_basis, n_pix = model.config.n_basis + 1, batch.flux.shape[-1]
+    chunk = max(1, BASIS_BUDGET // (n_basis * n_pix))
+    chi2 = []
+    for start in range(0, len(v_grid), chunk):
+        v = torch.as_tensor(v_grid[start : start + chunk], dtype=batch.flux.dtype)
+        trial = _repeat(batch, len(v)).with_velocity(v.to(batch.flux.device))
+        basis = model.basis(trial, pyramid)
+        z = model.encode(trial, basis)
+        with torch.no_grad():
+            chi2.append(model.chi2(z, basis, trial).cpu().numpy())
+    return np.concatenate(chi2)
+
+
+def _repeat(batch: PixelBatch, n: int) -> PixelBatch:
+    values = {name: getattr(batch, name) for name in batch.__dataclass_fields__}
+    return PixelBatch(**{k: v.expand(n, *v.shape[1:]) for k, v in values.items()})
+
+
+def template_pyramid(model: StarGON, prototypes: torch.Tensor | None = None):
+    """The pyramid of decoded template spectra for the coarse scan (z = 0 when no prototypes)."""
+    z = torch.zeros(1, model.config.latent_dim) if prototypes is None else prototypes
+    with torch.no_grad():
+        return model.decoder.pyramid(model.decoder.templates(z.to(model.decoder.table)))
+
+
+def find_velocity(model: StarGON, batch: PixelBatch, pyramid=None, templates=None) -> float:
+    """Template scan over ±1000 km/s, a GON scan at 1 km/s around the best, then a parabola."""
+    pyramid = model.decoder.pyramid() if pyramid is None else pyramid
+    templates = template_pyramid(model) if templates is None else templates
+    coarse = template_scan(model, batch, templates, COARSE_GRID).min(axis=0)
+    best = COARSE_GRID[int(np.argmin(coarse))]
+    fine_grid = best + np.arange(-FINE_HALF_WIDTH, FINE_HALF_WIDTH + 1e-9, FINE_STEP)
+    fine = velocity_scan(model, batch, fine_grid, pyramid)
+    i = int(np.clip(np.argmin(fine), 1, len(fine) - 2))
+    y0, y1, y2 = fine[i - 1 : i + 2]
+    curvature = y0 - 2 * y1 + y2
+    offset = 0.5 * (y0 - y2) / curvature if curvature > 0 else 0.0
+    return float(fine_grid[i] + np.clip(offset, -1, 1) * FINE_STEP)
+
+
+def fit_spectrum(
+    model: StarGON,
+    spectrum: Spectrum,
+    fit_velocity: bool | None = None,
+    refine_steps: int = 20,
+    device: str | torch.device = "cpu",
+    pyramid: list[torch.Tensor] | None = None,
+    templates: list[torch.Tensor] | None = None,
+) -> FitResult:
+    """Best (v, z, continuum) for one spectrum. Rest-frame spectra keep v = 0 unless asked.
+
+    Pass `pyramid` and `templates` (from `model.decoder.pyramid()` and `template_pyramid`) when
+    fitting many spectra with one model: they do not depend on the spectrum.
+    """
+    fit_velocity = spectrum.frame == "observed" if fit_velocity is None else fit_velocity
+    batch = make_batch([spectrum]).to(device)
+    if pyramid is None:
+        with torch.no_grad():
+            pyramid = model.decoder.pyramid()
+    v0 = find_velocity(model, batch, pyramid, templates) if fit_velocity else 0.0
+    z = model.encode(batch.with_velocity(torch.tensor([v0], dtype=batch.flux.dtype)))
+    v = torch.tensor([v0], dtype=batch.flux.dtype, device=device)
+    z, v = _refine(model, batch, pyramid, z, v, fit_velocity, refine_steps)
+    return _result(model, spectrum, batch, pyramid, z, v)
+
+
+def _refine(model, batch, pyramid, z, v, fit_velocity, steps):
+    z = z.clone().requires_grad_(True)
+    v = v.clone().requires_grad_(fit_velocity)
+    params = [z, v] if fit_velocity else [z]
+    optimiser = torch.optim.LBFGS(params, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimiser.zero_grad()
+        trial = batch.with_velocity(v)
+        loss = model.chi2(z, model.basis(trial, pyramid), trial).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimiser.step(closure)
+    return z.detach(), v.detach()
+
+
+def _result(model, spectrum, batch, pyramid, z, v) -> FitResult:
+    def model_at(velocity: torch.Tensor) -> torch.Tensor:
+        trial = batch.with_velocity(velocity)
+        return model.model_flux(z, model.basis(trial, pyramid), trial)[0]
+
+    with torch.no_grad():
+        trial = batch.with_velocity(v)
+        full, normalised = model.model_flux(z, model.basis(trial, pyramid), trial)
+        chi2 = model.chi2(z, model.basis(trial, pyramid), trial)
+    _, dm_dv = jvp(model_at, (v,), (torch.ones_like(v),))
+    information = (batch.ivar * dm_dv**2).sum().item()
+    n_pix = int((batch.ivar > 0).sum())
+    scale = batch.scale[0].item()
+    continuum = (full / normalised.where(normalised != 0, torch.ones_like(normalised)))[0]
+    valid = spectrum.valid
+    wave = spectrum.wave[valid]
+    return FitResult(
+        v_kms=float(v.item()),
+        v_err_kms=float(1.0 / np.sqrt(information)) if information > 0 else float("inf"),
+        z=z[0].cpu().numpy(),
+        chi2_dof=float(chi2.item() * n_pix / max(n_pix - z.shape[1] - 1, 1)),
+        n_pix=n_pix,
+        wave=wave,
+        model_flux=full[0, : wave.size].cpu().numpy() * scale,
+        continuum=continuum[: wave.size].cpu().numpy() * scale,
+        normalised_model=normalised[0, : wave.size].cpu().numpy(),
+    )

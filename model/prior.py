@@ -1,0 +1,57 @@
+"""A density over training latents, so that the model can *sample* realistic new spectra.
+
+A Gaussian mixture (scikit-learn) is fitted to the GON latents of training spectra; its
+parameters travel in the checkpoint as tensors (`prior.*`), so sampling needs no pickle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.mixture import GaussianMixture
+
+
+@dataclass
+class LatentPrior:
+    weights: np.ndarray  # (M,)
+    means: np.ndarray  # (M, D)
+    covariances: np.ndarray  # (M, D, D)
+
+    @classmethod
+    def fit(cls, latents: np.ndarray, n_components: int = 8, seed: int = 0) -> LatentPrior:
+        n_components = max(1, min(n_components, len(latents) // 10))
+        # A covariance floor relative to the latents' own scale keeps near-duplicates stable.
+        floor = 1e-4 * float(np.mean(np.var(latents, axis=0))) + 1e-12
+        gmm = GaussianMixture(
+            n_components, covariance_type="full", reg_covar=floor, random_state=seed
+        )
+        gmm.fit(latents)
+        return cls(gmm.weights_, gmm.means_, gmm.covariances_)
+
+    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        component = rng.choice(len(self.weights), size=n, p=self.weights / self.weights.sum())
+        out = np.empty((n, self.means.shape[1]))
+        for k in np.unique(component):
+            rows = component == k
+            out[rows] = rng.multivariate_normal(self.means[k], self.covariances[k], rows.sum())
+        return out
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        return {
+            "prior.weights": torch.as_tensor(self.weights),
+            "prior.means": torch.as_tensor(self.means),
+            "prior.covariances": torch.as_tensor(self.covariances),
+        }
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> LatentPrior | None:
+        if "prior.means" not in tensors:
+            return None
+        return cls(
+            tensors["prior.weights"].double().cpu().numpy(),
+            tensors["prior.means"].double().cpu().numpy(),
+            tensors["prior.covariances"].double().cpu().numpy(),
+        )

@@ -1,0 +1,176 @@
+"""The GON model: batch independence, checkpoints, radial velocity by injection, sampling."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from astropy.io import fits
+
+from stargon.model.batch import make_batch
+from stargon.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from stargon.model.decoder import ModelConfig
+from stargon.model.fit import fit_spectrum
+from stargon.model.gon import StarGON
+from stargon.model.instruments import instrument
+from stargon.model.physics import observed_to_rest
+from stargon.model.prior import LatentPrior
+from stargon.surveys import Spectrum, read_file
+from stargon.surveys.emulator import PayneEmulator
+from stargon.train.sampling import sample_spectra
+
+SMALL = ModelConfig(latent_dim=8, n_basis=8, hidden=32, wave_min=3500.0, wave_max=17000.0)
+
+
+@pytest.fixture(scope="module")
+def spectra(data):
+    files = [
+        "miles/MILES_res2.50_star_m0001V.fits",
+        "apogee_dr17/apStar-dr17-2M17335483-2753043.fits",
+        "lamost_dr1/SampleFits/spec-55862-B6212_sp06-003.fits",
+        "gaia_rvs/KOI-001.csv",
+        "stelib/STELIB_v3.2_HD002857.fits",
+    ]
+    return [read_file(data / f)[0] for f in files]
+
+
+def trained_a_little(spectra, steps: int = 5) -> StarGON:
+    """A model with non-trivial weights (a few optimiser steps on real spectra)."""
+    torch.manual_seed(0)
+    model = StarGON(SMALL)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    batch = make_batch(spectra, n_pixels=500, rngs=[np.random.default_rng(i) for i in range(5)])
+    for _ in range(steps):
+        loss, _, _ = model.loss(batch)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return model
+
+
+def test_latent_does_not_depend_on_batch_size_or_batch_mates(spectra):
+    model = trained_a_little(spectra)
+    alone = model.encode(make_batch(spectra[:1]))
+    together = model.encode(make_batch(spectra))
+    reordered = model.encode(make_batch(spectra[::-1]))
+    assert alone.abs().max() > 1e-4  # a real latent, not zeros
+    assert torch.allclose(alone[0], together[0], rtol=1e-4, atol=1e-6)
+    assert torch.allclose(together[0], reordered[-1], rtol=1e-4, atol=1e-6)
+
+
+def test_loss_decreases_when_training(spectra):
+    torch.manual_seed(0)
+    model = StarGON(SMALL)
+    batch = make_batch(spectra, n_pixels=500, rngs=[np.random.default_rng(i) for i in range(5)])
+    before = model.loss(batch)[0].item()
+    model = trained_a_little(spectra, steps=30)
+    assert model.loss(batch)[0].item() < 0.5 * before
+
+
+def test_checkpoint_reloads_to_identical_outputs(spectra, tmp_path):
+    model = trained_a_little(spectra)
+    folder = save_checkpoint(tmp_path / "ckpt", model, card={"note": "test"})
+    loaded, document, _ = load_checkpoint(folder)
+    batch = make_batch(spectra)
+    assert torch.equal(model.encode(batch), loaded.encode(batch))
+    assert document["model_config"] == SMALL.to_dict()
+    assert not list(tmp_path.glob(".ckpt*")), "staging folders must not be left behind"
+
+
+def test_bad_checkpoints_give_clear_errors(spectra, tmp_path):
+    model = trained_a_little(spectra, steps=1)
+    folder = save_checkpoint(tmp_path / "ckpt", model)
+    weights, card = folder / "model.safetensors", folder / "model.json"
+    good_weights, good_card = weights.read_bytes(), card.read_text()
+
+    weights.write_bytes(good_weights[: len(good_weights) // 2])
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        load_checkpoint(folder)
+
+    document = json.loads(good_card)
+    document.pop("weights_sha256")
+    card.write_text(json.dumps(document))
+    with pytest.raises(CheckpointError, match="unreadable safetensors"):
+        load_checkpoint(folder)
+
+    weights.write_bytes(good_weights)
+    document["model_config"]["n_basis"] = 9
+    card.write_text(json.dumps(document))
+    with pytest.raises(CheckpointError, match="weights do not fit the config"):
+        load_checkpoint(folder)
+
+    document["model_config"]["colour"] = "blue"
+    card.write_text(json.dumps(document))
+    with pytest.raises(CheckpointError, match="unknown model config keys"):
+        load_checkpoint(folder)
+
+    card.unlink()
+    with pytest.raises(CheckpointError, match=r"model\.json: missing"):
+        load_checkpoint(folder)
+
+
+def template_model(template: Spectrum) -> StarGON:
+    """A model whose every latent decodes to one known rest-frame spectrum (h ≡ 0)."""
+    config = ModelConfig(latent_dim=4, n_basis=4, hidden=16, wave_min=15000.0, wave_max=17100.0)
+    model = StarGON(config)
+    grid = torch.exp(model.decoder.ln_min + config.ln_step * torch.arange(config.n_table))
+    valid = template.valid
+    flux = np.interp(grid.numpy(), template.wave[valid], template.flux[valid])
+    with torch.no_grad():
+        model.decoder.table.zero_()
+        model.decoder.table[0] = torch.as_tensor(flux)
+    return model
+
+
+@pytest.mark.parametrize("v_true", [-287.4, 37.3])
+def test_radial_velocity_recovered_on_an_injected_shift(data, v_true):
+    """An APOGEE-like (R = 22,500, S/N 100) emulator spectrum, shifted and noised."""
+    emulator = PayneEmulator(data / "apogee_payne/neural_nets/NN_normalized_spectra.npz")
+    labels = torch.tensor([[4800.0, 4.5, 0.0, 0.1, 6.0]], dtype=torch.float64)
+    (rest,) = emulator.spectra(labels)
+    model = template_model(rest)
+    observed_wave = instrument("apogee").wave
+    rest_wave_seen = observed_to_rest(torch.as_tensor(observed_wave), v_true).numpy()
+    inside = (rest_wave_seen > rest.wave[0]) & (rest_wave_seen < rest.wave[-1])
+    clean = np.interp(rest_wave_seen[inside], rest.wave, rest.flux)
+    rng = np.random.default_rng(1)
+    observed = Spectrum(
+        wave=observed_wave[inside],
+        flux=clean * 1.3 + rng.normal(0, 1.3 / 100, clean.size),
+        ivar=np.full(clean.size, (100 / 1.3) ** 2),
+        instrument="APOGEE",
+        resolving_power=math.inf,  # the template already has APOGEE's resolution
+        frame="observed",
+        normalised=True,
+        source="injected",
+        star_id="injected",
+    )
+    result = fit_spectrum(model, observed)
+    assert result.v_err_kms < 0.1
+    assert abs(result.v_kms - v_true) < max(4 * result.v_err_kms, 0.05)
+    assert result.chi2_dof == pytest.approx(1.0, abs=0.15)
+
+
+def test_sampling_from_the_prior_on_an_instrument(spectra, tmp_path):
+    model = trained_a_little(spectra)
+    latents = model.encode(make_batch(spectra)).numpy()
+    rng = np.random.default_rng(0)
+    cloud = latents[rng.integers(len(latents), size=200)] + rng.normal(
+        0, 0.05, (200, SMALL.latent_dim)
+    )
+    prior = LatentPrior.fit(cloud, n_components=2)
+    lamost = instrument("lamost")
+    z, flux = sample_spectra(model, prior, lamost, n=7, v_kms=50.0)
+    assert z.shape == (7, SMALL.latent_dim) and flux.shape == (7, lamost.wave.size)
+    assert np.all(np.isfinite(flux))
+    from stargon.train.sampling import sample_to_file
+
+    folder = save_checkpoint(tmp_path / "m", model, extra_tensors=prior.to_tensors())
+    out = sample_to_file(3, "galah", folder, tmp_path / "s.fits", 0.0, 0)
+    with fits.open(out) as hdul:
+        assert hdul["FLUX"].data.shape == (3, 4 * 4096)
+        assert hdul["WAVE"].columns["wavelength"].unit == "Angstrom"
+        assert hdul[0].header["SYNTHETIC"]

@@ -1,0 +1,66 @@
+"""The training set: spectra streamed from a data folder, a survey name each, a split by star."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from stargon.surveys.registry import scan
+from stargon.surveys.spectrum import Spectrum
+
+
+@dataclass
+class TrainingSet:
+    spectra: list[Spectrum]
+    surveys: list[str]  # the data folder each spectrum came from (e.g. "lamost_dr1")
+    held_out: np.ndarray  # bool per spectrum: its star is in the held-out split
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+    def indices(self, held_out: bool = False, frame: str | None = None) -> np.ndarray:
+        keep = self.held_out == held_out
+        if frame is not None:
+            keep &= np.array([s.frame == frame for s in self.spectra])
+        return np.flatnonzero(keep)
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for survey, held in zip(self.surveys, self.held_out, strict=True):
+            entry = out.setdefault(survey, {"train": 0, "held_out": 0})
+            entry["held_out" if held else "train"] += 1
+        return out
+
+
+def is_held_out(star_id: str, fraction: float) -> bool:
+    """A stable split by star: the same star is on the same side in every run and survey."""
+    digest = hashlib.sha256(star_id.strip().upper().encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def load_training_set(
+    data: str | Path,
+    surveys: list[str] | None = None,
+    held_out_fraction: float = 0.1,
+    progress: bool = True,
+) -> TrainingSet:
+    """Read every spectrum under `data` (optionally only some top-level folders)."""
+    data = Path(data)
+    folders = sorted(p for p in data.iterdir() if p.is_dir()) if data.is_dir() else [data]
+    if surveys:
+        missing = set(surveys) - {f.name for f in folders}
+        if missing:
+            raise FileNotFoundError(f"{data}: no survey folders named {sorted(missing)}")
+        folders = [f for f in folders if f.name in surveys]
+    spectra, names, failures = [], [], []
+    for folder in tqdm(folders, desc="reading spectra", disable=not progress):
+        for outcome in scan(folder):
+            if outcome.error:
+                failures.append({"file": str(outcome.path), "reason": outcome.error})
+            for spectrum in outcome.spectra:
+                spectra.append(spectrum)
+                names.append(folder.name)
+    held = np.array([is_held_out(s.star_id, held_out_fraction) for s in spectra], dtype=bool)
+    return TrainingSet(spectra, names, held, failures)

@@ -1,0 +1,54 @@
+"""torchrun support: one process per device, DistributedDataParallel, nothing home-made."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Context:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(request: str = "auto") -> torch.device:
+    if request == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(request)
+
+
+def setup(device_request: str = "auto") -> Context:
+    """Join the process group torchrun describes (NCCL on GPUs, gloo on CPU), if any."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = pick_device(device_request)
+    if world_size == 1:
+        return Context(0, 1, device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend)
+    rank = dist.get_rank()
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    return Context(rank, world_size, device)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast(tensor: torch.Tensor, context: Context) -> torch.Tensor:
+    """Rank 0's values on every rank (e.g. radial velocities estimated once)."""
+    if context.world_size > 1:
+        dist.broadcast(tensor, src=0)
+    return tensor

@@ -1,0 +1,83 @@
+"""Package a finished run as a model folder: weights, latent prior, template bank, model card."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from stargon.model.batch import make_batch
+from stargon.model.checkpoint import load_checkpoint, save_checkpoint
+from stargon.model.prior import LatentPrior
+from stargon.train.dataset import load_training_set
+from stargon.train.holdout import evaluate_held_out
+from stargon.train.loop import TrainConfig
+
+
+def release(run: str | Path, out: str | Path | None = None, evaluate: bool = True) -> Path:
+    run = Path(run)
+    latest = json.loads((run / "latest.json").read_text())
+    model, document, extra = load_checkpoint(run / latest["checkpoint"])
+    config = TrainConfig.from_dict(document["card"]["train_config"])
+    dataset = load_training_set(config.data, config.surveys, config.held_out_fraction)
+    velocities = extra["velocities"].numpy()
+    latents = encode_all(model, dataset, velocities, dataset.indices())
+    prior = LatentPrior.fit(latents)
+    prototypes = torch.as_tensor(prior.means, dtype=torch.float32)
+    metrics = evaluate_held_out(model, dataset, prototypes) if evaluate else {}
+    card = {
+        "description": "StarGON: a GON over a rest-frame continuous-wavelength decoder",
+        "trained_steps": latest["step"],
+        "train_config": document["card"]["train_config"],
+        "data": dataset.summary(),
+        "wavelength_coverage": _coverage(dataset),
+        "held_out_star_ids": sorted(
+            {s.star_id for s, h in zip(dataset.spectra, dataset.held_out, strict=True) if h}
+        ),
+        "latent_percentiles": {
+            str(q): np.percentile(latents, q, axis=0).tolist() for q in (1, 5, 50, 95, 99)
+        },
+        "held_out_metrics": metrics,
+        "training_device": _device_name(config.device),
+        "training_time_s": _training_time(run),
+    }
+    tensors = prior.to_tensors() | {"prototypes": prototypes}
+    return save_checkpoint(Path(out or run / "model"), model, card=card, extra_tensors=tensors)
+
+
+def encode_all(model, dataset, velocities, indices, batch_size: int = 64) -> np.ndarray:
+    """One-step GON latents of the given spectra (every valid pixel, up to 8,000 sampled)."""
+    out = []
+    for start in tqdm(range(0, len(indices), batch_size), desc="encoding", leave=False):
+        chunk = indices[start : start + batch_size]
+        spectra = [dataset.spectra[i] for i in chunk]
+        rngs = [np.random.default_rng(int(i)) for i in chunk]
+        batch = make_batch(spectra, v_kms=velocities[chunk], n_pixels=8000, rngs=rngs)
+        out.append(model.encode(batch).numpy())
+    return np.concatenate(out)
+
+
+def _coverage(dataset) -> dict[str, list[float]]:
+    coverage: dict[str, list[float]] = {}
+    for survey, spectrum in zip(dataset.surveys, dataset.spectra, strict=True):
+        lo, hi = coverage.get(survey, [np.inf, -np.inf])
+        coverage[survey] = [min(lo, float(spectrum.wave[0])), max(hi, float(spectrum.wave[-1]))]
+    return coverage
+
+
+def _device_name(request: str) -> str:
+    if torch.cuda.is_available() and request != "cpu":
+        return torch.cuda.get_device_name()
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _training_time(run: Path) -> float | None:
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return None
+    times = [json.loads(line)["time"] for line in path.read_text().splitlines()]
+    return float(times[-1] - times[0]) if len(times) > 1 else None
