@@ -52,3 +52,12 @@ def broadcast(tensor: torch.Tensor, context: Context) -> torch.Tensor:
     if context.world_size > 1:
         dist.broadcast(tensor, src=0)
     return tensor
+
+
+def global_mean(value: torch.Tensor, context: Context) -> torch.Tensor:
+    """The mean over processes of a per-process mean (equal shares of the global batch)."""
+    value = value.detach().clone()
+    if context.world_size > 1:
+        dist.all_reduce(value)
+        value /= context.world_size
+    return value
