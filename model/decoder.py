@@ -151,15 +151,15 @@ class BasisDecoder(nn.Module):
             v = v.unsqueeze(-1)
         ln_rest = torch.log(wave64) - torch.log1p(v / C_KMS)
         resolving_power = torch.as_tensor(resolving_power, device=wave_obs.device)
+        # The LSF level weights depend on R only (not on v): computed at R's own shape.
         var = (1.0 / (FWHM_PER_SIGMA * resolving_power.to(torch.float64))) ** 2
-        var = var.expand_as(ln_rest)
         sigmas2 = torch.tensor([lv.sigma**2 for lv in self.levels], dtype=torch.float64)
-        weights = _level_weights(var, sigmas2.to(wave_obs.device))
+        lower, t = _bracketing_level(var, sigmas2.to(var.device))
         basis = torch.zeros(
             (pyramid[0].shape[0], *ln_rest.shape), dtype=self.table.dtype, device=wave_obs.device
         )
         for index, level in enumerate(self.levels):
-            weight = weights[..., index]
+            weight = torch.where(lower == index, 1 - t, 0) + torch.where(lower + 1 == index, t, 0)
             if not bool((weight > 0).any()):
                 continue
             values = _interpolate(pyramid[index], ln_rest, self.ln_min, level.step)
@@ -183,17 +183,16 @@ class BasisDecoder(nn.Module):
         return self.decode(z, basis)
 
 
-def _level_weights(var: torch.Tensor, sigmas2: torch.Tensor) -> torch.Tensor:
-    """Weights (…, L) mixing the two pyramid levels whose σ² bracket each pixel's σ²."""
+def _bracketing_level(
+    var: torch.Tensor, sigmas2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each σ²: the pyramid level just below it and the mixing weight t of the next one
+    (mixing two Gaussians in σ² approximates the Gaussian in between)."""
     var = var.clamp(max=float(sigmas2[-1]))
     upper = torch.searchsorted(sigmas2, var.contiguous()).clamp(1, len(sigmas2) - 1)
     lower = upper - 1
     lo, hi = sigmas2[lower], sigmas2[upper]
-    t = ((var - lo) / (hi - lo)).clamp(0, 1)
-    weights = torch.zeros((*var.shape, len(sigmas2)), dtype=var.dtype, device=var.device)
-    weights.scatter_(-1, lower.unsqueeze(-1), (1 - t).unsqueeze(-1))
-    weights.scatter_add_(-1, upper.unsqueeze(-1), t.unsqueeze(-1))
-    return weights
+    return lower, ((var - lo) / (hi - lo)).clamp(0, 1)
 
 
 def _interpolate(table: torch.Tensor, ln_wave: torch.Tensor, ln_min: float, step: float):

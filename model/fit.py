@@ -1,7 +1,7 @@
 """Fit one observation: radial velocity, latents and continuum.
 
-v is found by scanning a velocity grid (each trial velocity gets its own GON latent, so the
-template adapts to the star), refined on a 1 km/s grid, then (v, z) are optimised jointly.
+v is found by scanning a velocity grid with a small bank of decoded templates, then with the
+star's own template (its GON latent) on a 1 km/s grid; then (v, z) are optimised jointly.
 Its photon-noise limit σ_v = 1/sqrt(Σ ivar (∂m/∂v)²) comes from the model itself
 (∂m/∂v = −(λ ∂m/∂λ)/c, by forward-mode autograd).
 """
@@ -40,42 +40,48 @@ class FitResult:
 def template_scan(
     model: StarGON, batch: PixelBatch, templates: list[torch.Tensor], v_grid: np.ndarray
 ) -> np.ndarray:
-    """χ²/n (M, V) of M fixed template spectra (a pyramid of decoded rows) at each velocity,
-    continuum solved for each: cheap, since no latent gradient is needed."""
-    n_templates, n_pix = templates[0].shape[0], batch.flux.shape[-1]
-    chunk = max(1, BASIS_BUDGET // (n_templates * n_pix))
-    chi2 = []
-    for start in range(0, len(v_grid), chunk):
-        v = torch.as_tensor(v_grid[start : start + chunk], dtype=batch.flux.dtype)
-        trial = _repeat(batch, len(v)).with_velocity(v.to(batch.flux.device))
-        with torch.no_grad():
-            rows = model.decoder.pixel_basis(
-                trial.wave, trial.v_kms, trial.resolving_power, templates
-            )
-            design = trial.design.expand(n_templates, *trial.design.shape)
-            flux, ivar = trial.flux.expand_as(rows), trial.ivar.expand_as(rows)
-            continuum = solve_continuum(design, flux, ivar, rows)
-            residual = (ivar * (flux - continuum * rows) ** 2).sum(-1) / trial.n_valid
-        chi2.append(residual.cpu().numpy())
-    return np.concatenate(chi2, axis=1)
+    """χ²/n (M, V) of M fixed template spectra (a pyramid of decoded rows) at each velocity."""
+
+    def rows(wave, v):
+        return model.decoder.pixel_basis(wave, v, batch.resolving_power[0], templates)
+
+    return _scan(batch, rows, templates[0].shape[0], v_grid)
 
 
-def velocity_scan(
-    model: StarGON, batch: PixelBatch, v_grid: np.ndarray, pyramid=None
+def latent_scan(
+    model: StarGON, batch: PixelBatch, pyramid: list[torch.Tensor], z: torch.Tensor, v_grid
 ) -> np.ndarray:
-    """χ²/n after one GON step at each trial velocity, for a single-spectrum batch."""
-    pyramid = model.decoder.pyramid() if pyramid is None else pyramid
-    n_basis, n_pix = model.config.n_basis + 1, batch.flux.shape[-1]
-    chunk = max(1, BASIS_BUDGET // (n_basis * n_pix))
+    """χ²/n (V,) of the spectrum's own model (latent z held fixed) at each velocity."""
+
+    def rows(wave, v):
+        basis = model.decoder.pixel_basis(wave, v, batch.resolving_power[0], pyramid)
+        return model.decoder.decode(z.expand(len(v), -1), basis).unsqueeze(0)
+
+    return _scan(batch, rows, model.config.n_basis + 1, v_grid)[0]
+
+
+def _scan(batch: PixelBatch, rows_at, n_rows: int, v_grid: np.ndarray) -> np.ndarray:
+    """χ²/n over a velocity grid for model rows (M, V, P) from `rows_at(wave, v)`.
+
+    The continuum is smooth and hardly depends on v, so it is solved once (first row, v = 0)
+    and each trial only gets a closed-form amplitude: no per-trial least squares.
+    """
+    n_pix = batch.flux.shape[-1]
+    flux, ivar = batch.flux[0], batch.ivar[0]
+    zero = torch.zeros(1, dtype=torch.float64)
+    with torch.no_grad():
+        reference = rows_at(batch.wave[0].expand(1, n_pix), zero)[:1, 0]
+        continuum = solve_continuum(batch.design[0], flux, ivar, reference)[0]
+    chunk = max(1, BASIS_BUDGET // (n_rows * n_pix))
     chi2 = []
     for start in range(0, len(v_grid), chunk):
-        v = torch.as_tensor(v_grid[start : start + chunk], dtype=batch.flux.dtype)
-        trial = _repeat(batch, len(v)).with_velocity(v.to(batch.flux.device))
-        basis = model.basis(trial, pyramid)
-        z = model.encode(trial, basis)
+        v = torch.as_tensor(v_grid[start : start + chunk], dtype=torch.float64)
         with torch.no_grad():
-            chi2.append(model.chi2(z, basis, trial).cpu().numpy())
-    return np.concatenate(chi2)
+            shape = continuum * rows_at(batch.wave[0].expand(len(v), n_pix), v)  # (M, V, P)
+            amplitude = (ivar * flux * shape).sum(-1) / (ivar * shape**2).sum(-1).clamp_min(1e-30)
+            residual = ivar * (flux - amplitude.unsqueeze(-1) * shape) ** 2
+        chi2.append((residual.sum(-1) / batch.n_valid[0]).cpu().numpy())
+    return np.concatenate(chi2, axis=1)
 
 
 def _repeat(batch: PixelBatch, n: int) -> PixelBatch:
@@ -91,13 +97,16 @@ def template_pyramid(model: StarGON, prototypes: torch.Tensor | None = None):
 
 
 def find_velocity(model: StarGON, batch: PixelBatch, pyramid=None, templates=None) -> float:
-    """Template scan over ±1000 km/s, a GON scan at 1 km/s around the best, then a parabola."""
+    """Template-bank scan over ±1000 km/s; then the star's own template (its GON latent at
+    that velocity) scanned at 1 km/s around the best, and a parabola through the minimum."""
     pyramid = model.decoder.pyramid() if pyramid is None else pyramid
     templates = template_pyramid(model) if templates is None else templates
     coarse = template_scan(model, batch, templates, COARSE_GRID).min(axis=0)
     best = COARSE_GRID[int(np.argmin(coarse))]
+    trial = batch.with_velocity(torch.tensor([best], dtype=batch.flux.dtype))
+    z = model.encode(trial, model.basis(trial, pyramid))
     fine_grid = best + np.arange(-FINE_HALF_WIDTH, FINE_HALF_WIDTH + 1e-9, FINE_STEP)
-    fine = velocity_scan(model, batch, fine_grid, pyramid)
+    fine = latent_scan(model, batch, pyramid, z, fine_grid)
     i = int(np.clip(np.argmin(fine), 1, len(fine) - 2))
     y0, y1, y2 = fine[i - 1 : i + 2]
     curvature = y0 - 2 * y1 + y2
@@ -131,16 +140,31 @@ def fit_spectrum(
     return _result(model, spectrum, batch, pyramid, z, v)
 
 
-def _refine(model, batch, pyramid, z, v, fit_velocity, steps):
-    z = z.clone().requires_grad_(True)
-    v = v.clone().requires_grad_(fit_velocity)
-    params = [z, v] if fit_velocity else [z]
-    optimiser = torch.optim.LBFGS(params, max_iter=steps, line_search_fn="strong_wolfe")
+def _refine(model, batch, pyramid, z, v, fit_velocity, steps, rounds: int = 2):
+    """Joint (z, v) by L-BFGS. The basis is linear in v over the sub-km/s steps left after the
+    scan, so it is linearised around the current v (one forward-mode derivative) and
+    re-linearised once, instead of being re-read from the table at every evaluation."""
+    for _ in range(rounds if fit_velocity else 1):
+        z, v = _refine_linearised(model, batch, pyramid, z, v.detach(), fit_velocity, steps)
+    return z, v
+
+
+def _refine_linearised(model, batch, pyramid, z, v0, fit_velocity, steps):
+    def basis_at(velocity):
+        return model.basis(batch.with_velocity(velocity), pyramid)
+
+    with torch.no_grad():
+        basis0, slope = jvp(basis_at, (v0,), (torch.ones_like(v0),))
+    z = z.detach().clone().requires_grad_(True)
+    v = v0.clone().requires_grad_(fit_velocity)
+    optimiser = torch.optim.LBFGS(
+        [z, v] if fit_velocity else [z], max_iter=steps, line_search_fn="strong_wolfe"
+    )
 
     def closure():
         optimiser.zero_grad()
-        trial = batch.with_velocity(v)
-        loss = model.chi2(z, model.basis(trial, pyramid), trial).sum()
+        basis = basis0 + (v - v0).to(basis0.dtype) * slope
+        loss = model.chi2(z, basis, batch.with_velocity(v)).sum()
         loss.backward()
         return loss
 

@@ -1,0 +1,61 @@
+"""Shared pieces of the benchmarks: data subsets, timing, peak memory in a child process."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(os.environ.get("STARGON_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def best_time(fn: Callable[[], object], repeat: int = 5) -> float:
+    """Seconds of the fastest of `repeat` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _child(fn, args, queue):
+    result = fn(*args)
+    queue.put((result, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+
+
+def in_child(fn: Callable, *args):
+    """Run fn(*args) in a fresh process: (its result, its peak resident memory in MiB)."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    process = ctx.Process(target=_child, args=(fn, args, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    """A Markdown table (also readable in a terminal)."""
+
+    def cell(value):
+        if isinstance(value, float):
+            return f"{value:,.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c, "—")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def split_by_star(n: int, held_out_fraction: float = 0.15, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    cut = int(n * held_out_fraction)
+    return np.sort(order[cut:]), np.sort(order[:cut])
