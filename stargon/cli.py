@@ -265,3 +265,15 @@ def sample_command(
 
     sample_to_file(n, instrument, checkpoint, out, v_kms, seed)
     console.print(f"[green]wrote[/] {out}")
+
+
+@app.command("release")
+def release_command(
+    run: Annotated[Path, typer.Argument(help="A training run folder (with latest.json).")],
+    out: Annotated[Path | None, typer.Option(help="Model folder (default RUN/model).")] = None,
+    evaluate: Annotated[bool, typer.Option(help="Held-out χ²/dof per survey vs PCA.")] = True,
+) -> None:
+    """Package a run's latest checkpoint: latent prior, template bank, model card, metrics."""
+    from stargon.train.release import release
+
+    console.print(f"[green]model[/] {release(run, out, evaluate)}")

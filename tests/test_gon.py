@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -174,3 +177,25 @@ def test_sampling_from_the_prior_on_an_instrument(spectra, tmp_path):
         assert hdul["FLUX"].data.shape == (3, 4 * 4096)
         assert hdul["WAVE"].columns["wavelength"].unit == "Angstrom"
         assert hdul[0].header["SYNTHETIC"]
+
+
+def test_fit_command_writes_one_row_per_spectrum_and_reports_bad_files(data, spectra, tmp_path):
+    model = trained_a_little(spectra)
+    folder = save_checkpoint(tmp_path / "m", model)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "broken.fits").write_bytes(b"SIMPLE  = T" + b" " * 100)
+    for name in ("gaia_rvs/KOI-001.csv", "miles/MILES_res2.50_star_m0002V.fits"):
+        (inputs / name.split("/")[1]).write_bytes((data / name).read_bytes())
+    out = tmp_path / "fits.csv"
+    result = subprocess.run(
+        [sys.executable, "-m", "stargon", "fit", str(inputs), "--checkpoint", str(folder),
+         "--out", str(out)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 2
+    assert {r["instrument"] for r in rows} == {"Gaia RVS", "MILES"}
+    assert all(float(r["rv_kms"]) == 0.0 for r in rows)  # rest-frame spectra keep v = 0
+    assert set(rows[0]) >= {"source", "star_id", "rv_err_kms", "chi2_dof", "n_pix", "z_0", "z_7"}
+    assert "broken.fits" in result.stderr
