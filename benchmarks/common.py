@@ -59,3 +59,16 @@ def split_by_star(n: int, held_out_fraction: float = 0.15, seed: int = 0):
     order = rng.permutation(n)
     cut = int(n * held_out_fraction)
     return np.sort(order[cut:]), np.sort(order[:cut])
+
+
+def load_model(checkpoint: str | None):
+    """(model, LSF pyramid, template pyramid) of a model folder, ready for fitting."""
+    import torch
+
+    from stargon.model.checkpoint import load_checkpoint, resolve_checkpoint
+    from stargon.model.fit import template_pyramid
+
+    model, _, extra = load_checkpoint(resolve_checkpoint(checkpoint))
+    with torch.no_grad():
+        pyramid = model.decoder.pyramid()
+    return model, pyramid, template_pyramid(model, extra.get("prototypes"))

@@ -11,10 +11,9 @@ import argparse
 
 import torch
 
-from benchmarks.common import DATA, best_time, table
+from benchmarks.common import DATA, best_time, load_model, table
 from stargon.model.batch import make_batch
-from stargon.model.checkpoint import load_checkpoint, resolve_checkpoint
-from stargon.model.fit import fit_spectrum, template_pyramid
+from stargon.model.fit import fit_spectrum
 from stargon.surveys import read_file
 
 FILES = {
@@ -30,10 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default=None)
     args = parser.parse_args()
-    model, _, extra = load_checkpoint(resolve_checkpoint(args.checkpoint))
-    with torch.no_grad():
-        pyramid = model.decoder.pyramid()
-    templates = template_pyramid(model, extra.get("prototypes"))
+    model, pyramid, templates = load_model(args.checkpoint)
     rows = []
     for name, path in FILES.items():
         spectrum = read_file(DATA / path)[0]

@@ -19,10 +19,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmarks.common import DATA, table
+from benchmarks.common import DATA, load_model, table
 from stargon.model.batch import make_batch
-from stargon.model.checkpoint import load_checkpoint, resolve_checkpoint
-from stargon.model.fit import COARSE_GRID, fit_spectrum, template_pyramid, template_scan
+from stargon.model.fit import COARSE_GRID, fit_spectrum, template_scan
 from stargon.model.physics import observed_to_rest
 from stargon.surveys import Spectrum, iter_spectra, read_file
 from stargon.surveys.spectrum import der_snr_noise
@@ -98,10 +97,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None, help="model folder (default: embedded)")
     parser.add_argument("--trials", type=int, default=1000)
     args = parser.parse_args()
-    model, _, extra = load_checkpoint(resolve_checkpoint(args.checkpoint))
-    with torch.no_grad():
-        pyramid = model.decoder.pyramid()
-    templates = template_pyramid(model, extra.get("prototypes"))
+    model, pyramid, templates = load_model(args.checkpoint)
     rows = []
     for name, (kind, snr) in SETTINGS.items():
         result = run_setting(model, pyramid, templates, kind, snr, args.trials)
