@@ -171,7 +171,9 @@ def test_sampling_from_the_prior_on_an_instrument(spectra, tmp_path):
     assert np.all(np.isfinite(flux))
     from stargon.train.sampling import sample_to_file
 
-    folder = save_checkpoint(tmp_path / "m", model, extra_tensors=prior.to_tensors())
+    # The template bank is the prior's means: entries that share memory must still save.
+    tensors = prior.to_tensors() | {"prototypes": torch.as_tensor(prior.means)}
+    folder = save_checkpoint(tmp_path / "m", model, extra_tensors=tensors)
     out = sample_to_file(3, "galah", folder, tmp_path / "s.fits", 0.0, 0)
     with fits.open(out) as hdul:
         assert hdul["FLUX"].data.shape == (3, 4 * 4096)
