@@ -27,7 +27,8 @@ def release(run: str | Path, out: str | Path | None = None, evaluate: bool = Tru
     velocities = extra["velocities"].numpy()
     latents = encode_all(model, dataset, velocities, dataset.indices())
     prior = LatentPrior.fit(latents)
-    prototypes = torch.as_tensor(prior.means, dtype=torch.float32)
+    medoids = survey_medoids(latents, [dataset.surveys[i] for i in dataset.indices()])
+    prototypes = torch.as_tensor(np.vstack([prior.means, medoids]), dtype=torch.float32)
     metrics = evaluate_held_out(model, dataset, prototypes) if evaluate else {}
     card = {
         "description": "StarGON: a GON over a rest-frame continuous-wavelength decoder",
@@ -59,6 +60,17 @@ def encode_all(model, dataset, velocities, indices, batch_size: int = 64) -> np.
         batch = make_batch(spectra, v_kms=velocities[chunk], n_pixels=8000, rngs=rngs)
         out.append(model.encode(batch).numpy())
     return np.concatenate(out)
+
+
+def survey_medoids(latents: np.ndarray, surveys: list[str]) -> np.ndarray:
+    """For each survey, the latent of its spectrum closest to the survey's mean latent: the
+    template bank must hold a star from every wavelength range, not only the common ones."""
+    names = np.array(surveys)
+    rows = []
+    for survey in sorted(set(surveys)):
+        members = latents[names == survey]
+        rows.append(members[np.argmin(((members - members.mean(0)) ** 2).sum(1))])
+    return np.array(rows)
 
 
 def _coverage(dataset) -> dict[str, list[float]]:
