@@ -177,11 +177,6 @@ class BasisDecoder(nn.Module):
             return basis[0] + weights @ basis[1:]
         return basis[0] + torch.einsum("bk,kbp->bp", weights, basis[1:])
 
-    def forward(self, wave_rest: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """f(λ_rest, z) at intrinsic resolution; wave_rest (P,) shared or (B, P)."""
-        basis = self.pixel_basis(wave_rest)
-        return self.decode(z, basis)
-
 
 def _bracketing_level(
     var: torch.Tensor, sigmas2: torch.Tensor
