@@ -84,11 +84,6 @@ def _scan(batch: PixelBatch, rows_at, n_rows: int, v_grid: np.ndarray) -> np.nda
     return np.concatenate(chi2, axis=1)
 
 
-def _repeat(batch: PixelBatch, n: int) -> PixelBatch:
-    values = {name: getattr(batch, name) for name in batch.__dataclass_fields__}
-    return PixelBatch(**{k: v.expand(n, *v.shape[1:]) for k, v in values.items()})
-
-
 def template_pyramid(model: StarGON, prototypes: torch.Tensor | None = None):
     """The pyramid of decoded template spectra for the coarse scan (z = 0 when no prototypes)."""
     z = torch.zeros(1, model.config.latent_dim) if prototypes is None else prototypes
@@ -181,10 +176,10 @@ def _result(model, spectrum, batch, pyramid, z, v) -> FitResult:
     with torch.no_grad():
         trial = batch.with_velocity(v)
         full, normalised = model.model_flux(z, model.basis(trial, pyramid), trial)
-        chi2 = model.chi2(z, model.basis(trial, pyramid), trial)
     _, dm_dv = jvp(model_at, (v,), (torch.ones_like(v),))
     information = (batch.ivar * dm_dv**2).sum().item()
     n_pix = int((batch.ivar > 0).sum())
+    chi2 = (batch.ivar * (batch.flux - full) ** 2).sum()
     scale = batch.scale[0].item()
     continuum = (full / normalised.where(normalised != 0, torch.ones_like(normalised)))[0]
     valid = spectrum.valid
@@ -193,7 +188,7 @@ def _result(model, spectrum, batch, pyramid, z, v) -> FitResult:
         v_kms=float(v.item()),
         v_err_kms=float(1.0 / np.sqrt(information)) if information > 0 else float("inf"),
         z=z[0].cpu().numpy(),
-        chi2_dof=float(chi2.item() * n_pix / max(n_pix - z.shape[1] - 1, 1)),
+        chi2_dof=float(chi2.item() / max(n_pix - z.shape[1] - 1, 1)),
         n_pix=n_pix,
         wave=wave,
         model_flux=full[0, : wave.size].cpu().numpy() * scale,

@@ -107,9 +107,10 @@ def _train(config, resume, dataset, context) -> Path:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimiser.step()
         done = step + 1
-        if done % config.log_every == 0 or done == config.steps:
+        log_now = done % config.log_every == 0 or done == config.steps
+        if log_now:
             loss = distributed.global_mean(loss, context)
-        if context.is_main and (done % config.log_every == 0 or done == config.steps):
+        if context.is_main and log_now:
             elapsed = time.perf_counter() - clock
             clock = time.perf_counter()
             record = {
