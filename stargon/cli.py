@@ -199,6 +199,15 @@ def train_command(
     warmup_steps: Annotated[int, typer.Option(help="Steps on rest-frame spectra only.")] = 200,
     rv_every: Annotated[int, typer.Option(help="Steps between RV re-estimates.")] = 500,
     checkpoint_every: int = 100,
+    synthetic: Annotated[
+        int, typer.Option(help="Payne-emulator spectra added as the survey payne_synthetic.")
+    ] = 0,
+    survey_balance: Annotated[
+        float, typer.Option(help="A survey's share of batches ∝ n_spectra^balance.")
+    ] = 0.5,
+    lr_decay_from: Annotated[
+        float, typer.Option(help="Fraction of steps after which lr decays (cosine) to 5 %.")
+    ] = 0.6,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 …")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue from latest.json.")] = False,
     package: Annotated[
@@ -222,6 +231,9 @@ def train_command(
         warmup_steps=warmup_steps,
         rv_every=rv_every,
         checkpoint_every=checkpoint_every,
+        synthetic=synthetic,
+        survey_balance=survey_balance,
+        lr_decay_from=lr_decay_from,
         device=device,
         model=ModelConfig(latent_dim=latent_dim, n_basis=n_basis),
     )

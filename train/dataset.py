@@ -7,10 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
+from stargon.surveys.emulator import PayneEmulator
 from stargon.surveys.registry import scan
 from stargon.surveys.spectrum import Spectrum
+
+SYNTHETIC_SURVEY = "payne_synthetic"
+EMULATOR = Path("apogee_payne/neural_nets/NN_normalized_spectra.npz")
 
 
 @dataclass
@@ -45,8 +50,11 @@ def load_training_set(
     surveys: list[str] | None = None,
     held_out_fraction: float = 0.1,
     progress: bool = True,
+    synthetic: int = 0,
 ) -> TrainingSet:
-    """Read every spectrum under `data` (optionally only some top-level folders)."""
+    """Read every spectrum under `data` (optionally only some top-level folders), plus
+    `synthetic` noiseless Payne-emulator spectra as their own survey, never mixed with the real
+    ones: they teach the H band, which the real data cover with a handful of stars."""
     data = Path(data)
     folders = sorted(p for p in data.iterdir() if p.is_dir()) if data.is_dir() else [data]
     if surveys:
@@ -62,5 +70,16 @@ def load_training_set(
             for spectrum in outcome.spectra:
                 spectra.append(spectrum)
                 names.append(folder.name)
+    if synthetic:
+        made = synthetic_spectra(data / EMULATOR, synthetic)
+        spectra += made
+        names += [SYNTHETIC_SURVEY] * len(made)
     held = np.array([is_held_out(s.star_id, held_out_fraction) for s in spectra], dtype=bool)
     return TrainingSet(spectra, names, held, failures)
+
+
+def synthetic_spectra(emulator_path: Path, n: int, seed: int = 0) -> list[Spectrum]:
+    """n emulator spectra with labels drawn uniformly inside its range (reproducible by seed)."""
+    emulator = PayneEmulator(emulator_path)
+    labels = emulator.sample_labels(n, torch.Generator().manual_seed(seed))
+    return emulator.spectra(labels, seed=seed)

@@ -46,6 +46,9 @@ class TrainConfig:
     checkpoint_every: int = 100
     log_every: int = 10
     held_out_fraction: float = 0.1
+    synthetic: int = 0  # Payne-emulator spectra added as the survey "payne_synthetic"
+    survey_balance: float = 0.5  # a survey's share of batches ∝ (its spectra)^balance
+    lr_decay_from: float = 0.6  # fraction of the steps after which lr falls (cosine) to 5 %
     device: str = "auto"
     model: ModelConfig = field(default_factory=ModelConfig)
 
@@ -69,7 +72,11 @@ def _train(config, resume, dataset, context) -> Path:
     if context.is_main:
         run.mkdir(parents=True, exist_ok=True)
     dataset = dataset or load_training_set(
-        config.data, config.surveys, config.held_out_fraction, progress=context.is_main
+        config.data,
+        config.surveys,
+        config.held_out_fraction,
+        progress=context.is_main,
+        synthetic=config.synthetic,
     )
     torch.manual_seed(config.seed)
     model = StarGON(config.model).to(context.device)
@@ -92,7 +99,9 @@ def _train(config, resume, dataset, context) -> Path:
         if step >= config.warmup_steps and (step - config.warmup_steps) % config.rv_every == 0:
             velocities = _refresh_velocities(model, dataset, velocities, context)
         pool = train_rest if step < config.warmup_steps else train_all
-        chosen = _global_batch(config, step, pool)
+        chosen = _global_batch(config, step, pool, dataset.surveys)
+        for group in optimiser.param_groups:
+            group["lr"] = learning_rate(config, step)
         mine = np.array_split(chosen, context.world_size)[context.rank]
         batch = make_batch(
             [dataset.spectra[i] for i in mine],
@@ -127,9 +136,28 @@ def _train(config, resume, dataset, context) -> Path:
     return run
 
 
-def _global_batch(config: TrainConfig, step: int, pool: np.ndarray) -> np.ndarray:
+def _global_batch(
+    config: TrainConfig, step: int, pool: np.ndarray, surveys: list[str]
+) -> np.ndarray:
+    """The step's spectra. Each survey gets a share ∝ n^balance of the batches, so MILES's
+    thousand stars do not drown the four APOGEE ones (balance 1: every spectrum alike)."""
+    names = np.array(surveys)[pool]
+    _, inverse, counts = np.unique(names, return_inverse=True, return_counts=True)
+    weights = counts[inverse] ** (config.survey_balance - 1.0)
     rng = np.random.default_rng([config.seed, step])
-    return np.sort(rng.choice(pool, config.batch_size, replace=pool.size < config.batch_size))
+    chosen = rng.choice(
+        pool, config.batch_size, replace=pool.size < config.batch_size, p=weights / weights.sum()
+    )
+    return np.sort(chosen)
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Constant, then a cosine fall to 5 % over the last (1 − lr_decay_from) of the steps."""
+    start = config.lr_decay_from * config.steps
+    if step < start:
+        return config.lr
+    progress = (step - start) / max(config.steps - start, 1)
+    return config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
 def _refresh_velocities(model, dataset, velocities, context):
@@ -146,10 +174,15 @@ def _refresh_velocities(model, dataset, velocities, context):
     return distributed.broadcast(estimates.to(context.device), context).cpu().numpy()
 
 
-def _prototypes(model, dataset, context, n: int = 16) -> torch.Tensor:
-    """Latents of a fixed handful of rest-frame training spectra: the template bank."""
+def _prototypes(model, dataset, context, per_survey: int = 2) -> torch.Tensor:
+    """Latents of a fixed few rest-frame training spectra of every survey: the template bank."""
     pool = dataset.indices(held_out=False, frame="rest")
-    chosen = np.random.default_rng(0).choice(pool, min(n, pool.size), replace=False)
+    names = np.array(dataset.surveys)[pool]
+    rng = np.random.default_rng(0)
+    chosen = np.concatenate(
+        [rng.choice(members, min(per_survey, members.size), replace=False)
+         for members in (pool[names == name] for name in sorted(set(names)))]
+    )  # fmt: skip
     batch = make_batch([dataset.spectra[i] for i in chosen], n_pixels=2000).to(context.device)
     return model.encode(batch)
 

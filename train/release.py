@@ -23,7 +23,9 @@ def release(run: str | Path, out: str | Path | None = None, evaluate: bool = Tru
     latest = json.loads((run / "latest.json").read_text())
     model, document, extra = load_checkpoint(run / latest["checkpoint"])
     config = TrainConfig.from_dict(document["card"]["train_config"])
-    dataset = load_training_set(config.data, config.surveys, config.held_out_fraction)
+    dataset = load_training_set(
+        config.data, config.surveys, config.held_out_fraction, synthetic=config.synthetic
+    )
     velocities = extra["velocities"].numpy()
     latents = encode_all(model, dataset, velocities, dataset.indices())
     prior = LatentPrior.fit(latents)
