@@ -20,11 +20,10 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.common import DATA, load_model, table
+from stargon.evaluate.injection import inject
 from stargon.model.batch import make_batch
 from stargon.model.fit import COARSE_GRID, fit_spectrum, template_scan
-from stargon.model.physics import observed_to_rest
 from stargon.surveys import Spectrum, iter_spectra, read_file
-from stargon.surveys.spectrum import der_snr_noise
 
 SETTINGS = {
     "MILES-like (R≈2,000, S/N 50)": ("miles", 50.0),
@@ -37,31 +36,6 @@ def sources(kind: str) -> list[Spectrum]:
         return [s for s in iter_spectra(DATA / "miles") if s.valid.mean() > 0.95][:200]
     apogee = [read_file(p)[0] for p in sorted(DATA.glob("apogee_dr17/apStar*.fits"))]
     return apogee + [s for s in iter_spectra(DATA / "apogee_payne") if s.frame == "rest"]
-
-
-def inject(spectrum: Spectrum, v: float, snr: float, rng: np.random.Generator) -> Spectrum:
-    """The spectrum as it would be observed at velocity v, with noise to reach S/N `snr`."""
-    valid = spectrum.valid
-    rest_seen = observed_to_rest(torch.as_tensor(spectrum.wave), v).numpy()
-    inside = (rest_seen > spectrum.wave[valid][0]) & (rest_seen < spectrum.wave[valid][-1])
-    flux = np.interp(rest_seen[inside], spectrum.wave[valid], spectrum.flux[valid])
-    level = np.median(np.abs(flux))
-    existing = der_snr_noise(spectrum.flux[valid])
-    target = level / snr
-    extra = np.sqrt(max(target**2 - existing**2, 0.0))
-    flux = flux + rng.normal(0.0, extra, flux.size)
-    return Spectrum(
-        wave=spectrum.wave[inside],
-        flux=flux,
-        ivar=np.full(flux.size, 1.0 / target**2),
-        instrument=spectrum.instrument,
-        resolving_power=np.broadcast_to(spectrum.resolving_power, spectrum.wave.shape)[inside],
-        frame="observed",
-        normalised=spectrum.normalised,
-        source=f"{spectrum.source} (injected {v:+.2f} km/s)",
-        star_id=spectrum.star_id,
-        segments=[(0, int(inside.sum()))],
-    )
 
 
 def run_setting(model, pyramid, templates, kind, snr, trials, seed=0) -> dict:

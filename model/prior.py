@@ -36,7 +36,10 @@ class LatentPrior:
         out = np.empty((n, self.means.shape[1]))
         for k in np.unique(component):
             rows = component == k
-            out[rows] = rng.multivariate_normal(self.means[k], self.covariances[k], rows.sum())
+            covariance = 0.5 * (self.covariances[k] + self.covariances[k].T)
+            out[rows] = rng.multivariate_normal(
+                self.means[k], covariance, rows.sum(), check_valid="ignore", method="eigh"
+            )
         return out
 
     def to_tensors(self) -> dict[str, torch.Tensor]:

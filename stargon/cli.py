@@ -289,3 +289,30 @@ def release_command(
     from stargon.train.release import release
 
     console.print(f"[green]model[/] {release(run, out, evaluate)}")
+
+
+@app.command("evaluate")
+def evaluate_command(
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Model folder (default: embedded).")
+    ] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Data folder.")] = None,
+    out: Annotated[Path, typer.Option(help="Report folder.")] = Path("report"),
+    surveys: Annotated[
+        str | None, typer.Option(help="Comma-separated data subfolders (default: the card's).")
+    ] = None,
+    max_per_survey: Annotated[int, typer.Option(help="Held-out spectra fitted per survey.")] = 60,
+    injection_trials: Annotated[int, typer.Option(help="RV injection trials per setting.")] = 40,
+) -> None:
+    """Report how good a checkpoint is and what its latents mean (Markdown, PNG, JSON)."""
+    from stargon.evaluate.report import evaluate
+
+    folder = evaluate(
+        checkpoint,
+        data or default_data_dir(),
+        out,
+        max_per_survey=max_per_survey,
+        injection_trials=injection_trials,
+        surveys=surveys.split(",") if surveys else None,
+    )
+    console.print(f"[green]report[/] {folder / 'report.md'}")

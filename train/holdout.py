@@ -9,6 +9,7 @@ Surveys without published errors are also given as fractional RMS.
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 
 import numpy as np
@@ -16,11 +17,36 @@ import torch
 from sklearn.decomposition import PCA
 from tqdm import tqdm
 
-from stargon.model.fit import fit_spectrum, template_pyramid
+from stargon.model.fit import FitResult, fit_spectrum, template_pyramid
 from stargon.model.gon import StarGON
 from stargon.model.physics import resample
 from stargon.surveys.spectrum import Spectrum
 from stargon.train.dataset import TrainingSet
+
+
+def fit_held_out(
+    model: StarGON,
+    dataset: TrainingSet,
+    prototypes: torch.Tensor | None = None,
+    max_per_survey: int = 60,
+    max_pixels: int = 20000,
+) -> dict[str, list[tuple[int, FitResult]]]:
+    """`fit_spectrum` on (up to `max_per_survey`) held-out spectra of every survey."""
+    with torch.no_grad():
+        pyramid = model.decoder.pyramid()
+    templates = template_pyramid(model, prototypes)
+    by_survey: dict[str, list[int]] = defaultdict(list)
+    for i in dataset.indices(held_out=True):
+        by_survey[dataset.surveys[i]].append(int(i))
+    fits: dict[str, list[tuple[int, FitResult]]] = {}
+    for survey, indices in sorted(by_survey.items()):
+        fits[survey] = []
+        for i in tqdm(indices[:max_per_survey], desc=f"held-out {survey}", leave=False):
+            spectrum = dataset.spectra[i]
+            if spectrum.valid.sum() <= max_pixels:
+                result = fit_spectrum(model, spectrum, pyramid=pyramid, templates=templates)
+                fits[survey].append((i, result))
+    return fits
 
 
 def evaluate_held_out(
@@ -29,26 +55,17 @@ def evaluate_held_out(
     prototypes: torch.Tensor | None = None,
     max_per_survey: int = 60,
     max_pixels: int = 20000,
+    fits: dict[str, list[tuple[int, FitResult]]] | None = None,
 ) -> dict[str, dict]:
-    with torch.no_grad():
-        pyramid = model.decoder.pyramid()
-    templates = template_pyramid(model, prototypes)
-    by_survey: dict[str, list[int]] = defaultdict(list)
-    for i in dataset.indices(held_out=True):
-        by_survey[dataset.surveys[i]].append(int(i))
+    """Median χ²/dof and fractional RMS per survey, model against PCA."""
+    fits = fits or fit_held_out(model, dataset, prototypes, max_per_survey, max_pixels)
     report = {}
-    for survey, indices in sorted(by_survey.items()):
-        indices = indices[:max_per_survey]
-        model_chi2, model_rms = [], []
-        for i in tqdm(indices, desc=f"held-out {survey}", leave=False):
-            spectrum = dataset.spectra[i]
-            if spectrum.valid.sum() > max_pixels:
-                continue
-            result = fit_spectrum(model, spectrum, pyramid=pyramid, templates=templates)
-            model_chi2.append(result.chi2_dof)
-            model_rms.append(_fractional_rms(spectrum, result.model_flux))
+    for survey, results in fits.items():
+        model_chi2 = [result.chi2_dof for _, result in results]
+        model_rms = [_fractional_rms(dataset.spectra[i], r.model_flux) for i, r in results]
         train = [dataset.spectra[i] for i in dataset.indices() if dataset.surveys[i] == survey]
-        pca = pca_baseline(train, [dataset.spectra[i] for i in indices], model.config.latent_dim)
+        held = [dataset.spectra[i] for i, _ in results]
+        pca = pca_baseline(train, held, model.config.latent_dim)
         report[survey] = {
             "n_held_out": len(model_chi2),
             "model_chi2_dof": _median(model_chi2),
@@ -70,33 +87,49 @@ def _median(values: list[float]) -> float | None:
     return float(np.median(values)) if values else None
 
 
+class SurveyPCA:
+    """PCA of one survey's spectra (flux / median on the first spectrum's pixels); held-out
+    spectra are projected by ivar-weighted least squares on the mean and components."""
+
+    def __init__(self, train: list[Spectrum], n_components: int):
+        self.grid = train[0].wave
+        self.n_components = n_components
+        x, w = on_grid(train, self.grid)
+        with warnings.catch_warnings():  # columns no training spectrum covers: filled with 1
+            warnings.simplefilter("ignore", RuntimeWarning)
+            column_median = np.nanmedian(np.where(w > 0, x, np.nan), axis=0)
+        column_median = np.nan_to_num(column_median, nan=1.0)
+        pca = PCA(n_components).fit(np.where(w > 0, x, column_median))
+        self.basis = np.vstack([pca.mean_, pca.components_])  # (D+1, N)
+
+    def project(self, spectra: list[Spectrum]) -> list[dict]:
+        """Per spectrum: coefficients (D,), and on the grid: x, w, model and the valid mask."""
+        out = []
+        for x, w in zip(*on_grid(spectra, self.grid), strict=True):
+            valid = w > 0
+            a = self.basis[:, valid].T * np.sqrt(w[valid])[:, None]
+            coeffs, *_ = np.linalg.lstsq(a, x[valid] * np.sqrt(w[valid]), rcond=None)
+            out.append({"coeffs": coeffs[1:], "x": x, "w": w, "model": coeffs @ self.basis,
+                        "valid": valid})  # fmt: skip
+        return out
+
+
 def pca_baseline(train: list[Spectrum], held_out: list[Spectrum], n_components: int) -> dict:
     """Median χ²/dof and fractional RMS of a per-survey PCA on held-out spectra."""
     if len(train) <= n_components + 1 or not held_out:
         return {}
-    grid = train[0].wave
-    x_train, w_train = _on_grid(train, grid)
-    fill = np.where(w_train > 0, x_train, np.nan)
-    column_median = np.nan_to_num(np.nanmedian(fill, axis=0), nan=1.0)
-    x_filled = np.where(w_train > 0, x_train, column_median)
-    pca = PCA(n_components).fit(x_filled)
-    basis = np.vstack([pca.mean_, pca.components_])  # (D+1, N)
-    x_test, w_test = _on_grid(held_out, grid)
     chi2, rms = [], []
-    for x, w in zip(x_test, w_test, strict=True):
-        valid = w > 0
+    for p in SurveyPCA(train, n_components).project(held_out):
+        valid = p["valid"]
         if valid.sum() <= n_components + 1:
             continue
-        a = basis[:, valid].T * np.sqrt(w[valid])[:, None]
-        b = x[valid] * np.sqrt(w[valid])
-        coeffs, *_ = np.linalg.lstsq(a, b, rcond=None)
-        model = coeffs @ basis[:, valid]
-        chi2.append(np.sum(w[valid] * (x[valid] - model) ** 2) / (valid.sum() - n_components - 1))
-        rms.append(np.sqrt(np.mean((x[valid] - model) ** 2)))
+        residual = p["x"][valid] - p["model"][valid]
+        chi2.append(np.sum(p["w"][valid] * residual**2) / (valid.sum() - n_components - 1))
+        rms.append(np.sqrt(np.mean(residual**2)))
     return {"chi2_dof": _median(chi2), "fractional_rms": _median(rms)}
 
 
-def _on_grid(spectra: list[Spectrum], grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def on_grid(spectra: list[Spectrum], grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Flux / median and ivar × median², linearly resampled onto a common grid."""
     target = torch.as_tensor(grid)
     fluxes, ivars = [], []

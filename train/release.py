@@ -14,7 +14,7 @@ from stargon.model.batch import make_batch
 from stargon.model.checkpoint import load_checkpoint, save_checkpoint
 from stargon.model.prior import LatentPrior
 from stargon.train.dataset import load_training_set
-from stargon.train.holdout import evaluate_held_out
+from stargon.train.holdout import evaluate_held_out, fit_held_out
 from stargon.train.loop import TrainConfig
 
 
@@ -31,7 +31,8 @@ def release(run: str | Path, out: str | Path | None = None, evaluate: bool = Tru
     prior = LatentPrior.fit(latents)
     medoids = survey_medoids(latents, [dataset.surveys[i] for i in dataset.indices()])
     prototypes = torch.as_tensor(np.vstack([prior.means, medoids]), dtype=torch.float32)
-    metrics = evaluate_held_out(model, dataset, prototypes) if evaluate else {}
+    fits = fit_held_out(model, dataset, prototypes) if evaluate else {}
+    metrics = evaluate_held_out(model, dataset, fits=fits) if evaluate else {}
     card = {
         "description": "StarGON: a GON over a rest-frame continuous-wavelength decoder",
         "trained_steps": latest["step"],
@@ -45,6 +46,7 @@ def release(run: str | Path, out: str | Path | None = None, evaluate: bool = Tru
             str(q): np.percentile(latents, q, axis=0).tolist() for q in (1, 5, 50, 95, 99)
         },
         "held_out_metrics": metrics,
+        "reference_fits": reference_fits(dataset, fits, Path(config.data)),
         "training_device": _device_name(config.device),
         "training_time_s": _training_time(run),
     }
@@ -62,6 +64,24 @@ def encode_all(model, dataset, velocities, indices, batch_size: int = 64) -> np.
         batch = make_batch(spectra, v_kms=velocities[chunk], n_pixels=8000, rngs=rngs)
         out.append(model.encode(batch).numpy())
     return np.concatenate(out)
+
+
+def reference_fits(dataset, fits, data: Path, per_survey: int = 2) -> list[dict]:
+    """A few held-out real spectra and their fitted χ²/dof, for checking a reloaded model."""
+    rows = []
+    for survey, results in fits.items():
+        for i, result in results[:per_survey]:
+            spectrum = dataset.spectra[i]
+            if spectrum.synthetic:
+                continue
+            rows.append({
+                "survey": survey,
+                "source": str(Path(spectrum.source).resolve().relative_to(data.resolve())),
+                "star_id": spectrum.star_id,
+                "chi2_dof": result.chi2_dof,
+                "rv_kms": result.v_kms,
+            })  # fmt: skip
+    return rows
 
 
 def survey_medoids(latents: np.ndarray, surveys: list[str]) -> np.ndarray:

@@ -1,0 +1,89 @@
+"""Everything the report's sections share: the model, the data with the recorded split, and
+every spectrum's radial velocity and one-step GON latent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from stargon.model.batch import make_batch
+from stargon.model.checkpoint import load_checkpoint, resolve_checkpoint
+from stargon.model.fit import find_velocity, template_pyramid
+from stargon.model.gon import StarGON
+from stargon.model.prior import LatentPrior
+from stargon.train.dataset import SYNTHETIC_SURVEY, TrainingSet, load_training_set
+from stargon.train.release import encode_all
+
+
+@dataclass
+class Evaluation:
+    checkpoint: Path
+    model: StarGON
+    card: dict
+    prior: LatentPrior | None
+    prototypes: torch.Tensor | None
+    dataset: TrainingSet
+    pyramid: list[torch.Tensor]
+    templates: list[torch.Tensor]
+    velocities: np.ndarray  # km/s per spectrum; 0 for rest-frame ones
+    latents: np.ndarray  # (N, D) one-step GON latents
+
+    def members(self, survey: str, held_out: bool | None = None) -> np.ndarray:
+        names = np.array(self.dataset.surveys)
+        keep = names == survey
+        if held_out is not None:
+            keep &= self.dataset.held_out == held_out
+        return np.flatnonzero(keep)
+
+    @property
+    def survey_names(self) -> list[str]:
+        return sorted(set(self.dataset.surveys))
+
+
+def prepare(checkpoint: str | Path | None, data: str | Path, surveys: list[str] | None = None):
+    """Load the checkpoint and the data it was trained on, restoring its held-out split.
+    `surveys` narrows the data to those folders (e.g. for a quick report)."""
+    folder = resolve_checkpoint(checkpoint)
+    model, document, extra = load_checkpoint(folder)
+    card = document.get("card", {})
+    train_config = card.get("train_config", {})
+    synthetic = train_config.get("synthetic", 0)
+    if surveys is not None:  # only the folders named; the synthetic survey only if named too
+        synthetic = synthetic if SYNTHETIC_SURVEY in surveys else 0
+        surveys = [s for s in surveys if s != SYNTHETIC_SURVEY] or None
+    dataset = load_training_set(
+        data,
+        surveys or train_config.get("surveys"),
+        train_config.get("held_out_fraction", 0.1),
+        synthetic=synthetic,
+    )
+    recorded = card.get("held_out_star_ids")
+    if recorded is not None:
+        held = set(recorded)
+        dataset.held_out = np.array([s.star_id in held for s in dataset.spectra], dtype=bool)
+    with torch.no_grad():
+        pyramid = model.decoder.pyramid()
+    prototypes = extra.get("prototypes")
+    templates = template_pyramid(model, prototypes)
+    velocities = np.zeros(len(dataset.spectra))
+    observed = [i for i, s in enumerate(dataset.spectra) if s.frame == "observed"]
+    for i in tqdm(observed, desc="radial velocities", leave=False):
+        batch = make_batch([dataset.spectra[i]])
+        velocities[i] = find_velocity(model, batch, pyramid, templates)
+    latents = encode_all(model, dataset, velocities, np.arange(len(dataset.spectra)))
+    return Evaluation(
+        folder,
+        model,
+        card,
+        LatentPrior.from_tensors(extra),
+        prototypes,
+        dataset,
+        pyramid,
+        templates,
+        velocities,
+        latents,
+    )

@@ -1,0 +1,35 @@
+"""Radial-velocity injection: a real rest-frame spectrum as it would be observed at v."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from stargon.model.physics import observed_to_rest
+from stargon.surveys.spectrum import Spectrum, der_snr_noise
+
+
+def inject(spectrum: Spectrum, v: float, snr: float, rng: np.random.Generator) -> Spectrum:
+    """`spectrum` moved to velocity v on its own pixels (λ_obs = λ_rest (1 + v/c), linear
+    interpolation), with Gaussian noise added up to S/N `snr` (beyond the noise it has)."""
+    valid = spectrum.valid
+    rest_seen = observed_to_rest(torch.as_tensor(spectrum.wave), v).numpy()
+    inside = (rest_seen > spectrum.wave[valid][0]) & (rest_seen < spectrum.wave[valid][-1])
+    flux = np.interp(rest_seen[inside], spectrum.wave[valid], spectrum.flux[valid])
+    level = np.median(np.abs(flux))
+    existing = der_snr_noise(spectrum.flux[valid])
+    target = level / snr
+    extra = np.sqrt(max(target**2 - existing**2, 0.0))
+    flux = flux + rng.normal(0.0, extra, flux.size)
+    return Spectrum(
+        wave=spectrum.wave[inside],
+        flux=flux,
+        ivar=np.full(flux.size, 1.0 / target**2),
+        instrument=spectrum.instrument,
+        resolving_power=np.broadcast_to(spectrum.resolving_power, spectrum.wave.shape)[inside],
+        frame="observed",
+        normalised=spectrum.normalised,
+        source=f"{spectrum.source} (injected {v:+.2f} km/s)",
+        star_id=spectrum.star_id,
+        segments=[(0, int(inside.sum()))],
+    )

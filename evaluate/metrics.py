@@ -1,0 +1,64 @@
+"""Small metrics with known answers, shared by the report and its tests."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression, RidgeCV
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.neighbors import KNeighborsRegressor
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+
+def chi2_dof(flux: np.ndarray, model: np.ndarray, ivar: np.ndarray, n_params: int = 0) -> float:
+    """Σ ivar (flux − model)² / (n_valid − n_params): ≈ 1 for a perfect model and honest errors."""
+    valid = ivar > 0
+    residual = ivar[valid] * (flux[valid] - model[valid]) ** 2
+    return float(residual.sum() / max(valid.sum() - n_params, 1))
+
+
+def fractional_rms(flux: np.ndarray, model: np.ndarray) -> float:
+    """RMS of the residual over the median |flux|: the measure for sources without errors."""
+    return float(np.sqrt(np.mean((flux - model) ** 2)) / np.median(np.abs(flux)))
+
+
+def robust_scatter(values: np.ndarray) -> float:
+    """1.4826 × median absolute deviation: the Gaussian σ, blind to a few outliers."""
+    values = np.asarray(values, dtype=float)
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+
+
+def c2st_accuracy(
+    real: np.ndarray, generated: np.ndarray, seed: int = 0, folds: int = 5
+) -> tuple[float, float]:
+    """Classifier two-sample test: cross-validated accuracy (mean, std over folds) of a linear
+    classifier on PCA features telling real from generated rows. 0.5: indistinguishable."""
+    x = np.vstack([real, generated])
+    y = np.r_[np.zeros(len(real)), np.ones(len(generated))]
+    n_components = min(10, x.shape[1], len(x) // 4)
+    classifier = make_pipeline(
+        StandardScaler(),
+        PCA(n_components, random_state=seed),
+        LogisticRegression(max_iter=2000),
+    )
+    splits = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    scores = cross_val_score(classifier, x, y, cv=splits, scoring="accuracy")
+    return float(scores.mean()), float(scores.std())
+
+
+def probe(kind: str):
+    """A label probe: 'linear' (ridge, α by CV) or 'knn' (k = 7, distance-weighted)."""
+    if kind == "linear":
+        return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
+    if kind == "knn":
+        return make_pipeline(StandardScaler(), KNeighborsRegressor(7, weights="distance"))
+    raise ValueError(f"unknown probe {kind!r} (linear or knn)")
+
+
+def probe_rmse(
+    kind: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
+) -> tuple[float, np.ndarray]:
+    """(RMSE on the test rows, the predictions) of a probe fitted on the training rows."""
+    predicted = probe(kind).fit(x_train, y_train).predict(x_test)
+    return float(np.sqrt(np.mean((predicted - y_test) ** 2))), predicted

@@ -1,0 +1,359 @@
+"""The report's measurements, each with the baseline it is judged against (same run)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.ndimage import percentile_filter, uniform_filter1d
+from scipy.stats import ks_2samp, spearmanr
+from sklearn.decomposition import PCA
+from sklearn.linear_model import RidgeCV
+from tqdm import tqdm
+
+from stargon.assets import line_list
+from stargon.evaluate.context import Evaluation
+from stargon.evaluate.injection import inject
+from stargon.evaluate.metrics import c2st_accuracy, fractional_rms, probe_rmse, robust_scatter
+from stargon.evaluate.sensitivity import latent_sensitivity, rest_grid, sensitive_regions
+from stargon.model.batch import make_batch
+from stargon.model.fit import FitResult, fit_spectrum
+from stargon.model.physics import C_KMS, solve_continuum
+from stargon.model.prior import LatentPrior
+from stargon.surveys.spectrum import Spectrum
+from stargon.train.dataset import SYNTHETIC_SURVEY
+from stargon.train.holdout import SurveyPCA, evaluate_held_out, fit_held_out, on_grid
+
+Fits = dict[str, list[tuple[int, FitResult]]]
+LABELS = ("teff", "logg", "fe_h")
+CATASTROPHIC_KMS = 50.0
+
+
+def reconstruction(ev: Evaluation, max_per_survey: int) -> tuple[dict, Fits]:
+    """Held-out χ²/dof (and fractional RMS) per survey against a per-survey PCA."""
+    fits = fit_held_out(ev.model, ev.dataset, ev.prototypes, max_per_survey)
+    return evaluate_held_out(ev.model, ev.dataset, fits=fits), fits
+
+
+def label_probes(ev: Evaluation, survey: str = "miles") -> dict:
+    """Linear and kNN probes of Teff, logg, [Fe/H] from latents vs from PCA coefficients,
+    fitted on training stars and scored on held-out stars."""
+    spectra = ev.dataset.spectra
+    idx = np.array([i for i in ev.members(survey) if all(k in spectra[i].labels for k in LABELS)])
+    if idx.size == 0:
+        return {"survey": survey, "rows": [], "note": "no labelled spectra"}
+    y = {k: np.array([spectra[i].labels[k] for i in idx]) for k in LABELS}
+    y["log_teff"] = np.log10(y["teff"])
+    held = ev.dataset.held_out[idx]
+    pca = SurveyPCA([spectra[i] for i in idx[~held]], ev.model.config.latent_dim)
+    features = {
+        "latents": ev.latents[idx],
+        "pca": np.array([p["coeffs"] for p in pca.project([spectra[i] for i in idx])]),
+    }
+    subsets = {"3500–8000 K": (y["teff"] >= 3500) & (y["teff"] <= 8000), "all": np.ones_like(held)}
+    rows, predictions = [], {}
+    for subset, inside in subsets.items():
+        train, test = inside & ~held, inside & held
+        for label, values in y.items():
+            for kind in ("linear", "knn"):
+                row = {
+                    "subset": subset,
+                    "label": label,
+                    "probe": kind,
+                    "n_train": int(train.sum()),
+                    "n_test": int(test.sum()),
+                }
+                for name, x in features.items():
+                    rmse, predicted = probe_rmse(
+                        kind, x[train], values[train], x[test], values[test]
+                    )
+                    row[f"{name}_rmse"] = rmse
+                    predictions[(subset, label, kind, name)] = (values[test], predicted)
+                rows.append(row)
+    correlation = np.array(
+        [
+            [spearmanr(z_k, y[label]).statistic for label in ("log_teff", "logg", "fe_h")]
+            for z_k in ev.latents[idx].T
+        ]
+    )
+    return {"survey": survey, "rows": rows, "predictions": predictions, "correlation": correlation}
+
+
+def emulator_fidelity(ev: Evaluation, fits: Fits) -> dict:
+    """Held-out noiseless emulator spectra: mean |model − truth| in normalised flux (PCA in
+    the same run), and a linear probe from latents to the labels that made them."""
+    results = fits.get(SYNTHETIC_SURVEY, [])
+    if not results:
+        return {}
+    spectra = ev.dataset.spectra
+    mae = [np.mean(np.abs(spectra[i].flux[spectra[i].valid] - r.model_flux)) for i, r in results]
+    train_idx = ev.members(SYNTHETIC_SURVEY, held_out=False)
+    held_idx = np.array([i for i, _ in results])
+    pca = SurveyPCA([spectra[i] for i in train_idx], ev.model.config.latent_dim)
+    pca_mae = [
+        np.mean(np.abs(p["x"] - p["model"])[p["valid"]])
+        for p in pca.project([spectra[i] for i in held_idx])
+    ]
+    probes = {}
+    for name in spectra[held_idx[0]].labels:
+        truth_train = np.array([spectra[i].labels[name] for i in train_idx])
+        truth_held = np.array([spectra[i].labels[name] for i in held_idx])
+        rmse, _ = probe_rmse(
+            "linear", ev.latents[train_idx], truth_train, ev.latents[held_idx], truth_held
+        )
+        probes[name] = rmse
+    return {
+        "n_held_out": len(results),
+        "model_mae": float(np.mean(mae)),
+        "model_mae_median": float(np.median(mae)),
+        "pca_mae": float(np.mean(pca_mae)),
+        "label_probe_rmse": probes,
+    }
+
+
+def rv_against_catalogue(ev: Evaluation, fits: Fits) -> list[dict]:
+    """Fitted v − catalogue RV for observed-frame spectra that have one: scan for all, and the
+    full fit for the held-out ones."""
+    refined = {i: r.v_kms for results in fits.values() for i, r in results}
+    rows = []
+    for survey in ev.survey_names:
+        idx = [
+            i
+            for i in ev.members(survey)
+            if ev.dataset.spectra[i].frame == "observed"
+            and abs(ev.dataset.spectra[i].labels.get("rv", np.nan)) < 1000
+        ]
+        if not idx:
+            continue
+        catalogue = np.array([ev.dataset.spectra[i].labels["rv"] for i in idx])
+        full_fit = np.array([refined.get(i, np.nan) for i in idx])
+        for stage, fitted in (
+            ("scan (all)", ev.velocities[idx]),
+            ("full fit (held-out)", full_fit),
+        ):
+            delta = fitted - catalogue
+            delta = delta[np.isfinite(delta)]
+            if delta.size == 0:
+                continue
+            good = np.abs(delta) < CATASTROPHIC_KMS
+            rows.append(
+                {
+                    "survey": survey,
+                    "stage": stage,
+                    "n": int(delta.size),
+                    "bias_kms": float(np.median(delta[good])) if good.any() else np.nan,
+                    "scatter_kms": robust_scatter(delta[good]) if good.any() else np.nan,
+                    "catastrophic": int((~good).sum()),
+                    "catalogue": catalogue.tolist() if stage.startswith("scan") else None,
+                    "fitted": fitted.tolist() if stage.startswith("scan") else None,
+                }
+            )
+    return rows
+
+
+INJECTION_SETTINGS = {
+    "MILES-like (S/N 50)": ("miles", 50.0),
+    "APOGEE-like (S/N 100)": ("apogee_dr17", 100.0),
+}
+
+
+def rv_injection(ev: Evaluation, trials: int = 40, seed: int = 0) -> list[dict]:
+    """Real rest-frame spectra moved to v ~ U(−500, 500) km/s with noise, fitted blind."""
+    rows = []
+    for name, (survey, snr) in INJECTION_SETTINGS.items():
+        pool = [i for i in ev.members(survey) if ev.dataset.spectra[i].frame == "rest"]
+        if not pool:
+            continue
+        rng = np.random.default_rng(seed)
+        delta, sigma = [], []
+        for _ in tqdm(range(trials), desc=name, leave=False):
+            v_true = rng.uniform(-500, 500)
+            spectrum = inject(ev.dataset.spectra[pool[rng.integers(len(pool))]], v_true, snr, rng)
+            result = fit_spectrum(ev.model, spectrum, pyramid=ev.pyramid, templates=ev.templates)
+            delta.append(result.v_kms - v_true)
+            sigma.append(result.v_err_kms)
+        delta = np.array(delta)
+        good = np.abs(delta) < CATASTROPHIC_KMS
+        rows.append(
+            {
+                "setting": name,
+                "trials": trials,
+                "bias_kms": float(np.median(delta[good])),
+                "scatter_kms": robust_scatter(delta[good]),
+                "median_sigma_v_kms": float(np.median(sigma)),
+                "catastrophic": int((~good).sum()),
+            }
+        )
+    return rows
+
+
+def _star_key(star_id: str) -> str:
+    return "".join(star_id.upper().split())
+
+
+def cross_instrument(ev: Evaluation, pair: tuple[str, str] = ("miles", "stelib")) -> list[dict]:
+    """Encode a star from one instrument, predict its spectrum on the other (its pixels, its
+    resolution; continuum fitted) — against a ridge regression between the two PCAs."""
+    index = {s: {_star_key(ev.dataset.spectra[i].star_id): i for i in ev.members(s)} for s in pair}
+    shared = sorted(set(index[pair[0]]) & set(index[pair[1]]))
+    rows = []
+    for source, target in (pair, pair[::-1]):
+        held = [k for k in shared if ev.dataset.held_out[index[source][k]]]
+        train = [k for k in shared if not ev.dataset.held_out[index[source][k]]]
+        if not held or len(train) <= ev.model.config.latent_dim:
+            continue
+        spectra = ev.dataset.spectra
+        source_train = [spectra[i] for i in ev.members(source, held_out=False)]
+        pca = SurveyPCA(source_train, ev.model.config.latent_dim)
+        grid = spectra[index[target][train[0]]].wave
+        x_train, _ = on_grid([spectra[index[target][k]] for k in train], grid)
+        pairs = pca.project([spectra[index[source][k]] for k in train])
+        coeffs = np.array([p["coeffs"] for p in pairs])
+        regression = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(coeffs, x_train)
+        model_rms, pca_rms = [], []
+        for k in held:
+            observed = spectra[index[target][k]]
+            batch = make_batch([observed])
+            z = fit_spectrum(ev.model, spectra[index[source][k]], pyramid=ev.pyramid).z
+            with torch.no_grad():
+                full, _ = ev.model.model_flux(
+                    torch.as_tensor(z[None]), ev.model.basis(batch, ev.pyramid), batch
+                )
+            (held_coeffs,) = [p["coeffs"] for p in pca.project([spectra[index[source][k]]])]
+            predicted = regression.predict(held_coeffs[None])[0]
+            on_pixels = np.interp(batch.wave[0].numpy(), grid, predicted)
+            shape = torch.as_tensor(on_pixels[None], dtype=batch.flux.dtype)
+            baseline = solve_continuum(batch.design, batch.flux, batch.ivar, shape) * shape
+            valid = batch.ivar[0] > 0
+            flux = batch.flux[0][valid].numpy()
+            model_rms.append(fractional_rms(flux, full[0][valid].numpy()))
+            pca_rms.append(fractional_rms(flux, baseline[0][valid].numpy()))
+        rows.append(
+            {
+                "from": source,
+                "to": target,
+                "n_held_out_stars": len(held),
+                "n_train_pairs": len(train),
+                "model_fractional_rms": float(np.median(model_rms)),
+                "pca_regression_fractional_rms": float(np.median(pca_rms)),
+            }
+        )
+    return rows
+
+
+def pseudo_continuum(flux: np.ndarray, wave: np.ndarray, width: float = 0.03) -> np.ndarray:
+    """Running 90th percentile over `width` in ln λ, smoothed: a model-free continuum applied
+    identically to real and generated spectra."""
+    size = max(5, int(width / np.median(np.diff(np.log(wave)))))
+    upper = percentile_filter(flux, 90, size=size, mode="nearest")
+    return np.clip(uniform_filter1d(upper, size, mode="nearest"), 1e-12, None)
+
+
+def realism(
+    ev: Evaluation, min_spectra: int = 200, max_real: int = 200, seed: int = 0
+) -> list[dict]:
+    """Per survey with > min_spectra spectra: samples from a density fitted to that survey's
+    training latents, seen at real spectra's pixels, R, v and noise, against real spectra —
+    a classifier two-sample test and the depths of strong lines."""
+    rows = []
+    for survey in ev.survey_names:
+        members = ev.members(survey)
+        if members.size <= min_spectra:
+            continue
+        held = ev.members(survey, held_out=True)
+        real_idx = held if held.size >= 50 else members
+        real_idx = np.random.default_rng(seed).permutation(real_idx)[:max_real]
+        prior = LatentPrior.fit(ev.latents[ev.members(survey, held_out=False)])
+        z = torch.as_tensor(prior.sample(real_idx.size, seed=seed + 1), dtype=torch.float32)
+        rng = np.random.default_rng(seed + 2)
+        first = ev.dataset.spectra[real_idx[0]]
+        grid = first.wave[first.valid]
+        real_rows, generated_rows = [], []
+        for row, i in enumerate(real_idx):
+            real, generated = _normalised_pair(ev, int(i), z[row], rng)
+            rest = real[0]
+            real_rows.append(np.interp(grid, rest, real[1]))
+            generated_rows.append(np.interp(grid, rest, generated))
+        real_x, generated_x = np.array(real_rows), np.array(generated_rows)
+        accuracy, spread = c2st_accuracy(real_x, generated_x, seed=seed)
+        rows.append(
+            {
+                "survey": survey,
+                "real_from": "held-out" if held.size >= 50 else "all",
+                "n_real": int(real_idx.size),
+                "c2st_accuracy": accuracy,
+                "c2st_std": spread,
+                "line_depths": _line_depths(grid, real_x, generated_x, first),
+                "grid": grid,
+                "real": real_x,
+                "generated": generated_x,
+            }
+        )
+    return rows
+
+
+def _normalised_pair(ev: Evaluation, i: int, z: torch.Tensor, rng: np.random.Generator):
+    """(rest λ, real flux / pseudo-continuum), generated likewise, noise matched to the real."""
+    spectrum: Spectrum = ev.dataset.spectra[i]
+    valid = spectrum.valid
+    wave = spectrum.wave[valid]
+    v = float(ev.velocities[i])
+    resolving = np.broadcast_to(spectrum.resolving_power, spectrum.wave.shape)[valid]
+    with torch.no_grad():
+        basis = ev.model.decoder.pixel_basis(
+            torch.as_tensor(wave), v, torch.as_tensor(resolving.copy()), ev.pyramid
+        )
+        model = ev.model.decoder.decode(z[None], basis)[0].double().numpy()
+    flux = spectrum.flux[valid]
+    continuum = pseudo_continuum(flux, wave)
+    sigma = 1.0 / np.sqrt(spectrum.ivar[valid]) / continuum
+    noisy = model + rng.normal(0.0, 1.0, model.size) * sigma
+    rest = wave / (1.0 + v / C_KMS)
+    return (rest, flux / continuum), noisy / pseudo_continuum(noisy, wave)
+
+
+DEPTH_LINES = ("Ca II K", "Hδ", "Hβ", "Mg b2", "Na D2", "Hα", "Ca II 8544", "Br11", "Mg I 15753")
+
+
+def _line_depths(grid, real_x, generated_x, spectrum: Spectrum) -> list[dict]:
+    """1 − mean normalised flux within ±FWHM of each strong line inside the grid."""
+    resolving = float(np.median(spectrum.resolving_power))
+    out = []
+    for line in line_list():
+        if line.name not in DEPTH_LINES or not grid[0] < line.wavelength < grid[-1]:
+            continue
+        half = max(line.wavelength / resolving, 1.0)
+        window = np.abs(grid - line.wavelength) <= half
+        if window.sum() < 2:
+            continue
+        real = 1 - real_x[:, window].mean(1)
+        generated = 1 - generated_x[:, window].mean(1)
+        out.append(
+            {
+                "line": line.name,
+                "real_median": float(np.median(real)),
+                "generated_median": float(np.median(generated)),
+                "ks_p": float(ks_2samp(real, generated).pvalue),
+                "real": real,
+                "generated": generated,
+            }
+        )
+    return out
+
+
+def sensitivity(ev: Evaluation, n_latents_sampled: int = 64, seed: int = 0) -> dict:
+    """Mean |∂f/∂z_k| over training latents on a rest grid (R = 5,000), and each latent's
+    strongest regions matched to the line list."""
+    rng = np.random.default_rng(seed)
+    real = [i for i in ev.dataset.indices(held_out=False) if not ev.dataset.spectra[i].synthetic]
+    chosen = rng.choice(real, min(n_latents_sampled, len(real)), replace=False)
+    wave = rest_grid()
+    values = latent_sensitivity(ev.model, torch.as_tensor(ev.latents[chosen]), wave)
+    regions = {k: sensitive_regions(wave, values[k]) for k in range(values.shape[0])}
+    return {"wave": wave, "values": values, "regions": regions}
+
+
+def latent_map(ev: Evaluation) -> dict:
+    """A 2-D PCA projection of every spectrum's latent, with labels where a catalogue has them."""
+    xy = PCA(2, random_state=0).fit_transform(ev.latents)
+    labels = {k: np.array([s.labels.get(k, np.nan) for s in ev.dataset.spectra]) for k in LABELS}
+    return {"xy": xy, "labels": labels, "surveys": np.array(ev.dataset.surveys)}

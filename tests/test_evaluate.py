@@ -1,0 +1,114 @@
+"""Evaluation metrics on cases with known answers; the line list; latent sensitivity."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from stargon.assets import line_list
+from stargon.evaluate.metrics import c2st_accuracy, chi2_dof, probe_rmse, robust_scatter
+from stargon.evaluate.sections import pseudo_continuum
+from stargon.evaluate.sensitivity import (
+    latent_sensitivity,
+    nearest_line,
+    rest_grid,
+    sensitive_regions,
+)
+from stargon.model.decoder import ModelConfig
+from stargon.model.gon import StarGON
+
+
+def test_perfect_model_on_noise_injected_data_has_chi2_dof_one():
+    rng = np.random.default_rng(0)
+    truth = 1.0 - 0.5 * np.exp(-0.5 * ((np.arange(100_000) % 500 - 250) / 5.0) ** 2)
+    sigma = rng.uniform(0.005, 0.05, truth.size)
+    observed = truth + rng.normal(0.0, sigma)
+    ivar = 1 / sigma**2
+    assert chi2_dof(observed, truth, ivar) == pytest.approx(1.0, abs=0.015)
+    # errors underestimated by 2 → χ²/dof ≈ 4; a masked pixel does not count
+    assert chi2_dof(observed, truth, ivar * 4) == pytest.approx(4.0, rel=0.02)
+    ivar[0], observed[0] = 0.0, 1e6
+    assert chi2_dof(observed, truth, ivar, n_params=17) == pytest.approx(1.0, abs=0.015)
+
+
+def test_c2st_is_one_half_for_one_distribution_and_near_one_for_two():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(300, 40)), rng.normal(size=(300, 40))
+    accuracy, spread = c2st_accuracy(a, b)
+    assert abs(accuracy - 0.5) < 0.08 and spread < 0.1
+    shifted, _ = c2st_accuracy(a, b + 0.5)
+    bayes = 0.5 * (1 + math.erf(0.5 * 0.5 * math.sqrt(40) / math.sqrt(2)))  # Φ(|Δμ|/2) = 0.943
+    assert shifted == pytest.approx(bayes, abs=0.04)
+
+
+def test_probes_recover_a_linear_label_to_its_noise():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2000, 16))
+    y = x @ rng.normal(size=16) + rng.normal(0.0, 0.1, 2000)
+    rmse, predicted = probe_rmse("linear", x[:1500], y[:1500], x[1500:], y[1500:])
+    assert rmse == pytest.approx(0.1, rel=0.15) and predicted.shape == (500,)
+    knn, _ = probe_rmse("knn", x[:1500], y[:1500], x[1500:], y[1500:])
+    assert rmse < knn < np.std(y)  # a local average in 16-d is worse, but informative
+    with pytest.raises(ValueError, match="unknown probe"):
+        probe_rmse("forest", x, y, x, y)
+
+
+def test_robust_scatter_ignores_a_few_catastrophes():
+    rng = np.random.default_rng(3)
+    values = np.r_[rng.normal(1.0, 2.0, 5000), rng.uniform(100, 500, 50)]
+    assert np.std(values) > 20 and robust_scatter(values) == pytest.approx(2.0, rel=0.05)
+
+
+def test_line_list_is_vacuum_and_sorted():
+    lines = line_list()
+    names = {line.name: line.wavelength for line in lines}
+    assert names["Hα"] == 6564.61 and names["Na D2"] == pytest.approx(5891.58, abs=0.02)
+    assert names["Br11"] == pytest.approx(16811.1, abs=0.2)  # APOGEE's Brackett 11
+    waves = [line.wavelength for line in lines]
+    assert waves == sorted(waves) and waves[0] > 3700 and waves[-1] < 17000
+    assert nearest_line(6566.0).name == "Hα"  # 64 km/s away
+    assert nearest_line(6600.0) is None
+
+
+def test_sensitive_regions_find_the_peaks_and_name_their_lines():
+    wave = rest_grid(3500, 17000, 5000)
+    sensitivity = 0.01 * np.random.default_rng(4).random(wave.size)
+    for centre, height in ((8544.44, 1.0), (5891.58, 0.7), (15753.3, 0.4)):
+        sensitivity += height * np.exp(-0.5 * ((wave - centre) / (centre / 5000)) ** 2)
+    regions = sensitive_regions(wave, sensitivity, n=3)
+    assert [r.line.name for r in regions] == ["Ca II 8544", "Na D2", "Mg I 15753"]
+    assert regions[0].wavelength == pytest.approx(8544.44, abs=1.0)
+
+
+def test_latent_sensitivity_is_the_jacobian():
+    torch.manual_seed(0)
+    config = ModelConfig(latent_dim=4, n_basis=6, hidden=16, wave_min=5000.0, wave_max=6000.0)
+    model = StarGON(config)
+    with torch.no_grad():
+        model.decoder.table.normal_(0.0, 0.1)
+    wave = rest_grid(5100, 5900, 3000)
+    z = torch.randn(1, 4)
+    analytic = latent_sensitivity(model, z, wave, resolving_power=3000)
+    basis = model.decoder.pixel_basis(torch.as_tensor(wave), 0.0, 3000.0)
+    eps = 1e-2
+    for k in range(4):
+        step = torch.zeros(1, 4)
+        step[0, k] = eps
+        with torch.no_grad():
+            up = model.decoder.decode(z + step, basis)[0]
+            down = model.decoder.decode(z - step, basis)[0]
+        numeric = ((up - down) / (2 * eps)).abs().numpy()
+        np.testing.assert_allclose(analytic[k], numeric, atol=2e-3 * numeric.max())
+
+
+def test_pseudo_continuum_follows_the_continuum_not_the_lines():
+    wave = np.linspace(4000, 7000, 6000)
+    continuum = 2.0 + 1e-4 * (wave - 4000)
+    lines = 1 - 0.6 * np.exp(-0.5 * ((wave[:, None] - np.arange(4100, 7000, 97)) / 1.5) ** 2)
+    flux = continuum * lines.prod(axis=1)
+    estimate = pseudo_continuum(flux, wave)
+    inner = slice(300, -300)
+    np.testing.assert_allclose(estimate[inner], continuum[inner], rtol=0.02)
