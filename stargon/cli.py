@@ -316,3 +316,32 @@ def evaluate_command(
         surveys=surveys.split(",") if surveys else None,
     )
     console.print(f"[green]report[/] {folder / 'report.md'}")
+
+
+@app.command("serve")
+def serve_command(
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Model folder (default: embedded).")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Data folder for the star picker (default: STARGON_DATA).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda …")] = "auto",
+    address: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free one).")] = 5006,
+    show: Annotated[bool, typer.Option(help="Open a browser tab.")] = False,
+) -> None:
+    """Open the explorer: latent and velocity sliders, instruments, fits of real stars."""
+    import torch
+
+    from stargon.explorer.app import serve
+    from stargon.explorer.state import Explorer
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    folder = data or default_data_dir()
+    explorer = Explorer(checkpoint, folder if folder.exists() else None, device)
+    console.print(
+        f"[green]StarGON explorer[/] on http://{address}:{port}  (model {explorer.checkpoint})"
+    )
+    serve(explorer, address, port, show)

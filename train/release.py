@@ -27,9 +27,12 @@ def release(run: str | Path, out: str | Path | None = None, evaluate: bool = Tru
         config.data, config.surveys, config.held_out_fraction, synthetic=config.synthetic
     )
     velocities = extra["velocities"].numpy()
-    latents = encode_all(model, dataset, velocities, dataset.indices())
+    every = encode_all(model, dataset, velocities, np.arange(len(dataset.spectra)))
+    real = np.array([not s.synthetic for s in dataset.spectra])
+    train = ~dataset.held_out
+    latents = every[train & real]  # the prior and slider ranges describe real stars only
     prior = LatentPrior.fit(latents)
-    medoids = survey_medoids(latents, [dataset.surveys[i] for i in dataset.indices()])
+    medoids = survey_medoids(every[train], [dataset.surveys[i] for i in np.flatnonzero(train)])
     prototypes = torch.as_tensor(np.vstack([prior.means, medoids]), dtype=torch.float32)
     fits = fit_held_out(model, dataset, prototypes) if evaluate else {}
     metrics = evaluate_held_out(model, dataset, fits=fits) if evaluate else {}
@@ -47,10 +50,14 @@ def release(run: str | Path, out: str | Path | None = None, evaluate: bool = Tru
         },
         "held_out_metrics": metrics,
         "reference_fits": reference_fits(dataset, fits, Path(config.data)),
+        "stars": star_table(dataset, velocities, Path(config.data)),
         "training_device": _device_name(config.device),
         "training_time_s": _training_time(run),
     }
-    tensors = prior.to_tensors() | {"prototypes": prototypes}
+    tensors = prior.to_tensors() | {
+        "prototypes": prototypes,
+        "star_latents": torch.as_tensor(every[real], dtype=torch.float32),
+    }
     return save_checkpoint(Path(out or run / "model"), model, card=card, extra_tensors=tensors)
 
 
@@ -66,6 +73,31 @@ def encode_all(model, dataset, velocities, indices, batch_size: int = 64) -> np.
     return np.concatenate(out)
 
 
+def star_table(dataset, velocities, data: Path) -> list[dict]:
+    """The real spectra the model was made from (rows match the `star_latents` tensor): where
+    to find each, its velocity and catalogue labels — the explorer's map of stars."""
+    rows = []
+    for i, spectrum in enumerate(dataset.spectra):
+        if spectrum.synthetic:
+            continue
+        labels = {k: spectrum.labels[k] for k in ("teff", "logg", "fe_h") if k in spectrum.labels}
+        rows.append({
+            "survey": dataset.surveys[i],
+            "source": _relative(spectrum.source, data),
+            "star_id": spectrum.star_id,
+            "held_out": bool(dataset.held_out[i]),
+            "v_kms": float(velocities[i]),
+        } | labels)  # fmt: skip
+    return rows
+
+
+def _relative(source: str, data: Path) -> str:
+    try:
+        return str(Path(source).resolve().relative_to(data.resolve()))
+    except ValueError:
+        return source
+
+
 def reference_fits(dataset, fits, data: Path, per_survey: int = 2) -> list[dict]:
     """A few held-out real spectra and their fitted χ²/dof, for checking a reloaded model."""
     rows = []
@@ -76,7 +108,7 @@ def reference_fits(dataset, fits, data: Path, per_survey: int = 2) -> list[dict]
                 continue
             rows.append({
                 "survey": survey,
-                "source": str(Path(spectrum.source).resolve().relative_to(data.resolve())),
+                "source": _relative(spectrum.source, data),
                 "star_id": spectrum.star_id,
                 "chi2_dof": result.chi2_dof,
                 "rv_kms": result.v_kms,

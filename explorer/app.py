@@ -1,0 +1,343 @@
+"""The Panel app: a thin `pn.viewable.Viewer` over `state.Explorer` and the pure plots."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from io import BytesIO
+
+import holoviews as hv
+import numpy as np
+import panel as pn
+from sklearn.decomposition import PCA
+
+from stargon.explorer import plots
+from stargon.explorer.state import MAX_UPLOAD_BYTES, ZOOMS, Explorer, View
+from stargon.surveys.spectrum import SpectrumReadError
+
+Refresh = hv.streams.Stream.define("Refresh", revision=0)
+COLOUR_LABELS = {"Teff": "teff", "log g": "logg", "[Fe/H]": "fe_h"}
+TEACHING = """**What you see.** Hot stars (Teff above ~7,500 K) show broad hydrogen Balmer lines
+(Hα, Hβ); as Teff falls, metal lines (Mg b, Na D, Fe) and, below ~4,000 K, molecular bands take
+over. Lower log g (giants) narrows the wings of strong lines; higher [Fe/H] deepens every metal
+line. Move a slider and watch the shaded regions: they are where the model's spectrum reacts."""
+
+
+class ExplorerApp(pn.viewable.Viewer):
+    """One session: its own `View`, widgets bound to it, plots redrawn from it."""
+
+    def __init__(self, explorer: Explorer, **params):
+        super().__init__(**params)
+        self.explorer = explorer
+        query = dict(pn.state.location.query_params) if pn.state.location else {}
+        self.view: View = explorer.from_query(query)
+        self.refresh = Refresh()
+        self._syncing = False
+        self._revision = 0
+        self._build_widgets()
+        self._build_map()
+
+    # -- widgets -------------------------------------------------------------------------
+    def _build_widgets(self) -> None:
+        ex, view = self.explorer, self.view
+        self.sliders = [
+            pn.widgets.FloatSlider(
+                name=f"z{k}",
+                start=float(min(ex.low[k], view.z[k])),
+                end=float(max(ex.high[k], view.z[k])),
+                value=float(view.z[k]),
+                step=float((ex.high[k] - ex.low[k]) / 200) or 0.01,
+                sizing_mode="stretch_width",
+            )
+            for k in range(ex.latent_dim)
+        ]
+        self.rv = pn.widgets.FloatSlider(
+            name="radial velocity (km/s)",
+            start=-500,
+            end=500,
+            step=0.5,
+            value=view.v_kms,
+            sizing_mode="stretch_width",
+        )
+        self.instrument = pn.widgets.Select(
+            name="instrument", options=list(ex.instruments), value=view.instrument
+        )
+        self.frame = pn.widgets.RadioButtonGroup(options=["observed", "rest"], value=view.frame)
+        self.zoom = pn.widgets.Select(name="zoom", options=list(ZOOMS), value=view.zoom)
+        self.latent = pn.widgets.Select(
+            name="sensitivity of", options=list(range(ex.latent_dim)), value=view.latent
+        )
+        self.heat = pn.widgets.Checkbox(name="all latents (heat strip)", value=False)
+        self.reset = pn.widgets.Button(name="Reset", button_type="default")
+        self.random = pn.widgets.Button(name="Random star from the prior", button_type="primary")
+        self.status = pn.pane.Alert("", alert_type="light", visible=False)
+        self.fit_summary = pn.pane.Markdown("")
+        self.upload = pn.widgets.FileInput(accept=".fits,.fit,.fits.gz,.csv,.npz", multiple=False)
+        surveys = sorted({s["survey"] for s in ex.stars})
+        self.survey_filter = pn.widgets.Select(name="survey", options=["all", *surveys])
+        self.star_search = pn.widgets.AutocompleteInput(
+            name="star id",
+            options=self._star_options("all"),
+            case_sensitive=False,
+            search_strategy="includes",
+            placeholder="e.g. HD 225239",
+            min_characters=1,
+        )
+        self.teff = pn.widgets.FloatSlider(
+            name="Teff (K)", start=3500, end=9000, step=50, value=5800
+        )
+        self.logg = pn.widgets.FloatSlider(name="log g", start=0.5, end=5.0, step=0.05, value=4.4)
+        self.fe_h = pn.widgets.FloatSlider(name="[Fe/H]", start=-2.5, end=0.5, step=0.05, value=0.0)
+        self.colour = pn.widgets.Select(name="colour map by", options=list(COLOUR_LABELS))
+        self.csv = pn.widgets.FileDownload(
+            callback=lambda: BytesIO(ex.export(self.view, "csv")),
+            filename="stargon_spectrum.ecsv",
+            label="Spectrum (CSV)",
+        )
+        self.fits = pn.widgets.FileDownload(
+            callback=lambda: BytesIO(ex.export(self.view, "fits")),
+            filename="stargon_spectrum.fits",
+            label="Spectrum (FITS)",
+        )
+        for slider in self.sliders:
+            slider.param.watch(self._on_latent, "value")
+        self.rv.param.watch(self._on_setting, "value")
+        for widget in (self.instrument, self.frame, self.zoom, self.latent, self.heat):
+            widget.param.watch(self._on_setting, "value")
+        self.reset.on_click(lambda _: self._apply(replace(ex.new_view(), observation=None)))
+        self.random.on_click(self._on_random)
+        self.upload.param.watch(self._on_upload, "value")
+        self.star_search.param.watch(self._on_star, "value")
+        self.survey_filter.param.watch(self._on_survey, "value")
+        for widget in (self.teff, self.logg, self.fe_h):
+            widget.param.watch(self._on_labels, "value_throttled")
+        self.colour.param.watch(lambda _: self._redraw(), "value")
+
+    def _star_options(self, survey: str) -> list[str]:
+        return [
+            f"{s['star_id']} · {s['survey']}"
+            for s in self.explorer.stars
+            if survey == "all" or s["survey"] == survey
+        ]
+
+    # -- reacting ------------------------------------------------------------------------
+    def _on_latent(self, _event) -> None:
+        if not self._syncing:
+            self.view.z = np.array([s.value for s in self.sliders])
+            self._redraw()
+
+    def _on_setting(self, _event) -> None:
+        if self._syncing:
+            return
+        if self.instrument.value != self.view.instrument:
+            self.view.observation = None
+        self.view = replace(
+            self.view,
+            v_kms=self.rv.value,
+            instrument=self.instrument.value,
+            frame=self.frame.value,
+            zoom=self.zoom.value,
+            latent=self.latent.value,
+        )
+        self._redraw()
+
+    def _on_random(self, _event) -> None:
+        self._revision += 1
+        self._apply(self.explorer.random_view(self.view, seed=self._revision))
+
+    def _on_labels(self, _event) -> None:
+        try:
+            self._apply(
+                self.explorer.from_labels(
+                    self.view, self.teff.value, self.logg.value, self.fe_h.value
+                )
+            )
+        except ValueError as exc:
+            self._message(str(exc), "warning")
+
+    def _on_upload(self, _event) -> None:
+        if not self.upload.value:
+            return
+        name = self.upload.filename or "upload.fits"
+        try:
+            spectrum = self.explorer.read_upload(name, self.upload.value)
+            self._fit(spectrum, f"uploaded {name}")
+        except SpectrumReadError as exc:
+            self._message(f"Could not read {name}: {exc.problem}", "danger")
+
+    def _on_survey(self, _event) -> None:
+        self.star_search.options = self._star_options(self.survey_filter.value)
+
+    def _on_star(self, _event) -> None:
+        options = self._star_options("all")
+        if self.star_search.value in options:
+            self._load_star(options.index(self.star_search.value))
+
+    def _on_tap(self, index: list[int]) -> None:
+        if index:
+            self._load_star(int(index[0]))
+
+    def _load_star(self, index: int) -> None:
+        star = self.explorer.stars[index]
+        try:
+            spectrum = self.explorer.star_spectrum(index)
+        except (ValueError, OSError) as exc:
+            self._message(str(exc), "warning")
+            return
+        self._fit(spectrum, f"{star['star_id']} ({star['survey']})")
+
+    def _fit(self, spectrum, what: str) -> None:
+        self._message(f"Fitting {what} …", "info")
+        view = self.explorer.fit(self.view, spectrum)
+        result = view.observation.fit
+        self.fit_summary.object = (
+            f"**{what}** — {spectrum.instrument}: v = {result.v_kms:.2f} ± {result.v_err_kms:.2f} "
+            f"km/s, χ²/dof = {result.chi2_dof:.2f} on {result.n_pix} pixels"
+        )
+        self.status.visible = False
+        self._apply(view)
+
+    def _message(self, text: str, kind: str) -> None:
+        self.status.object, self.status.alert_type, self.status.visible = text, kind, True
+
+    def _apply(self, view: View) -> None:
+        """Move every widget to `view` without a redraw per widget, then redraw once."""
+        self.view = view
+        self._syncing = True
+        try:
+            for slider, value in zip(self.sliders, view.z, strict=True):
+                slider.start, slider.end = min(slider.start, value), max(slider.end, value)
+                slider.value = float(value)
+            self.rv.value = float(np.clip(view.v_kms, -500, 500))
+            self.instrument.value, self.frame.value = view.instrument, view.frame
+            self.zoom.value = view.zoom
+        finally:
+            self._syncing = False
+        if view.observation is None:
+            self.fit_summary.object = ""
+        self._redraw()
+
+    def _redraw(self) -> None:
+        self._revision += 1
+        self.refresh.event(revision=self._revision)
+        if pn.state.location is not None:
+            pn.state.location.update_query(**self.explorer.to_query(self.view))
+
+    # -- plots ---------------------------------------------------------------------------
+    def _build_map(self) -> None:
+        latents = self.explorer.star_latents
+        self._pca = PCA(2, random_state=0).fit(latents) if len(latents) > 2 else None
+        self._xy = self._pca.transform(latents) if self._pca else np.zeros((0, 2))
+
+    def _spectrum(self, revision: int = 0):
+        ex, view = self.explorer, self.view
+        x, flux = ex.spectrum(view)
+        sensitivity = ex.sensitivity(view)
+        spans, labels = plots.sensitive_spans(x, sensitivity[view.latent])
+        observed = None
+        if view.observation is not None:
+            fit = view.observation.fit
+            observed = (
+                x,
+                view.observation.spectrum.flux[view.observation.spectrum.valid] / fit.continuum,
+            )
+        source = view.observation.spectrum.instrument if view.observation else None
+        name = source or ex.instruments[view.instrument].name
+        title = f"{name}, v = {view.v_kms:+.1f} km/s, {view.frame} frame"
+        return plots.spectrum_overlay(x, flux, observed, spans, labels, ZOOMS[view.zoom], title)
+
+    def _residual(self, revision: int = 0):
+        view = self.view
+        if view.observation is None:
+            return plots.residual_curve(np.array([]), np.array([]))
+        return plots.residual_curve(
+            self.explorer.axis(view), view.observation.residual_sigma, ZOOMS[view.zoom]
+        )
+
+    def _strip(self, revision: int = 0):
+        x, _ = self.explorer.spectrum(self.view)
+        return plots.sensitivity_strip(
+            x, self.explorer.sensitivity(self.view), ZOOMS[self.view.zoom]
+        )
+
+    def _map(self, revision: int = 0):
+        key = COLOUR_LABELS[self.colour.value]
+        colour = np.array([s.get(key, np.nan) for s in self.explorer.stars], dtype=float)
+        marker = self._pca.transform(self.view.z[None])[0] if self._pca else np.zeros(2)
+        points, here = plots.latent_map(self._xy, colour, self.colour.value, marker)
+        return points * here
+
+    def __panel__(self):
+        spectrum = hv.DynamicMap(self._spectrum, streams=[self.refresh])
+        residual = hv.DynamicMap(self._residual, streams=[self.refresh])
+        strip = pn.pane.HoloViews(
+            hv.DynamicMap(self._strip, streams=[self.refresh]),
+            visible=self.heat.param.value,
+            sizing_mode="stretch_width",
+        )
+        points = hv.DynamicMap(self._map, streams=[self.refresh])
+        tap = hv.streams.Selection1D(source=points)
+        tap.add_subscriber(self._on_tap)
+        controls = pn.Column(
+            "### Latents",
+            self.reset,
+            self.random,
+            *self.sliders,
+            "### Physics",
+            self.rv,
+            self.instrument,
+            self.frame,
+            self.zoom,
+            self.latent,
+            self.heat,
+            "### Export",
+            pn.Row(self.csv, self.fits),
+            width=330,
+            scroll=True,
+            height=900,
+        )
+        observe = pn.Column(
+            "### Check a fit",
+            self.survey_filter,
+            self.star_search,
+            "or upload a FITS / CSV spectrum:",
+            self.upload,
+            self.status,
+            self.fit_summary,
+        )
+        teach = pn.Column(
+            "### Teaching view", self.teff, self.logg, self.fe_h, pn.pane.Markdown(TEACHING)
+        )
+        map_panel = pn.Column(
+            "### Latent map (click a star to fit it)",
+            self.colour,
+            pn.pane.HoloViews(points, sizing_mode="stretch_width"),
+        )
+        main = pn.Column(
+            pn.pane.HoloViews(spectrum, sizing_mode="stretch_width"),
+            pn.pane.HoloViews(residual, sizing_mode="stretch_width"),
+            strip,
+            pn.Row(observe, teach, sizing_mode="stretch_width"),
+            map_panel,
+            sizing_mode="stretch_width",
+        )
+        return pn.Row(controls, main, sizing_mode="stretch_width")
+
+
+def serve(explorer: Explorer, address: str = "127.0.0.1", port: int = 5006, show: bool = False):
+    """Serve the app; every browser session gets its own `ExplorerApp` (its own state)."""
+    pn.extension(notifications=False)
+
+    def session():
+        return pn.template.FastListTemplate(
+            title="StarGON explorer", main=[ExplorerApp(explorer)], theme_toggle=False
+        )
+
+    return pn.serve(
+        {"/": session},
+        address=address,
+        port=port,
+        show=show,
+        title="StarGON explorer",
+        websocket_max_message_size=MAX_UPLOAD_BYTES + 2**20,
+        websocket_origin=[f"{address}:{port}", f"localhost:{port}"],
+    )

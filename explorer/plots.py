@@ -1,0 +1,120 @@
+"""Pure HoloViews figures of the explorer: data in, elements out (no Panel, no state)."""
+
+from __future__ import annotations
+
+import holoviews as hv
+import numpy as np
+from scipy.ndimage import uniform_filter1d
+
+from stargon.evaluate.sensitivity import nearest_line
+
+hv.extension("bokeh", logo=False)
+
+FLUX_RANGE = (-0.05, 1.35)
+
+
+def sensitive_spans(x: np.ndarray, sensitivity: np.ndarray, fraction: float = 0.5):
+    """Contiguous pixel runs where the latent's |∂f/∂z_k| exceeds `fraction` of its maximum:
+    (x0, x1) pairs, and (x, name) labels of the known lines at their strongest points."""
+    if sensitivity.size == 0 or sensitivity.max() <= 0:
+        return [], []
+    sensitivity = uniform_filter1d(sensitivity, 5, mode="nearest")  # one span per feature
+    strong = sensitivity >= fraction * sensitivity.max()
+    edges = np.flatnonzero(np.diff(np.r_[0, strong.astype(int), 0]))
+    spans, labels = [], []
+    for start, stop in zip(edges[::2], edges[1::2], strict=True):
+        spans.append((float(x[start]), float(x[stop - 1])))
+        peak = start + int(np.argmax(sensitivity[start:stop]))
+        line = nearest_line(float(x[peak]))
+        if line is not None and all(name != line.name for _, name in labels):
+            labels.append((float(x[peak]), line.name))
+    return spans, labels
+
+
+def spectrum_overlay(
+    x: np.ndarray,
+    flux: np.ndarray,
+    observed: tuple[np.ndarray, np.ndarray] | None = None,
+    spans: list[tuple[float, float]] = (),
+    labels: list[tuple[float, str]] = (),
+    xlim: tuple[float, float] | None = None,
+    title: str = "",
+) -> hv.Overlay:
+    """Model (red) over the observation (black, continuum-divided), latent-sensitive regions
+    shaded and labelled. Always the same four layers, so a DynamicMap only swaps data."""
+    obs_x, obs_flux = observed if observed is not None else (np.array([]), np.array([]))
+    rectangles = [(a, FLUX_RANGE[0], b, FLUX_RANGE[1]) for a, b in spans]
+    label_rows = [(lx, 1.25, name) for lx, name in labels]
+    kdims = [hv.Dimension("wavelength", label="vacuum wavelength", unit="Å")]
+    flux_dim = hv.Dimension("flux", label="normalised flux", range=FLUX_RANGE)
+    return (
+        hv.Rectangles(rectangles, kdims=[*kdims, "flux", "x1", "y1"]).opts(
+            color="gold", alpha=0.25, line_alpha=0
+        )
+        * hv.Curve(
+            (obs_x, obs_flux),
+            kdims,
+            [hv.Dimension("observed", label="normalised flux")],
+            label="observation",
+        ).opts(color="black", line_width=0.8)
+        * hv.Curve((x, flux), kdims, [flux_dim], label="model").opts(
+            color="#d62728", line_width=1.2
+        )
+        * hv.Labels(label_rows, ["wavelength", "y"], "line").opts(
+            text_font_size="9pt", text_color="#7a5c00"
+        )
+    ).opts(
+        hv.opts.Overlay(
+            title=title,
+            responsive=True,
+            height=360,
+            xlim=xlim or (None, None),
+            ylim=FLUX_RANGE,
+            legend_position="bottom_right",
+            toolbar="above",
+        ),
+    )
+
+
+def residual_curve(x: np.ndarray, residual: np.ndarray, xlim=None) -> hv.Curve:
+    """(observation − model)/σ under the spectrum."""
+    wavelength = hv.Dimension("wavelength", label="vacuum wavelength", unit="Å")
+    xlim = xlim or ((float(x.min()), float(x.max())) if x.size else (None, None))
+    return hv.Curve((x, residual), wavelength, hv.Dimension("residual", label="residual / σ")).opts(
+        responsive=True,
+        height=150,
+        color="#1f77b4",
+        line_width=0.6,
+        xlim=xlim or (None, None),
+        ylim=(-6, 6),
+    )
+
+
+def sensitivity_strip(x: np.ndarray, sensitivity: np.ndarray, xlim=None) -> hv.QuadMesh:
+    """All latents at once: |∂f/∂z_k| per pixel, each row scaled to its maximum."""
+    scaled = sensitivity / np.clip(sensitivity.max(axis=1, keepdims=True), 1e-12, None)
+    edges = np.r_[x[0], 0.5 * (x[1:] + x[:-1]), x[-1]]
+    rows = np.arange(sensitivity.shape[0] + 1) - 0.5
+    return hv.QuadMesh((edges, rows, scaled), ["wavelength", "latent"], "sensitivity").opts(
+        cmap="magma", responsive=True, height=170, xlim=xlim or (None, None), tools=["hover"]
+    )
+
+
+def latent_map(xy: np.ndarray, colour: np.ndarray, colour_label: str, marker: np.ndarray):
+    """Training stars in a 2-D projection of latent space, and the current state (a star)."""
+    points = hv.Points(
+        (xy[:, 0], xy[:, 1], colour), ["latent PC 1", "latent PC 2"], [colour_label]
+    ).opts(
+        color=colour_label,
+        cmap="viridis",
+        colorbar=True,
+        size=5,
+        tools=["tap", "hover"],
+        responsive=True,
+        height=330,
+        nonselection_alpha=0.4,
+    )
+    here = hv.Points([tuple(marker)], ["latent PC 1", "latent PC 2"]).opts(
+        marker="star", size=18, color="red", line_color="black"
+    )
+    return points, here

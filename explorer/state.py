@@ -1,0 +1,257 @@
+"""The explorer's state and computations, free of Panel: testable without a browser.
+
+`Explorer` is loaded once per server (model, prior, star table; read-only and shared by all
+sessions); `View` is one session's state (latents, velocity, instrument, frame, the observation
+being fitted). Decoding reuses the instrument's pixel basis, cached per (instrument, v): a
+slider move is one small MLP and one matrix product.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from threading import Lock
+
+import numpy as np
+import torch
+from astropy.io import fits
+from astropy.table import Table
+from sklearn.neighbors import NearestNeighbors
+from torch.func import jacfwd
+
+from stargon.model.checkpoint import load_checkpoint, resolve_checkpoint
+from stargon.model.fit import FitResult, fit_spectrum, template_pyramid
+from stargon.model.instruments import presets
+from stargon.model.physics import C_KMS
+from stargon.model.prior import LatentPrior
+from stargon.surveys import read_file
+from stargon.surveys.spectrum import Spectrum, SpectrumReadError
+
+ZOOMS = {  # vacuum Å windows around lines a teacher points at
+    "full range": None,
+    "Hα": (6540.0, 6590.0),
+    "Hβ": (4840.0, 4885.0),
+    "Ca II H & K": (3910.0, 3990.0),
+    "Mg b": (5155.0, 5200.0),
+    "Na D": (5880.0, 5905.0),
+    "Ca II triplet": (8480.0, 8690.0),
+    "Brackett 11": (16790.0, 16830.0),
+    "Mg I (H band)": (15735.0, 15780.0),
+}
+MAX_UPLOAD_BYTES = 50 * 2**20
+BASIS_CACHE = 64
+
+
+@dataclass
+class Observation:
+    spectrum: Spectrum
+    fit: FitResult
+
+    @property
+    def residual_sigma(self) -> np.ndarray:
+        valid = self.spectrum.valid
+        flux, ivar = self.spectrum.flux[valid], self.spectrum.ivar[valid]
+        return (flux - self.fit.model_flux) * np.sqrt(ivar)
+
+
+@dataclass
+class View:
+    z: np.ndarray
+    v_kms: float = 0.0
+    instrument: str = "miles"
+    frame: str = "observed"  # or "rest": the axis divided by (1 + v/c)
+    zoom: str = "full range"
+    latent: int = 0  # the latent whose sensitivity is shaded
+    observation: Observation | None = field(default=None, repr=False)
+
+
+class Explorer:
+    """A trained model ready for interactive use."""
+
+    def __init__(self, checkpoint: str | Path | None = None, data: str | Path | None = None,
+                 device: str = "cpu"):  # fmt: skip
+        self.checkpoint = resolve_checkpoint(checkpoint)
+        self.device = torch.device(device)
+        self.model, document, extra = load_checkpoint(self.checkpoint, self.device)
+        self.model.eval()
+        self.card = document.get("card", {})
+        self.data = Path(data) if data else None
+        self.prior = LatentPrior.from_tensors(extra)
+        self.latent_dim = self.model.config.latent_dim
+        with torch.no_grad():
+            self.pyramid = self.model.decoder.pyramid()
+        self.templates = template_pyramid(self.model, extra.get("prototypes"))
+        self.instruments = presets()
+        self.stars = self.card.get("stars", [])
+        self.star_latents = extra.get("star_latents", torch.zeros(0, self.latent_dim)).numpy()
+        percentiles = self.card.get("latent_percentiles", {})
+        self.low = np.array(percentiles.get("1", [-3.0] * self.latent_dim))
+        self.high = np.array(percentiles.get("99", [3.0] * self.latent_dim))
+        self.centre = np.array(percentiles.get("50", [0.0] * self.latent_dim))
+        self._cache: OrderedDict = OrderedDict()
+        self._lock = Lock()
+        self._teaching = _TeachingMap(self.stars, self.star_latents)
+
+    def new_view(self) -> View:
+        return View(z=self.centre.copy())
+
+    # -- drawing -------------------------------------------------------------------------
+    def pixels(self, view: View) -> tuple[np.ndarray, np.ndarray]:
+        """(observed vacuum λ, R) of the view: the observation's pixels, else the preset's."""
+        if view.observation is not None:
+            spectrum = view.observation.spectrum
+            resolving = np.broadcast_to(spectrum.resolving_power, spectrum.wave.shape)
+            return spectrum.wave[spectrum.valid], resolving[spectrum.valid]
+        preset = self.instruments[view.instrument]
+        return preset.wave, preset.resolving_power
+
+    def _basis(self, view: View) -> torch.Tensor:
+        key = (id(view.observation) if view.observation else view.instrument, round(view.v_kms, 4))
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        wave, resolving = self.pixels(view)
+        with torch.no_grad():
+            basis = self.model.decoder.pixel_basis(
+                torch.as_tensor(wave, device=self.device), view.v_kms,
+                torch.as_tensor(np.ascontiguousarray(resolving), device=self.device), self.pyramid,
+            )  # fmt: skip
+        with self._lock:
+            self._cache[key] = basis
+            while len(self._cache) > BASIS_CACHE:
+                self._cache.popitem(last=False)
+        return basis
+
+    def spectrum(self, view: View) -> tuple[np.ndarray, np.ndarray]:
+        """(x axis in the view's frame, normalised model flux) for the current latents."""
+        basis = self._basis(view)
+        z = torch.as_tensor(view.z[None], dtype=basis.dtype, device=self.device)
+        with torch.no_grad():
+            flux = self.model.decoder.decode(z, basis)[0].cpu().numpy()
+        return self.axis(view), flux
+
+    def axis(self, view: View) -> np.ndarray:
+        wave, _ = self.pixels(view)
+        return wave / (1.0 + view.v_kms / C_KMS) if view.frame == "rest" else wave
+
+    def sensitivity(self, view: View) -> np.ndarray:
+        """|∂f/∂z_k| at every pixel for every latent (D, P): the small MLP's Jacobian times
+        the cached basis."""
+        basis = self._basis(view)
+        z = torch.as_tensor(view.z, dtype=basis.dtype, device=self.device)
+        with torch.no_grad():
+            jacobian = jacfwd(lambda latent: self.model.decoder.h(latent[None])[0])(z)  # (K, D)
+            return torch.einsum("kp,kd->dp", basis[1:], jacobian).abs().cpu().numpy()
+
+    # -- changing the state --------------------------------------------------------------
+    def random_view(self, view: View, seed: int) -> View:
+        if self.prior is None:
+            raise ValueError(f"{self.checkpoint}: no latent prior in this checkpoint")
+        return replace(view, z=self.prior.sample(1, seed=seed)[0], observation=None)
+
+    def from_labels(self, view: View, teff: float, logg: float, fe_h: float) -> View:
+        return replace(view, z=self._teaching(teff, logg, fe_h))
+
+    def fit(self, view: View, spectrum: Spectrum) -> View:
+        """Fit an observation (v, latents, continuum) and move the view to it."""
+        result = fit_spectrum(self.model, spectrum, pyramid=self.pyramid,
+                              templates=self.templates, device=self.device)  # fmt: skip
+        observation = Observation(spectrum, result)
+        return replace(view, z=result.z.astype(float), v_kms=result.v_kms,
+                       observation=observation)  # fmt: skip
+
+    def read_upload(self, name: str, content: bytes) -> Spectrum:
+        """A spectrum from uploaded bytes; SpectrumReadError (naming the file) when it is not."""
+        if len(content) > MAX_UPLOAD_BYTES:
+            raise SpectrumReadError(Path(name), f"larger than {MAX_UPLOAD_BYTES // 2**20} MiB")
+        suffix = "".join(Path(name).suffixes[-2:]) or ".fits"
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / f"upload{suffix}"
+            path.write_bytes(content)
+            try:
+                spectra = read_file(path)
+            except SpectrumReadError as exc:
+                raise SpectrumReadError(Path(name), exc.problem) from exc
+        return spectra[0]
+
+    def star_spectrum(self, index: int) -> Spectrum:
+        """A star of the model's own table, read from the data folder."""
+        if self.data is None:
+            raise ValueError("start the explorer with --data to load stars from the data folder")
+        row = self.stars[index]
+        source = row["source"]
+        path = self.data / source.split("[")[0]
+        matches = [s for s in read_file(path) if s.source.endswith(source)]
+        return matches[0] if matches else read_file(path)[0]
+
+    # -- sharing and exporting -----------------------------------------------------------
+    def to_query(self, view: View) -> dict[str, str]:
+        return {"z": ",".join(f"{x:.4g}" for x in view.z), "v": f"{view.v_kms:.3f}",
+                "instrument": view.instrument, "frame": view.frame, "zoom": view.zoom}  # fmt: skip
+
+    def from_query(self, query: dict[str, str]) -> View:
+        """A view from URL parameters; anything missing or malformed keeps its default."""
+        view = self.new_view()
+        try:
+            z = np.array([float(x) for x in query.get("z", "").split(",")])
+            if z.size == self.latent_dim and np.all(np.isfinite(z)):
+                view.z = z
+        except ValueError:
+            pass
+        try:
+            v = float(query.get("v", 0.0))
+            view.v_kms = v if math.isfinite(v) else 0.0
+        except ValueError:
+            pass
+        if query.get("instrument") in self.instruments:
+            view.instrument = query["instrument"]
+        if query.get("frame") in ("observed", "rest"):
+            view.frame = query["frame"]
+        if query.get("zoom") in ZOOMS:
+            view.zoom = query["zoom"]
+        return view
+
+    def export(self, view: View, kind: str) -> bytes:
+        """The shown model spectrum as CSV or FITS (vacuum Å, units in the header)."""
+        wave, _ = self.pixels(view)
+        _, flux = self.spectrum(view)
+        table = Table({"wavelength": wave, "flux": flux})
+        table["wavelength"].unit = "Angstrom"
+        table.meta.update({"RV": view.v_kms, "MODEL": self.checkpoint.name, "NORMALIS": True})
+        buffer = io.BytesIO() if kind == "fits" else io.StringIO()
+        if kind == "fits":
+            hdu = fits.table_to_hdu(table)
+            hdu.header["LATENTS"] = ",".join(f"{x:.5g}" for x in view.z)
+            fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(buffer)
+            return buffer.getvalue()
+        table.write(buffer, format="ascii.ecsv")
+        return buffer.getvalue().encode()
+
+
+class _TeachingMap:
+    """Physical labels → latents: the mean latent of the 8 stars nearest in (log Teff, log g,
+    [Fe/H]), so a student moves through real stars rather than an extrapolated line."""
+
+    def __init__(self, stars: list[dict], latents: np.ndarray):
+        rows = [i for i, s in enumerate(stars) if all(k in s for k in ("teff", "logg", "fe_h"))]
+        self.available = len(rows) >= 8
+        if not self.available:
+            return
+        labels = np.array([[math.log10(stars[i]["teff"]), stars[i]["logg"], stars[i]["fe_h"]]
+                           for i in rows])  # fmt: skip
+        self.scale = labels.std(axis=0)
+        self.latents = latents[rows]
+        self.neighbours = NearestNeighbors(n_neighbors=8).fit(labels / self.scale)
+
+    def __call__(self, teff: float, logg: float, fe_h: float) -> np.ndarray:
+        if not self.available:
+            raise ValueError("this checkpoint's star table has no labelled stars")
+        point = np.array([[math.log10(teff), logg, fe_h]]) / self.scale
+        distance, index = self.neighbours.kneighbors(point)
+        weights = 1.0 / (distance[0] + 1e-3)
+        return (self.latents[index[0]] * weights[:, None]).sum(0) / weights.sum()
