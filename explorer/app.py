@@ -30,9 +30,12 @@ class ExplorerApp(pn.viewable.Viewer):
         self.explorer = explorer
         query = dict(pn.state.location.query_params) if pn.state.location else {}
         self.view: View = explorer.from_query(query)
-        self.refresh = Refresh()
+        self.refresh = Refresh()  # every change: the spectrum and the map's marker
+        self.refresh_fit = Refresh()  # observation, zoom or frame changed: the residuals
+        self.refresh_strip = Refresh()  # only while the heat strip is shown
         self._syncing = False
         self._revision = 0
+        self._residual_shown: tuple | None = None
         self._build_widgets()
         self._build_map()
 
@@ -219,6 +222,12 @@ class ExplorerApp(pn.viewable.Viewer):
     def _redraw(self) -> None:
         self._revision += 1
         self.refresh.event(revision=self._revision)
+        if self.heat.value:
+            self.refresh_strip.event(revision=self._revision)
+        shown = (id(self.view.observation), self.view.zoom, self.view.frame, self.view.v_kms)
+        if shown != self._residual_shown:
+            self._residual_shown = shown
+            self.refresh_fit.event(revision=self._revision)
         if pn.state.location is not None:
             pn.state.location.update_query(**self.explorer.to_query(self.view))
 
@@ -267,10 +276,10 @@ class ExplorerApp(pn.viewable.Viewer):
         return points * here
 
     def __panel__(self):
-        spectrum = hv.DynamicMap(self._spectrum, streams=[self.refresh])
-        residual = hv.DynamicMap(self._residual, streams=[self.refresh])
+        spectrum = hv.DynamicMap(self._spectrum, streams=[self.refresh]).opts(*plots.SPECTRUM_STYLE)
+        residual = hv.DynamicMap(self._residual, streams=[self.refresh_fit])
         strip = pn.pane.HoloViews(
-            hv.DynamicMap(self._strip, streams=[self.refresh]),
+            hv.DynamicMap(self._strip, streams=[self.refresh_strip]),
             visible=self.heat.param.value,
             sizing_mode="stretch_width",
         )

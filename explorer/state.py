@@ -21,7 +21,6 @@ import torch
 from astropy.io import fits
 from astropy.table import Table
 from sklearn.neighbors import NearestNeighbors
-from torch.func import jacfwd
 
 from stargon.model.checkpoint import load_checkpoint, resolve_checkpoint
 from stargon.model.fit import FitResult, fit_spectrum, template_pyramid
@@ -141,11 +140,15 @@ class Explorer:
 
     def sensitivity(self, view: View) -> np.ndarray:
         """|∂f/∂z_k| at every pixel for every latent (D, P): the small MLP's Jacobian times
-        the cached basis."""
+        the cached basis. The Jacobian takes one backward pass: z repeated K times, row k
+        keeping only output k (reverse mode, which unlike forward-mode AD is thread-safe)."""
         basis = self._basis(view)
+        n_basis = basis.shape[0] - 1
         z = torch.as_tensor(view.z, dtype=basis.dtype, device=self.device)
+        rows = z.expand(n_basis, -1).clone().requires_grad_(True)
+        with torch.enable_grad():
+            (jacobian,) = torch.autograd.grad(self.model.decoder.h(rows).diagonal().sum(), rows)
         with torch.no_grad():
-            jacobian = jacfwd(lambda latent: self.model.decoder.h(latent[None])[0])(z)  # (K, D)
             return torch.einsum("kp,kd->dp", basis[1:], jacobian).abs().cpu().numpy()
 
     # -- changing the state --------------------------------------------------------------
