@@ -33,9 +33,9 @@ def sensitive_spans(x: np.ndarray, sensitivity: np.ndarray, fraction: float = 0.
 
 WAVELENGTH = hv.Dimension("wavelength", label="vacuum wavelength", unit="Å")
 SPECTRUM_STYLE = [  # applied once to the DynamicMap: per-redraw .opts calls cost ~30 ms
-    hv.opts.Rectangles(color="gold", alpha=0.25, line_alpha=0),
+    hv.opts.Rectangles(color="gold", alpha=0.3, line_alpha=0, framewise=True),
     hv.opts.Curve("Observation", color="black", line_width=0.8),
-    hv.opts.Curve("Model", color="#d62728", line_width=1.2),
+    hv.opts.Curve("Model", color="#d62728", line_width=1.2, framewise=True),
     hv.opts.Labels(text_font_size="9pt", text_color="#7a5c00"),
     hv.opts.Overlay(
         responsive=True,
@@ -43,6 +43,7 @@ SPECTRUM_STYLE = [  # applied once to the DynamicMap: per-redraw .opts calls cos
         ylim=FLUX_RANGE,
         legend_position="bottom_right",
         toolbar="above",
+        framewise=True,
     ),
 ]
 
@@ -72,7 +73,8 @@ def spectrum_overlay(
         * hv.Curve((x, flux), WAVELENGTH, flux_dim, group="Model", label="model")
         * hv.Labels(label_rows, [WAVELENGTH, "y"], "line")
     )
-    return overlay.opts(title=title, xlim=xlim or (None, None))
+    full = (float(x.min()), float(x.max())) if x.size else (None, None)
+    return overlay.opts(title=title, xlim=xlim or full)
 
 
 def residual_curve(x: np.ndarray, residual: np.ndarray, xlim=None) -> hv.Curve:
@@ -86,6 +88,7 @@ def residual_curve(x: np.ndarray, residual: np.ndarray, xlim=None) -> hv.Curve:
         line_width=0.6,
         xlim=xlim or (None, None),
         ylim=(-6, 6),
+        framewise=True,
     )
 
 

@@ -1,0 +1,119 @@
+"""The explorer in a real Chromium (Debian's `chromium`, driven by Playwright) against a real
+`stargon serve` on 127.0.0.1. Screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+playwright = pytest.importorskip("playwright.sync_api")
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+LAMOST = "lamost_dr1/SampleFits/spec-55862-B6212_sp06-003.fits"
+FLUX_SUMS = """() => {
+  const sums = [];
+  for (const doc of Bokeh.documents)
+    for (const model of doc.all_models)
+      if (model.data && model.data.flux)
+        sums.push(Array.from(model.data.flux).reduce((a, b) => a + b, 0));
+  return sums;
+}"""
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("STARGON_REQUIRE_BROWSER"):
+            pytest.fail("Debian's chromium is not installed (apt-get install chromium)")
+        pytest.skip("no chromium on this machine (apt-get install chromium)")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(data):
+    port = _free_port()
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stargon", "serve", "--port", str(port), "--data", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            break
+        except OSError:
+            if process.poll() is not None:
+                pytest.fail(process.stdout.read().decode())
+            time.sleep(0.5)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright.sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def page(browser, server, request):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(server)
+    page.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0", timeout=90_000)
+    page.wait_for_function(f"({FLUX_SUMS})().length > 0", timeout=90_000)
+    yield page
+    page.screenshot(path=ARTIFACTS / f"{request.node.name}.png", full_page=True)
+    page.close()
+    assert not errors, errors
+
+
+def test_slider_move_changes_the_plotted_spectrum_and_the_url(page):
+    before = page.evaluate(FLUX_SUMS)
+    page.locator(".noUi-handle").first.focus()
+    for _ in range(10):
+        page.keyboard.press("ArrowRight")
+    changed = f"JSON.stringify(({FLUX_SUMS})()) !== {json.dumps(json.dumps(before))}"
+    page.wait_for_function(changed, timeout=30_000)
+    assert page.evaluate(FLUX_SUMS) != before
+    page.wait_for_function("() => window.location.search.includes('z=')", timeout=30_000)
+
+
+def test_upload_of_a_real_lamost_file_shows_its_fit(page, data):
+    page.locator("input[type=file]").set_input_files(str(data / LAMOST))
+    page.get_by_text("χ²/dof").wait_for(timeout=90_000)
+    text = page.get_by_text("χ²/dof").inner_text()
+    assert "uploaded spec-55862-B6212_sp06-003.fits" in text and "km/s" in text
+
+
+def test_corrupted_upload_shows_a_message_not_a_traceback(page, data, tmp_path):
+    broken = tmp_path / "broken.fits"
+    broken.write_bytes((data / LAMOST).read_bytes()[:5000])
+    page.locator("input[type=file]").set_input_files(str(broken))
+    message = page.get_by_text("Could not read broken.fits")
+    message.wait_for(timeout=60_000)
+    assert "Traceback" not in page.content()

@@ -1,0 +1,78 @@
+"""The embedded default model: its card, its recorded fits, and `stargon evaluate` on it."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from stargon.evaluate.report import evaluate
+from stargon.model.checkpoint import default_checkpoint, load_checkpoint
+from stargon.model.fit import fit_spectrum, template_pyramid
+from stargon.surveys import iter_spectra, read_file
+
+
+@pytest.fixture(scope="module")
+def default():
+    return load_checkpoint(default_checkpoint())
+
+
+def test_default_model_is_small_and_fully_described(default):
+    folder = default_checkpoint()
+    size = sum(p.stat().st_size for p in folder.iterdir())
+    assert size <= 25 * 2**20
+    _, document, extra = default
+    card = document["card"]
+    for key in (
+        "train_config",
+        "data",
+        "wavelength_coverage",
+        "held_out_star_ids",
+        "held_out_metrics",
+        "training_device",
+        "training_time_s",
+        "reference_fits",
+    ):
+        assert card.get(key), key  # fmt: skip
+    real = {k: v for k, v in card["data"].items() if k != "payne_synthetic"}
+    assert sum(v["train"] for v in real.values()) > 1000 and "apogee_dr17" in real
+    assert {"prior.means", "prototypes"} <= set(extra)
+
+
+def test_default_model_reproduces_its_recorded_held_out_fits(default, data):
+    model, document, extra = default
+    pyramid, templates = model.decoder.pyramid(), template_pyramid(model, extra["prototypes"])
+    references = document["card"]["reference_fits"]
+    assert len(references) >= 4
+    for reference in references:
+        path = data / re.sub(r"\[\d+\]$", "", reference["source"])
+        (spectrum,) = [s for s in read_file(path) if s.source.endswith(reference["source"])]
+        assert spectrum.star_id in document["card"]["held_out_star_ids"]
+        result = fit_spectrum(model, spectrum, pyramid=pyramid, templates=templates)
+        assert result.chi2_dof == pytest.approx(reference["chi2_dof"], rel=0.01), reference
+
+
+def test_evaluate_writes_a_report_of_measured_numbers(default, data, tmp_path):
+    out = evaluate(None, data, tmp_path, max_per_survey=5, injection_trials=2,
+                   surveys=["miles", "stelib"])  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["reconstruction"]["miles"]["n_held_out"] == 5
+    held = set(default[1]["card"]["held_out_star_ids"])
+    miles = {_key(s.star_id): s.star_id in held for s in iter_spectra(data / "miles")}
+    stelib = {_key(s.star_id) for s in iter_spectra(data / "stelib")}
+    shared = sum(is_held for key, is_held in miles.items() if key in stelib)
+    rows = {(r["from"], r["to"]): r for r in metrics["cross_instrument"]}
+    assert rows[("miles", "stelib")]["n_held_out_stars"] == shared > 0
+    assert all(0 < r["model_fractional_rms"] < 1 for r in rows.values())
+    probes = [r for r in metrics["probes"] if r["subset"] == "3500–8000 K"]
+    assert len(probes) == 8 and all(np.isfinite(r["latents_rmse"]) for r in probes)
+    report = (out / "report.md").read_text()
+    for figure in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report):
+        assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
+    assert f"{metrics['reconstruction']['miles']['model_chi2_dof']:.3g}" in report
+
+
+def _key(star_id: str) -> str:
+    return "".join(star_id.upper().split())

@@ -1,0 +1,131 @@
+"""The explorer without a browser: state, physics of the view, uploads, fits, exports, plots."""
+
+from __future__ import annotations
+
+import io
+
+import holoviews as hv
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from stargon.explorer import plots
+from stargon.explorer.app import ExplorerApp
+from stargon.explorer.state import Explorer
+from stargon.model.physics import C_KMS
+from stargon.surveys.spectrum import SpectrumReadError
+
+LAMOST = "lamost_dr1/SampleFits/spec-55862-B6212_sp06-003.fits"
+
+
+@pytest.fixture(scope="module")
+def explorer(data):
+    return Explorer(None, data)
+
+
+def test_latent_and_velocity_sliders_change_the_spectrum_as_physics_says(explorer):
+    view = explorer.new_view()
+    wave, flux = explorer.spectrum(view)
+    view.z = view.z + 0.5 * (explorer.high - explorer.low) * np.eye(explorer.latent_dim)[0]
+    _, moved = explorer.spectrum(view)
+    assert np.abs(moved - flux).max() > 1e-3
+    # v = +100 km/s on the same pixels: f_v(λ) = f_0(λ / (1 + v/c)); the best-matching shift
+    view.v_kms = 100.0
+    _, shifted = explorer.spectrum(view)
+    trials = np.arange(80.0, 120.01, 0.25)
+    inner = slice(100, -100)
+    misfit = [
+        np.sum((shifted - np.interp(wave / (1 + v / C_KMS), wave, moved))[inner] ** 2)
+        for v in trials
+    ]
+    assert trials[int(np.argmin(misfit))] == pytest.approx(100.0, abs=1.0)
+    view.frame = "rest"
+    np.testing.assert_allclose(explorer.axis(view), wave / (1 + 100.0 / C_KMS))
+
+
+def test_sensitivity_is_the_derivative_of_the_shown_spectrum(explorer):
+    view = explorer.new_view()
+    sensitivity = explorer.sensitivity(view)
+    assert sensitivity.shape == (explorer.latent_dim, explorer.pixels(view)[0].size)
+    eps = 1e-3
+    for k in (0, explorer.latent_dim - 1):
+        up, down = explorer.new_view(), explorer.new_view()
+        up.z[k] += eps
+        down.z[k] -= eps
+        numeric = np.abs(explorer.spectrum(up)[1] - explorer.spectrum(down)[1]) / (2 * eps)
+        np.testing.assert_allclose(sensitivity[k], numeric, atol=0.02 * numeric.max())
+
+
+def test_view_state_round_trips_through_the_url(explorer):
+    view = explorer.new_view()
+    view.z = np.linspace(-1, 1, explorer.latent_dim)
+    view.v_kms, view.instrument, view.frame, view.zoom = -42.5, "apogee", "rest", "Brackett 11"
+    again = explorer.from_query(explorer.to_query(view))
+    np.testing.assert_allclose(again.z, view.z, atol=1e-3)
+    assert (again.v_kms, again.instrument, again.frame, again.zoom) == (
+        -42.5,
+        "apogee",
+        "rest",
+        "Brackett 11",
+    )
+    broken = explorer.from_query({"z": "1,nope", "v": "fast", "instrument": "hubble"})
+    np.testing.assert_array_equal(broken.z, explorer.centre)
+    assert (broken.v_kms, broken.instrument) == (0.0, "miles")
+
+
+def test_upload_of_a_real_file_is_fitted_and_bad_uploads_say_why(explorer, data):
+    content = (data / LAMOST).read_bytes()
+    spectrum = explorer.read_upload("my star.fits", content)
+    view = explorer.fit(explorer.new_view(), spectrum)
+    fit = view.observation.fit
+    assert view.v_kms == fit.v_kms and np.allclose(view.z, fit.z)
+    assert 0.3 < fit.chi2_dof < 20 and abs(fit.v_kms - spectrum.labels["rv"]) < 30
+    assert explorer.spectrum(view)[0].size == view.observation.residual_sigma.size
+    with pytest.raises(SpectrumReadError, match=r"my star\.fits"):
+        explorer.read_upload("my star.fits", content[: len(content) // 3])
+    with pytest.raises(SpectrumReadError, match=r"notes\.txt"):
+        explorer.read_upload("notes.txt", b"hello")
+
+
+def test_export_writes_the_shown_spectrum_with_units(explorer):
+    view = explorer.new_view()
+    view.instrument = "galah"
+    with fits.open(io.BytesIO(explorer.export(view, "fits"))) as hdus:
+        table = hdus[1].data
+        assert hdus[1].columns["wavelength"].unit == "Angstrom"
+        np.testing.assert_allclose(table["flux"], explorer.spectrum(view)[1], rtol=1e-6)
+    assert b"wavelength" in explorer.export(view, "csv")
+
+
+def test_teaching_view_follows_physics(explorer):
+    hot = explorer.from_labels(explorer.new_view(), 7500, 4.2, 0.0)
+    cool = explorer.from_labels(explorer.new_view(), 4200, 4.5, 0.0)
+    wave, hot_flux = explorer.spectrum(hot)
+    _, cool_flux = explorer.spectrum(cool)
+    h_alpha = np.abs(wave - 6564.61) < 3
+    na_d = np.abs(wave - 5894.5) < 5
+    assert hot_flux[h_alpha].min() < cool_flux[h_alpha].min()  # Balmer lines grow with Teff
+    assert cool_flux[na_d].min() < hot_flux[na_d].min()  # Na D grows as Teff falls
+
+
+def test_sensitive_spans_shade_and_name_a_line():
+    x = np.linspace(6500, 6630, 1000)
+    sensitivity = np.exp(-0.5 * ((x - 6564.61) / 1.5) ** 2)
+    spans, labels = plots.sensitive_spans(x, sensitivity)
+    assert len(spans) == 1 and spans[0][0] < 6564.61 < spans[0][1]
+    assert labels[0][1] == "Hα"
+    overlay = plots.spectrum_overlay(x, 1 - sensitivity, None, spans, labels)
+    curve = overlay.get(2)
+    np.testing.assert_allclose(curve.dimension_values("flux"), 1 - sensitivity)
+
+
+def test_app_redraws_from_its_own_state(explorer):
+    first, second = ExplorerApp(explorer), ExplorerApp(explorer)
+    before = first._spectrum().get(2).dimension_values("flux")
+    first.sliders[0].value = first.sliders[0].end
+    after = first._spectrum().get(2).dimension_values("flux")
+    assert np.abs(after - before).max() > 1e-3
+    np.testing.assert_allclose(second._spectrum().get(2).dimension_values("flux"), before)
+    first.rv.value = 250.0
+    assert first.view.v_kms == 250.0 and second.view.v_kms == 0.0
+    assert isinstance(first._map(), hv.Overlay)
