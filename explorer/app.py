@@ -263,7 +263,7 @@ class ExplorerApp(pn.viewable.Viewer):
         )
 
     def _strip(self, revision: int = 0):
-        x, _ = self.explorer.spectrum(self.view)
+        x = self.explorer.axis(self.view)
         return plots.sensitivity_strip(
             x, self.explorer.sensitivity(self.view), ZOOMS[self.view.zoom]
         )

@@ -17,6 +17,7 @@ import torch
 from sklearn.decomposition import PCA
 from tqdm import tqdm
 
+from stargon.evaluate.metrics import fractional_rms
 from stargon.model.fit import FitResult, fit_spectrum, template_pyramid
 from stargon.model.gon import StarGON
 from stargon.model.physics import resample
@@ -62,7 +63,10 @@ def evaluate_held_out(
     report = {}
     for survey, results in fits.items():
         model_chi2 = [result.chi2_dof for _, result in results]
-        model_rms = [_fractional_rms(dataset.spectra[i], r.model_flux) for i, r in results]
+        model_rms = [
+            fractional_rms(dataset.spectra[i].flux[dataset.spectra[i].valid], r.model_flux)
+            for i, r in results
+        ]
         train = [dataset.spectra[i] for i in dataset.indices() if dataset.surveys[i] == survey]
         held = [dataset.spectra[i] for i, _ in results]
         pca = pca_baseline(train, held, model.config.latent_dim)
@@ -76,11 +80,6 @@ def evaluate_held_out(
             "has_errors": bool(train[0].has_errors) if train else None,
         }
     return report
-
-
-def _fractional_rms(spectrum: Spectrum, model_flux: np.ndarray) -> float:
-    flux = spectrum.flux[spectrum.valid]
-    return float(np.sqrt(np.mean((flux - model_flux) ** 2)) / np.median(np.abs(flux)))
 
 
 def _median(values: list[float]) -> float | None:
