@@ -42,8 +42,12 @@ def setup(device_request: str = "auto") -> Context:
     return Context(rank, world_size, device)
 
 
-def teardown() -> None:
+def finish() -> None:
+    """Leave the process group together: a rank that tears down while another still writes its
+    checkpoint can abort gloo's threads (seen as SIGABRT in CI), so all ranks meet first. Only
+    called after success; after a failure a barrier would hang, and torchrun stops the rest."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

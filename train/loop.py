@@ -61,10 +61,9 @@ class TrainConfig:
 
 def train(config: TrainConfig, resume: bool = False, dataset: TrainingSet | None = None) -> Path:
     context = distributed.setup(config.device)
-    try:
-        return _train(config, resume, dataset, context)
-    finally:
-        distributed.teardown()
+    run = _train(config, resume, dataset, context)
+    distributed.finish()
+    return run
 
 
 def _train(config, resume, dataset, context) -> Path:
