@@ -11,11 +11,13 @@ from stargon.surveys.spectrum import Spectrum, der_snr_noise
 
 def inject(spectrum: Spectrum, v: float, snr: float, rng: np.random.Generator) -> Spectrum:
     """`spectrum` moved to velocity v on its own pixels (λ_obs = λ_rest (1 + v/c), linear
-    interpolation), with Gaussian noise added up to S/N `snr` (beyond the noise it has)."""
+    interpolation), with Gaussian noise added up to S/N `snr` (beyond the noise it has).
+    A pixel that reads a masked source pixel (a chip gap, a bad column) stays masked."""
     valid = spectrum.valid
     rest_seen = observed_to_rest(torch.as_tensor(spectrum.wave), v).numpy()
     inside = (rest_seen > spectrum.wave[valid][0]) & (rest_seen < spectrum.wave[valid][-1])
     flux = np.interp(rest_seen[inside], spectrum.wave[valid], spectrum.flux[valid])
+    seen_valid = np.interp(rest_seen[inside], spectrum.wave, valid.astype(float)) == 1.0
     level = np.median(np.abs(flux))
     existing = der_snr_noise(spectrum.flux[valid])
     target = level / snr
@@ -24,7 +26,7 @@ def inject(spectrum: Spectrum, v: float, snr: float, rng: np.random.Generator) -
     return Spectrum(
         wave=spectrum.wave[inside],
         flux=flux,
-        ivar=np.full(flux.size, 1.0 / target**2),
+        ivar=np.where(seen_valid, 1.0 / target**2, 0.0),
         instrument=spectrum.instrument,
         resolving_power=np.broadcast_to(spectrum.resolving_power, spectrum.wave.shape)[inside],
         frame="observed",

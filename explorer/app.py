@@ -11,11 +11,14 @@ import panel as pn
 from sklearn.decomposition import PCA
 
 from stargon.explorer import plots
-from stargon.explorer.state import MAX_UPLOAD_BYTES, ZOOMS, Explorer, View
+from stargon.explorer.figure import view_png
+from stargon.explorer.state import ARCHIVE_IDS, MAX_UPLOAD_BYTES, ZOOMS, Explorer, View
+from stargon.surveys.fetch import FetchError
 from stargon.surveys.spectrum import SpectrumReadError
 
 Refresh = hv.streams.Stream.define("Refresh", revision=0)
 COLOUR_LABELS = {"Teff": "teff", "log g": "logg", "[Fe/H]": "fe_h"}
+LABEL_RANGES = {"teff": (3000.0, 10000.0), "logg": (0.0, 5.5), "fe_h": (-3.0, 1.0)}
 TEACHING = """**What you see.** Hot stars (Teff above ~7,500 K) show broad hydrogen Balmer lines
 (Hα, Hβ); as Teff falls, metal lines (Mg b, Na D, Fe) and, below ~4,000 K, molecular bands take
 over. Lower log g (giants) narrows the wings of strong lines; higher [Fe/H] deepens every metal
@@ -33,6 +36,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self.refresh = Refresh()  # every change: the spectrum and the map's marker
         self.refresh_fit = Refresh()  # observation, zoom or frame changed: the residuals
         self.refresh_strip = Refresh()  # only while the heat strip is shown
+        self.refresh_response = Refresh()  # settings changed or a slider was let go
         self._syncing = False
         self._revision = 0
         self._residual_shown: tuple | None = None
@@ -44,7 +48,7 @@ class ExplorerApp(pn.viewable.Viewer):
         ex, view = self.explorer, self.view
         self.sliders = [
             pn.widgets.FloatSlider(
-                name=f"z{k}",
+                label=f"z{k}",
                 start=float(min(ex.low[k], view.z[k])),
                 end=float(max(ex.high[k], view.z[k])),
                 value=float(view.z[k]),
@@ -54,7 +58,7 @@ class ExplorerApp(pn.viewable.Viewer):
             for k in range(ex.latent_dim)
         ]
         self.rv = pn.widgets.FloatSlider(
-            name="radial velocity (km/s)",
+            label="radial velocity (km/s)",
             start=-500,
             end=500,
             step=0.5,
@@ -62,35 +66,51 @@ class ExplorerApp(pn.viewable.Viewer):
             sizing_mode="stretch_width",
         )
         self.instrument = pn.widgets.Select(
-            name="instrument", options=list(ex.instruments), value=view.instrument
+            label="instrument", options=list(ex.instruments), value=view.instrument
         )
         self.frame = pn.widgets.RadioButtonGroup(options=["observed", "rest"], value=view.frame)
-        self.zoom = pn.widgets.Select(name="zoom", options=list(ZOOMS), value=view.zoom)
+        self.zoom = pn.widgets.Select(label="zoom", options=list(ZOOMS), value=view.zoom)
         self.latent = pn.widgets.Select(
-            name="sensitivity of", options=list(range(ex.latent_dim)), value=view.latent
+            label="sensitivity of", options=list(range(ex.latent_dim)), value=view.latent
         )
-        self.heat = pn.widgets.Checkbox(name="all latents (heat strip)", value=False)
-        self.reset = pn.widgets.Button(name="Reset", button_type="default")
-        self.random = pn.widgets.Button(name="Random star from the prior", button_type="primary")
+        self.heat = pn.widgets.Checkbox(label="all latents (heat strip)", value=False)
+        self.reset = pn.widgets.Button(label="Reset", color="default")
+        self.random = pn.widgets.Button(label="Random star from the prior", color="primary")
         self.status = pn.pane.Alert("", alert_type="light", visible=False)
         self.fit_summary = pn.pane.Markdown("")
         self.upload = pn.widgets.FileInput(accept=".fits,.fit,.fits.gz,.csv,.npz", multiple=False)
         surveys = sorted({s["survey"] for s in ex.stars})
-        self.survey_filter = pn.widgets.Select(name="survey", options=["all", *surveys])
+        self.survey_filter = pn.widgets.Select(label="survey", options=["all", *surveys])
+        self.label_filters = {
+            key: pn.widgets.RangeSlider(label=name, start=lo, end=hi, value=(lo, hi),
+                                        step=50 if key == "teff" else 0.05)
+            for name, key in COLOUR_LABELS.items()
+            for lo, hi in [LABEL_RANGES[key]]
+        }  # fmt: skip
         self.star_search = pn.widgets.AutocompleteInput(
-            name="star id",
-            options=self._star_options("all"),
+            label="star id",
+            options=self._star_options(),
             case_sensitive=False,
             search_strategy="includes",
             placeholder="e.g. HD 225239",
             min_characters=1,
         )
         self.teff = pn.widgets.FloatSlider(
-            name="Teff (K)", start=3500, end=9000, step=50, value=5800
+            label="Teff (K)", start=3500, end=9000, step=50, value=5800
         )
-        self.logg = pn.widgets.FloatSlider(name="log g", start=0.5, end=5.0, step=0.05, value=4.4)
-        self.fe_h = pn.widgets.FloatSlider(name="[Fe/H]", start=-2.5, end=0.5, step=0.05, value=0.0)
-        self.colour = pn.widgets.Select(name="colour map by", options=list(COLOUR_LABELS))
+        self.logg = pn.widgets.FloatSlider(label="log g", start=0.5, end=5.0, step=0.05, value=4.4)
+        self.fe_h = pn.widgets.FloatSlider(
+            label="[Fe/H]", start=-2.5, end=0.5, step=0.05, value=0.0
+        )
+        self.colour = pn.widgets.Select(label="colour map by", options=list(COLOUR_LABELS))
+        self.archive_kind = pn.widgets.Select(label="archive", options=list(ARCHIVE_IDS))
+        self.archive_id = pn.widgets.TextInput(
+            label="id", placeholder=ARCHIVE_IDS[self.archive_kind.value]
+        )
+        self.archive_go = pn.widgets.Button(label="Fetch and fit", color="primary")
+        self.png = pn.widgets.FileDownload(
+            callback=lambda: BytesIO(self._png()), filename="stargon_view.png", label="Figure (PNG)"
+        )
         self.csv = pn.widgets.FileDownload(
             callback=lambda: BytesIO(ex.export(self.view, "csv")),
             filename="stargon_spectrum.ecsv",
@@ -103,6 +123,7 @@ class ExplorerApp(pn.viewable.Viewer):
         )
         for slider in self.sliders:
             slider.param.watch(self._on_latent, "value")
+            slider.param.watch(self._on_release, "value_throttled")
         self.rv.param.watch(self._on_setting, "value")
         for widget in (self.instrument, self.frame, self.zoom, self.latent, self.heat):
             widget.param.watch(self._on_setting, "value")
@@ -110,17 +131,28 @@ class ExplorerApp(pn.viewable.Viewer):
         self.random.on_click(self._on_random)
         self.upload.param.watch(self._on_upload, "value")
         self.star_search.param.watch(self._on_star, "value")
-        self.survey_filter.param.watch(self._on_survey, "value")
+        self.survey_filter.param.watch(self._on_filter, "value")
+        for widget in self.label_filters.values():
+            widget.param.watch(self._on_filter, "value_throttled")
+        self.archive_kind.param.watch(self._on_archive_kind, "value")
+        self.archive_go.on_click(self._on_fetch)
         for widget in (self.teff, self.logg, self.fe_h):
             widget.param.watch(self._on_labels, "value_throttled")
         self.colour.param.watch(lambda _: self._redraw(), "value")
 
-    def _star_options(self, survey: str) -> list[str]:
-        return [
-            f"{s['star_id']} · {s['survey']}"
-            for s in self.explorer.stars
-            if survey == "all" or s["survey"] == survey
-        ]
+    def _star_options(self) -> list[str]:
+        """Labels of the table stars passing the survey and label filters (a filter left at its
+        full range constrains nothing, so stars without labels stay listed)."""
+        ranges = {
+            key: widget.value if tuple(widget.value) != LABEL_RANGES[key] else None
+            for key, widget in self.label_filters.items()
+        }
+        chosen = self.explorer.find_stars(self.survey_filter.value, **ranges)
+        return [self._star_label(i) for i in chosen]
+
+    def _star_label(self, index: int) -> str:
+        star = self.explorer.stars[index]
+        return f"{star['star_id']} · {star['survey']}"
 
     # -- reacting ------------------------------------------------------------------------
     def _on_latent(self, _event) -> None:
@@ -142,6 +174,7 @@ class ExplorerApp(pn.viewable.Viewer):
             latent=self.latent.value,
         )
         self._redraw()
+        self.refresh_response.event(revision=self._revision)
 
     def _on_random(self, _event) -> None:
         self._revision += 1
@@ -167,13 +200,30 @@ class ExplorerApp(pn.viewable.Viewer):
         except SpectrumReadError as exc:
             self._message(f"Could not read {name}: {exc.problem}", "danger")
 
-    def _on_survey(self, _event) -> None:
-        self.star_search.options = self._star_options(self.survey_filter.value)
+    def _on_filter(self, _event) -> None:
+        self.star_search.options = self._star_options()
+        self.fit_summary.object = f"{len(self.star_search.options)} stars match the filters"
 
     def _on_star(self, _event) -> None:
-        options = self._star_options("all")
-        if self.star_search.value in options:
-            self._load_star(options.index(self.star_search.value))
+        labels = [self._star_label(i) for i in range(len(self.explorer.stars))]
+        if self.star_search.value in labels:
+            self._load_star(labels.index(self.star_search.value))
+
+    def _on_archive_kind(self, _event) -> None:
+        self.archive_id.placeholder = ARCHIVE_IDS[self.archive_kind.value]
+
+    def _on_fetch(self, _event) -> None:
+        kind, identifier = self.archive_kind.value, self.archive_id.value
+        self._message(f"Fetching {identifier} from the {kind.split()[0]} archive …", "info")
+        try:
+            spectrum = self.explorer.fetch_star(kind, identifier)
+        except (ValueError, FetchError, SpectrumReadError) as exc:
+            self._message(str(exc), "danger")
+            return
+        self._fit(spectrum, f"{kind.split()[0]} {identifier}")
+
+    def _on_release(self, _event) -> None:
+        self.refresh_response.event(revision=self._revision)
 
     def _on_tap(self, index: list[int]) -> None:
         if index:
@@ -218,6 +268,7 @@ class ExplorerApp(pn.viewable.Viewer):
         if view.observation is None:
             self.fit_summary.object = ""
         self._redraw()
+        self.refresh_response.event(revision=self._revision)
 
     def _redraw(self) -> None:
         self._revision += 1
@@ -237,22 +288,34 @@ class ExplorerApp(pn.viewable.Viewer):
         self._pca = PCA(2, random_state=0).fit(latents) if len(latents) > 2 else None
         self._xy = self._pca.transform(latents) if self._pca else np.zeros((0, 2))
 
-    def _spectrum(self, revision: int = 0):
+    def _figure_parts(self) -> dict:
+        """What the spectrum panel and the PNG export both show."""
         ex, view = self.explorer, self.view
         x, flux = ex.spectrum(view)
-        sensitivity = ex.sensitivity(view)
-        spans, labels = plots.sensitive_spans(x, sensitivity[view.latent])
+        spans, labels = plots.sensitive_spans(x, ex.sensitivity(view)[view.latent])
         observed = None
         if view.observation is not None:
-            fit = view.observation.fit
-            observed = (
-                x,
-                view.observation.spectrum.flux[view.observation.spectrum.valid] / fit.continuum,
-            )
+            spectrum, fit = view.observation.spectrum, view.observation.fit
+            observed = (x, spectrum.flux[spectrum.valid] / fit.continuum)
         source = view.observation.spectrum.instrument if view.observation else None
         name = source or ex.instruments[view.instrument].name
         title = f"{name}, v = {view.v_kms:+.1f} km/s, {view.frame} frame"
-        return plots.spectrum_overlay(x, flux, observed, spans, labels, ZOOMS[view.zoom], title)
+        return dict(x=x, flux=flux, observed=observed, spans=spans, labels=labels,
+                    xlim=ZOOMS[view.zoom], title=title)  # fmt: skip
+
+    def _spectrum(self, revision: int = 0):
+        return plots.spectrum_overlay(**self._figure_parts())
+
+    def _png(self) -> bytes:
+        observation = self.view.observation
+        residual = observation.residual_sigma if observation is not None else None
+        return view_png(residual=residual, **self._figure_parts())
+
+    def _response(self, revision: int = 0):
+        ex, view = self.explorer, self.view
+        x, values, fluxes = ex.line_response(view, view.latent)
+        window = ZOOMS[view.zoom] or plots.focus_window(x, ex.sensitivity(view)[view.latent])
+        return plots.line_response(x, values, fluxes, view.latent, window)
 
     def _residual(self, revision: int = 0):
         view = self.view
@@ -286,6 +349,7 @@ class ExplorerApp(pn.viewable.Viewer):
         points = hv.DynamicMap(self._map, streams=[self.refresh])
         tap = hv.streams.Selection1D(source=points)
         tap.add_subscriber(self._on_tap)
+        response = hv.DynamicMap(self._response, streams=[self.refresh_response])
         controls = pn.Column(
             "### Latents",
             self.reset,
@@ -300,6 +364,7 @@ class ExplorerApp(pn.viewable.Viewer):
             self.heat,
             "### Export",
             pn.Row(self.csv, self.fits),
+            self.png,
             width=330,
             scroll=True,
             height=900,
@@ -307,7 +372,11 @@ class ExplorerApp(pn.viewable.Viewer):
         observe = pn.Column(
             "### Check a fit",
             self.survey_filter,
+            *self.label_filters.values(),
             self.star_search,
+            "or fetch one from its archive:",
+            self.archive_kind,
+            pn.Row(self.archive_id, self.archive_go),
             "or upload a FITS / CSV spectrum:",
             self.upload,
             self.status,
@@ -325,6 +394,7 @@ class ExplorerApp(pn.viewable.Viewer):
             pn.pane.HoloViews(spectrum, sizing_mode="stretch_width"),
             pn.pane.HoloViews(residual, sizing_mode="stretch_width"),
             strip,
+            pn.pane.HoloViews(response, sizing_mode="stretch_width"),
             pn.Row(observe, teach, sizing_mode="stretch_width"),
             map_panel,
             sizing_mode="stretch_width",

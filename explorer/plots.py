@@ -6,7 +6,9 @@ import holoviews as hv
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
+from stargon.assets import line_list
 from stargon.evaluate.sensitivity import nearest_line
+from stargon.model.physics import C_KMS
 
 hv.extension("bokeh", logo=False)
 
@@ -120,3 +122,40 @@ def latent_map(xy: np.ndarray, colour: np.ndarray, colour_label: str, marker: np
         marker="star", size=18, color="red", line_color="black"
     )
     return points, here
+
+
+def focus_window(x: np.ndarray, sensitivity: np.ndarray, half_width: float = 0.004):
+    """A window of ±half_width (fractional) around the known line (line list, ±150 km/s) where
+    a latent acts most, else around its most sensitive pixel: where to look when no zoom preset
+    is chosen (a detector edge is rarely what a student wants to see)."""
+    if sensitivity.size == 0 or sensitivity.max() <= 0:
+        return (float(x.min()), float(x.max())) if x.size else (None, None)
+    near_line = np.zeros(x.size, dtype=bool)
+    for line in line_list():
+        near_line |= np.abs(x / line.wavelength - 1.0) * C_KMS <= 150.0
+    weighted = np.where(near_line, sensitivity, 0.0) if near_line.any() else sensitivity
+    peak = float(x[int(np.argmax(weighted))])
+    return peak * (1 - half_width), peak * (1 + half_width)
+
+
+def line_response(
+    x: np.ndarray, values: np.ndarray, fluxes: np.ndarray, latent: int, xlim=None
+) -> hv.Overlay:
+    """The spectrum at several values of one latent (the others held): a line that deepens,
+    widens or shifts as the slider moves shows as a fan of curves, dark to light."""
+    colours = hv.plotting.util.process_cmap("viridis", len(values))
+    curves = [
+        hv.Curve((x, flux), WAVELENGTH, hv.Dimension("flux", label="normalised flux"),
+                 label=f"z{latent} = {value:+.2f}").opts(color=colour, line_width=1.2,
+                                                        framewise=True, shared_axes=False)
+        for value, flux, colour in zip(values, fluxes, colours, strict=True)
+    ]  # fmt: skip
+    return hv.Overlay(curves).opts(
+        responsive=True,
+        height=260,
+        xlim=xlim or (None, None),
+        legend_position="right",
+        framewise=True,
+        shared_axes=False,  # its own window: zooming here must not move the spectrum above
+        title=f"How the spectrum changes along z{latent} (1st → 99th percentile)",
+    )

@@ -28,6 +28,7 @@ from stargon.model.instruments import presets
 from stargon.model.physics import C_KMS
 from stargon.model.prior import LatentPrior
 from stargon.surveys import read_file
+from stargon.surveys.fetch import Remote, apogee_star, fetch, galah_arms, lamost_spectrum
 from stargon.surveys.spectrum import Spectrum, SpectrumReadError
 
 ZOOMS = {  # vacuum Å windows around lines a teacher points at
@@ -43,6 +44,27 @@ ZOOMS = {  # vacuum Å windows around lines a teacher points at
 }
 MAX_UPLOAD_BYTES = 50 * 2**20
 BASIS_CACHE = 64
+ARCHIVE_IDS = {  # what the page offers to fetch, and an example of the id it expects
+    "LAMOST DR8 obsid": "e.g. 101001",
+    "GALAH DR3 sobject_id (red arm, Hα)": "e.g. 210115000101001",
+    "APOGEE DR17 apStar": "id field [telescope], e.g. 2M17335483-2753043 000+02",
+}
+LABELS = ("teff", "logg", "fe_h")
+
+
+def archive_remote(kind: str, identifier: str) -> Remote:
+    """The archive file for an id typed into the page; ValueError says what was expected."""
+    words = identifier.split()
+    if kind.startswith("LAMOST") and len(words) == 1 and words[0].isdigit():
+        return lamost_spectrum(int(words[0]), "dr8")
+    if kind.startswith("GALAH") and len(words) == 1 and words[0].isdigit():
+        return galah_arms(words[0], "dr3")[2]
+    if kind.startswith("APOGEE") and len(words) in (2, 3) and words[0].startswith("2M"):
+        telescope = words[2] if len(words) == 3 else "apo25m"
+        return apogee_star(words[0], telescope, words[1], "dr17")
+    if kind not in ARCHIVE_IDS:
+        raise ValueError(f"unknown archive '{kind}'; known: {', '.join(ARCHIVE_IDS)}")
+    raise ValueError(f"{kind}: '{identifier}' is not an id of that kind ({ARCHIVE_IDS[kind]})")
 
 
 @dataclass
@@ -72,8 +94,10 @@ class Explorer:
     """A trained model ready for interactive use."""
 
     def __init__(self, checkpoint: str | Path | None = None, data: str | Path | None = None,
-                 device: str = "cpu"):  # fmt: skip
+                 device: str = "cpu", archive_url: str | None = None,
+                 cache: Path | None = None):  # fmt: skip
         self.checkpoint = resolve_checkpoint(checkpoint)
+        self.archive_url, self.cache = archive_url, cache
         self.device = torch.device(device)
         self.model, document, extra = load_checkpoint(self.checkpoint, self.device)
         self.model.eval()
@@ -191,6 +215,41 @@ class Explorer:
         path = self.data / source.split("[")[0]
         matches = [s for s in read_file(path) if s.source.endswith(source)]
         return matches[0] if matches else read_file(path)[0]
+
+    def find_stars(self, survey: str = "all", **ranges: tuple[float, float] | None) -> list[int]:
+        """Indices of table stars of `survey` whose labels lie in the given (low, high) ranges
+        (teff=…, logg=…, fe_h=…); a star without a constrained label is left out."""
+        unknown = set(ranges) - set(LABELS)
+        if unknown:
+            raise ValueError(f"unknown labels {sorted(unknown)}; known: {LABELS}")
+        limits = {k: r for k, r in ranges.items() if r is not None}
+        return [
+            i
+            for i, star in enumerate(self.stars)
+            if (survey == "all" or star["survey"] == survey)
+            and all(k in star and lo <= star[k] <= hi for k, (lo, hi) in limits.items())
+        ]
+
+    def fetch_star(self, kind: str, identifier: str) -> Spectrum:
+        """A spectrum from its survey's archive by id (cached, resumable; `stargon data fetch`).
+        Raises ValueError for a malformed id, FetchError or SpectrumReadError naming the file."""
+        remote = archive_remote(kind, identifier.strip())
+        path = fetch(remote, cache=self.cache, base_url=self.archive_url, progress=False)
+        return read_file(path)[0]
+
+    def line_response(
+        self, view: View, latent: int, n_values: int = 5
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """How the spectrum changes as latent `latent` moves across its training range (1st to
+        99th percentile) with the others held: (x, the values, fluxes (n_values, P))."""
+        values = np.linspace(self.low[latent], self.high[latent], n_values)
+        z = np.repeat(view.z[None], n_values, axis=0)
+        z[:, latent] = values
+        basis = self._basis(view)
+        with torch.no_grad():
+            z = torch.as_tensor(z, dtype=basis.dtype, device=self.device)
+            flux = self.model.decoder.decode(z, basis)
+        return self.axis(view), values, flux.cpu().numpy()
 
     # -- sharing and exporting -----------------------------------------------------------
     def to_query(self, view: View) -> dict[str, str]:

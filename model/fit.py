@@ -8,6 +8,7 @@ Its photon-noise limit σ_v = 1/sqrt(Σ ivar (∂m/∂v)²) comes from the model
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,11 +16,12 @@ import torch
 from torch.func import jvp
 
 from stargon.model.batch import PixelBatch, make_batch
+from stargon.model.decoder import gaussian_blur
 from stargon.model.gon import StarGON
-from stargon.model.physics import solve_continuum
+from stargon.model.physics import C_KMS, FWHM_PER_SIGMA, solve_continuum
 from stargon.surveys.spectrum import Spectrum
 
-COARSE_GRID = np.arange(-1000.0, 1000.0 + 1e-9, 10.0)
+V_MAX = 1000.0  # km/s, the velocity search range
 FINE_HALF_WIDTH, FINE_STEP = 15.0, 1.0
 BASIS_BUDGET = 8_000_000  # floats per velocity chunk in the scan
 
@@ -38,50 +40,82 @@ class FitResult:
 
 
 def template_scan(
-    model: StarGON, batch: PixelBatch, templates: list[torch.Tensor], v_grid: np.ndarray
-) -> np.ndarray:
-    """χ²/n (M, V) of M fixed template spectra (a pyramid of decoded rows) at each velocity."""
+    model: StarGON, batch: PixelBatch, templates: list[torch.Tensor], v_max: float = V_MAX
+) -> tuple[np.ndarray, np.ndarray]:
+    """χ²/n (M, V) of M template spectra at every velocity within ±v_max that the template
+    table resolves, and those velocities (V,), by cross-correlation in ln λ.
 
-    def rows(wave, v):
-        return model.decoder.pixel_basis(wave, v, batch.resolving_power[0], templates)
-
-    return _scan(batch, rows, templates[0].shape[0], v_grid)
+    A Doppler shift is a translation in ln λ and an LSF of constant R a fixed kernel there, so
+    the templates are blurred once to the spectrum's median R and every shift is one lag of a
+    correlation: with the continuum C solved once (v = 0) and a free amplitude per lag,
+    χ²(s) = Σ ivar f² − (Σ ivar f C T_s)² / Σ ivar C² T_s², both sums one FFT each.
+    The pixels are laid onto the table grid by the adjoint of linear interpolation.
+    """
+    decoder = model.decoder
+    flux, ivar, wave = (x[0].to(torch.float64) for x in (batch.flux, batch.ivar, batch.wave))
+    with torch.no_grad():
+        reference = decoder.pixel_basis(wave, 0.0, batch.resolving_power[0], templates)[0]
+        continuum = solve_continuum(batch.design[0].double(), flux, ivar, reference.double())
+    good = ivar > 0
+    sigma = float((1.0 / (FWHM_PER_SIGMA * batch.resolving_power[0][good].double())).median())
+    level = max(i for i, lv in enumerate(decoder.levels) if lv.sigma <= sigma)
+    step = decoder.levels[level].step
+    extra = math.sqrt(max(sigma**2 - decoder.levels[level].sigma ** 2, 0.0)) / step
+    margin = math.ceil(4 * extra) + 1
+    position = (torch.log(wave[good]) - decoder.ln_min) / step
+    cell = position.floor().long()
+    frac = position - cell
+    first, n_cells = int(cell.min()), int(cell.max() - cell.min()) + 2
+    weights = torch.stack([ivar * flux * continuum, ivar * continuum**2])[:, good]
+    laid = torch.zeros(2, n_cells, dtype=torch.float64)
+    laid.index_add_(1, cell - first, weights * (1 - frac))
+    laid.index_add_(1, cell - first + 1, weights * frac)
+    lags = math.ceil(math.log1p(v_max / C_KMS) / step)
+    table = templates[level]
+    index = torch.arange(first - lags - margin, first + n_cells + lags + margin)
+    segment = table[:, index.clamp(0, table.shape[-1] - 1)].detach().to(torch.float64)
+    if extra > 0.1:
+        segment = gaussian_blur(segment, extra)
+    segment = segment[:, margin:-margin]
+    length = 1 << (segment.shape[-1] - 1).bit_length()  # a power of two: a fast FFT
+    spectra = torch.fft.rfft(torch.stack([segment, segment**2]), n=length)
+    kernels = torch.fft.rfft(laid, n=length).conj().unsqueeze(1)
+    cross, norm = torch.fft.irfft(spectra * kernels, n=length)[..., : 2 * lags + 1]
+    total = (ivar * flux**2).sum()
+    chi2 = (total - cross**2 / norm.clamp_min(1e-300)) / batch.n_valid[0].item()
+    shifts = lags - np.arange(2 * lags + 1)
+    return C_KMS * np.expm1(shifts[::-1] * step), chi2.flip(-1).numpy()
 
 
 def latent_scan(
     model: StarGON, batch: PixelBatch, pyramid: list[torch.Tensor], z: torch.Tensor, v_grid
 ) -> np.ndarray:
-    """χ²/n (V,) of the spectrum's own model (latent z held fixed) at each velocity."""
+    """χ²/n (V,) of the spectrum's own model (latent z held fixed) at each velocity.
 
-    def rows(wave, v):
-        basis = model.decoder.pixel_basis(wave, v, batch.resolving_power[0], pyramid)
-        return model.decoder.decode(z.expand(len(v), -1), basis).unsqueeze(0)
-
-    return _scan(batch, rows, model.config.n_basis + 1, v_grid)[0]
-
-
-def _scan(batch: PixelBatch, rows_at, n_rows: int, v_grid: np.ndarray) -> np.ndarray:
-    """χ²/n over a velocity grid for model rows (M, V, P) from `rows_at(wave, v)`.
-
-    The continuum is smooth and hardly depends on v, so it is solved once (first row, v = 0)
-    and each trial only gets a closed-form amplitude: no per-trial least squares.
+    The continuum is smooth and hardly changes across a few km/s, so it is solved once, at the
+    grid's centre, and each velocity only gets a closed-form amplitude.
     """
     n_pix = batch.flux.shape[-1]
     flux, ivar = batch.flux[0], batch.ivar[0]
-    zero = torch.zeros(1, dtype=torch.float64)
-    with torch.no_grad():
-        reference = rows_at(batch.wave[0].expand(1, n_pix), zero)[:1, 0]
-        continuum = solve_continuum(batch.design[0], flux, ivar, reference)[0]
-    chunk = max(1, BASIS_BUDGET // (n_rows * n_pix))
+
+    def model_at(v: torch.Tensor) -> torch.Tensor:
+        basis = model.decoder.pixel_basis(
+            batch.wave[0].expand(len(v), n_pix), v, batch.resolving_power[0], pyramid
+        )
+        return model.decoder.decode(z.expand(len(v), -1), basis)  # (V, P)
+
+    centre = torch.tensor([float(np.median(v_grid))], dtype=torch.float64)
+    chunk = max(1, BASIS_BUDGET // ((model.config.n_basis + 1) * n_pix))
     chi2 = []
-    for start in range(0, len(v_grid), chunk):
-        v = torch.as_tensor(v_grid[start : start + chunk], dtype=torch.float64)
-        with torch.no_grad():
-            shape = continuum * rows_at(batch.wave[0].expand(len(v), n_pix), v)  # (M, V, P)
+    with torch.no_grad():
+        continuum = solve_continuum(batch.design[0], flux, ivar, model_at(centre)[0])
+        for start in range(0, len(v_grid), chunk):
+            v = torch.as_tensor(v_grid[start : start + chunk], dtype=torch.float64)
+            shape = continuum * model_at(v)
             amplitude = (ivar * flux * shape).sum(-1) / (ivar * shape**2).sum(-1).clamp_min(1e-30)
             residual = ivar * (flux - amplitude.unsqueeze(-1) * shape) ** 2
-        chi2.append((residual.sum(-1) / batch.n_valid[0]).cpu().numpy())
-    return np.concatenate(chi2, axis=1)
+            chi2.append((residual.sum(-1) / batch.n_valid[0]).cpu().numpy())
+    return np.concatenate(chi2)
 
 
 def template_pyramid(model: StarGON, prototypes: torch.Tensor | None = None):
@@ -96,11 +130,12 @@ def find_velocity(model: StarGON, batch: PixelBatch, pyramid=None, templates=Non
     that velocity) scanned at 1 km/s around the best, and a parabola through the minimum."""
     pyramid = model.decoder.pyramid() if pyramid is None else pyramid
     templates = template_pyramid(model) if templates is None else templates
-    coarse = template_scan(model, batch, templates, COARSE_GRID).min(axis=0)
-    best = COARSE_GRID[int(np.argmin(coarse))]
+    v_grid, chi2 = template_scan(model, batch, templates)
+    best = float(v_grid[int(np.argmin(chi2.min(axis=0)))])
     trial = batch.with_velocity(torch.tensor([best], dtype=batch.flux.dtype))
     z = model.encode(trial, model.basis(trial, pyramid))
-    fine_grid = best + np.arange(-FINE_HALF_WIDTH, FINE_HALF_WIDTH + 1e-9, FINE_STEP)
+    half_width = max(FINE_HALF_WIDTH, float(np.diff(v_grid).max()))
+    fine_grid = best + np.arange(-half_width, half_width + 1e-9, FINE_STEP)
     fine = latent_scan(model, batch, pyramid, z, fine_grid)
     i = int(np.clip(np.argmin(fine), 1, len(fine) - 2))
     y0, y1, y2 = fine[i - 1 : i + 2]

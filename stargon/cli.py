@@ -330,6 +330,11 @@ def serve_command(
     address: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0: any free one).")] = 5006,
     show: Annotated[bool, typer.Option(help="Open a browser tab.")] = False,
+    archive_url: Annotated[
+        str | None,
+        typer.Option(help="One root URL for every archive the page fetches from (a mirror)."),
+    ] = None,
+    cache: CacheOption = None,
 ) -> None:
     """Open the explorer: latent and velocity sliders, instruments, fits of real stars."""
     import torch
@@ -340,7 +345,7 @@ def serve_command(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     folder = data or default_data_dir()
-    explorer = Explorer(checkpoint, folder if folder.exists() else None, device)
+    explorer = Explorer(checkpoint, folder if folder.exists() else None, device, archive_url, cache)
     console.print(
         f"[green]StarGON explorer[/] on http://{address}:{port}  (model {explorer.checkpoint})"
     )

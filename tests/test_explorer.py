@@ -13,9 +13,12 @@ from stargon.explorer import plots
 from stargon.explorer.app import ExplorerApp
 from stargon.explorer.state import Explorer
 from stargon.model.physics import C_KMS
+from stargon.surveys.fetch import FetchError, lamost_spectrum
 from stargon.surveys.spectrum import SpectrumReadError
+from tests.archive_server import ArchiveServer
 
 LAMOST = "lamost_dr1/SampleFits/spec-55862-B6212_sp06-003.fits"
+LAMOST_DR8 = "lamost_dr8/20220313_CCF_test_grouped_fits/spec-55859-F5902_sp03-232.fits.gz"
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +132,58 @@ def test_app_redraws_from_its_own_state(explorer):
     first.rv.value = 250.0
     assert first.view.v_kms == 250.0 and second.view.v_kms == 0.0
     assert isinstance(first._map(), hv.Overlay)
+
+
+def test_line_response_spans_the_latent_range_with_the_others_held(explorer):
+    view = explorer.new_view()
+    view.z = view.z + 0.1
+    x, values, fluxes = explorer.line_response(view, latent=3, n_values=4)
+    np.testing.assert_allclose(values[[0, -1]], [explorer.low[3], explorer.high[3]])
+    for value, flux in zip(values, fluxes, strict=True):
+        moved = explorer.new_view()
+        moved.z = view.z.copy()
+        moved.z[3] = value
+        np.testing.assert_allclose(flux, explorer.spectrum(moved)[1], atol=1e-5)
+    assert np.abs(fluxes[-1] - fluxes[0]).max() > 1e-3
+    window = plots.focus_window(x, explorer.sensitivity(view)[3])
+    overlay = plots.line_response(x, values, fluxes, 3, window)
+    assert len(overlay) == 4 and window[0] < window[1]
+
+
+def test_star_list_filters_by_survey_and_labels(explorer):
+    everyone = explorer.find_stars()
+    assert everyone == list(range(len(explorer.stars)))
+    giants = explorer.find_stars("miles", teff=(4000, 5200), logg=(0.5, 3.0))
+    assert 0 < len(giants) < len(explorer.find_stars("miles"))
+    for i in giants:
+        star = explorer.stars[i]
+        assert star["survey"] == "miles" and 4000 <= star["teff"] <= 5200 and star["logg"] <= 3
+    with pytest.raises(ValueError, match="colour"):
+        explorer.find_stars(colour=(0, 1))
+
+
+def test_archive_fetch_by_id_gives_a_fittable_spectrum_and_clear_errors(
+    explorer, data, tmp_path, monkeypatch
+):
+    remote = lamost_spectrum(103232, "dr8")
+    with ArchiveServer({"/" + remote.path: data / LAMOST_DR8}) as server:
+        monkeypatch.setattr(explorer, "archive_url", server.url)
+        monkeypatch.setattr(explorer, "cache", tmp_path)
+        spectrum = explorer.fetch_star("LAMOST DR8 obsid", " 103232 ")
+        assert spectrum.instrument == "LAMOST LRS" and spectrum.n_pixels == 3906
+        fit = explorer.fit(explorer.new_view(), spectrum).observation.fit
+        assert 0.3 < fit.chi2_dof < 20
+        with pytest.raises(ValueError, match="not an id of that kind"):
+            explorer.fetch_star("LAMOST DR8 obsid", "HD 12345")
+        with pytest.raises(FetchError, match="404"):
+            explorer.fetch_star("LAMOST DR8 obsid", "7")
+
+
+def test_png_export_draws_the_shown_view(explorer, data):
+    app = ExplorerApp(explorer)
+    plain = app._png()
+    assert plain.startswith(b"\x89PNG")
+    app._fit(explorer.read_upload("star.fits", (data / LAMOST).read_bytes()), "a star")
+    with_fit = app._png()
+    height = int.from_bytes(with_fit[20:24], "big")
+    assert height > int.from_bytes(plain[20:24], "big")  # a residual panel was added

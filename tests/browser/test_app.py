@@ -15,10 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from stargon.surveys.fetch import lamost_spectrum
+from tests.archive_server import ArchiveServer
+
 playwright = pytest.importorskip("playwright.sync_api")
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 LAMOST = "lamost_dr1/SampleFits/spec-55862-B6212_sp06-003.fits"
+LAMOST_DR8 = "lamost_dr8/20220313_CCF_test_grouped_fits/spec-55859-F5902_sp03-232.fits.gz"
 FLUX_SUMS = """() => {
   const sums = [];
   for (const doc of Bokeh.documents)
@@ -45,15 +49,21 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(data):
+def archive(data):
+    """A real HTTP server on 127.0.0.1 standing in for the LAMOST archive."""
+    remote = lamost_spectrum(103232, "dr8")
+    with ArchiveServer({"/" + remote.path: data / LAMOST_DR8}) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def server(data, archive, tmp_path_factory):
     port = _free_port()
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "stargon", "serve", "--port", str(port), "--data", str(data)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
+    cache = tmp_path_factory.mktemp("cache")
+    command = [sys.executable, "-m", "stargon", "serve", "--port", str(port), "--data", str(data),
+               "--archive-url", archive.url, "--cache", str(cache)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -117,3 +127,12 @@ def test_corrupted_upload_shows_a_message_not_a_traceback(page, data, tmp_path):
     message = page.get_by_text("Could not read broken.fits")
     message.wait_for(timeout=60_000)
     assert "Traceback" not in page.content()
+
+
+def test_fetch_from_the_archive_by_id_shows_its_fit(page, archive):
+    page.get_by_placeholder("e.g. 101001").fill("103232")
+    page.get_by_role("button", name="Fetch and fit").click()
+    summary = page.get_by_text("χ²/dof")
+    summary.wait_for(timeout=90_000)
+    assert "LAMOST 103232" in summary.inner_text()
+    assert any("103232" in path for path, _ in archive.requests)
