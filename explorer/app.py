@@ -37,6 +37,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self.refresh_fit = Refresh()  # observation, zoom or frame changed: the residuals
         self.refresh_strip = Refresh()  # only while the heat strip is shown
         self.refresh_response = Refresh()  # settings changed or a slider was let go
+        self.refresh_colour = Refresh()  # the map's colouring label changed
         self._syncing = False
         self._revision = 0
         self._residual_shown: tuple | None = None
@@ -138,7 +139,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self.archive_go.on_click(self._on_fetch)
         for widget in (self.teff, self.logg, self.fe_h):
             widget.param.watch(self._on_labels, "value_throttled")
-        self.colour.param.watch(lambda _: self._redraw(), "value")
+        self.colour.param.watch(lambda _: self.refresh_colour.event(revision=0), "value")
 
     def _star_options(self) -> list[str]:
         """Labels of the table stars passing the survey and label filters (a filter left at its
@@ -331,12 +332,14 @@ class ExplorerApp(pn.viewable.Viewer):
             x, self.explorer.sensitivity(self.view), ZOOMS[self.view.zoom]
         )
 
-    def _map(self, revision: int = 0):
+    def _points(self, revision: int = 0):
         key = COLOUR_LABELS[self.colour.value]
         colour = np.array([s.get(key, np.nan) for s in self.explorer.stars], dtype=float)
+        return plots.latent_points(self._xy, colour, self.colour.value)
+
+    def _marker(self, revision: int = 0):
         marker = self._pca.transform(self.view.z[None])[0] if self._pca else np.zeros(2)
-        points, here = plots.latent_map(self._xy, colour, self.colour.value, marker)
-        return points * here
+        return plots.latent_marker(marker)
 
     def __panel__(self):
         spectrum = hv.DynamicMap(self._spectrum, streams=[self.refresh]).opts(*plots.SPECTRUM_STYLE)
@@ -346,7 +349,8 @@ class ExplorerApp(pn.viewable.Viewer):
             visible=self.heat.param.value,
             sizing_mode="stretch_width",
         )
-        points = hv.DynamicMap(self._map, streams=[self.refresh])
+        points = hv.DynamicMap(self._points, streams=[self.refresh_colour])
+        marker = hv.DynamicMap(self._marker, streams=[self.refresh])
         tap = hv.streams.Selection1D(source=points)
         tap.add_subscriber(self._on_tap)
         response = hv.DynamicMap(self._response, streams=[self.refresh_response])
@@ -388,7 +392,7 @@ class ExplorerApp(pn.viewable.Viewer):
         map_panel = pn.Column(
             "### Latent map (click a star to fit it)",
             self.colour,
-            pn.pane.HoloViews(points, sizing_mode="stretch_width"),
+            pn.pane.HoloViews(points * marker, sizing_mode="stretch_width"),
         )
         main = pn.Column(
             pn.pane.HoloViews(spectrum, sizing_mode="stretch_width"),

@@ -104,9 +104,9 @@ def sensitivity_strip(x: np.ndarray, sensitivity: np.ndarray, xlim=None) -> hv.Q
     )
 
 
-def latent_map(xy: np.ndarray, colour: np.ndarray, colour_label: str, marker: np.ndarray):
-    """Training stars in a 2-D projection of latent space, and the current state (a star)."""
-    points = hv.Points(
+def latent_points(xy: np.ndarray, colour: np.ndarray, colour_label: str) -> hv.Points:
+    """Training stars in a 2-D projection of latent space, coloured by a label; tap to pick."""
+    return hv.Points(
         (xy[:, 0], xy[:, 1], colour), ["latent PC 1", "latent PC 2"], [colour_label]
     ).opts(
         color=colour_label,
@@ -118,10 +118,13 @@ def latent_map(xy: np.ndarray, colour: np.ndarray, colour_label: str, marker: np
         height=330,
         nonselection_alpha=0.4,
     )
-    here = hv.Points([tuple(marker)], ["latent PC 1", "latent PC 2"]).opts(
+
+
+def latent_marker(marker: np.ndarray) -> hv.Points:
+    """The current slider state on the latent map (a red star)."""
+    return hv.Points([tuple(marker)], ["latent PC 1", "latent PC 2"]).opts(
         marker="star", size=18, color="red", line_color="black"
     )
-    return points, here
 
 
 def focus_window(x: np.ndarray, sensitivity: np.ndarray, half_width: float = 0.004):

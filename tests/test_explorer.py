@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 
-import holoviews as hv
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -131,7 +130,9 @@ def test_app_redraws_from_its_own_state(explorer):
     np.testing.assert_allclose(second._spectrum().get(2).dimension_values("flux"), before)
     first.rv.value = 250.0
     assert first.view.v_kms == 250.0 and second.view.v_kms == 0.0
-    assert isinstance(first._map(), hv.Overlay)
+    marker = first._marker().dimension_values(0)
+    assert marker.size == 1 and marker[0] != second._marker().dimension_values(0)[0]
+    assert len(first._points()) == len(explorer.stars)
 
 
 def test_line_response_spans_the_latent_range_with_the_others_held(explorer):

@@ -136,3 +136,26 @@ def test_fetch_from_the_archive_by_id_shows_its_fit(page, archive):
     summary.wait_for(timeout=90_000)
     assert "LAMOST 103232" in summary.inner_text()
     assert any("103232" in path for path, _ in archive.requests)
+
+
+SELECT_ON_MAP = """(index) => {
+  for (const doc of Bokeh.documents)
+    for (const model of doc.all_models)
+      if (model.data && Object.keys(model.data).some((k) => k.includes("PC"))
+          && model.data[Object.keys(model.data)[0]].length > 1) {
+        model.selected.indices = [index];
+        return true;
+      }
+  return false;
+}"""
+
+
+def test_selecting_a_star_on_the_latent_map_fits_it(page):
+    from stargon.explorer.state import Explorer
+
+    stars = Explorer(None).stars
+    index = next(i for i, s in enumerate(stars) if s["survey"] == "miles")
+    assert page.evaluate(SELECT_ON_MAP, index)  # what a tap on that point sends
+    summary = page.get_by_text("χ²/dof")
+    summary.wait_for(timeout=90_000)
+    assert stars[index]["star_id"] in summary.inner_text()
