@@ -1,8 +1,10 @@
 """Explorer latency: a slider move → new figure data, server side, as the app does it.
 
-One move sets a latent slider; the app's watcher updates its state and fires the stream that
-redraws the DynamicMaps (decode on the cached pixel basis, the Jacobian for the sensitivity
-shading, the HoloViews elements and the Bokeh data sources). Timed for one session and for 5
+One move sets a latent slider; the app's watcher updates its state and fires the streams that
+redraw the whole page's DynamicMaps (decode on the cached pixel basis, the Jacobian for the
+sensitivity shading, the HoloViews elements and the Bokeh data sources of the spectrum and the
+latent-map marker; residuals, heat strip and line response only redraw when what they show
+changes). Timed for one session and for 5
 sessions moving sliders at the same instant (served one after another on the server's event
 loop, as Panel does; running HoloViews plot updates on several threads at once corrupts its
 plot state, so a threaded server is not an option). Baseline in the same
@@ -16,13 +18,11 @@ from __future__ import annotations
 import argparse
 import time
 
-import holoviews as hv
 import numpy as np
 import panel as pn
 import torch
 
 from benchmarks.common import table
-from stargon.explorer import plots
 from stargon.explorer.app import ExplorerApp
 from stargon.explorer.state import Explorer
 
@@ -32,10 +32,7 @@ INSTRUMENTS = ("miles", "apogee", "galah")
 def session(explorer: Explorer, instrument: str):
     app = ExplorerApp(explorer)
     app.instrument.value = instrument
-    pane = pn.pane.HoloViews(
-        hv.DynamicMap(app._spectrum, streams=[app.refresh]).opts(*plots.SPECTRUM_STYLE)
-    )
-    return app, pane.get_root()  # the Bokeh models a browser session is sent
+    return app, pn.panel(app).get_root()  # the Bokeh models a browser session is sent
 
 
 def moves(app: ExplorerApp, n: int, seed: int) -> list[float]:

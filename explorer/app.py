@@ -33,7 +33,8 @@ class ExplorerApp(pn.viewable.Viewer):
         self.explorer = explorer
         query = dict(pn.state.location.query_params) if pn.state.location else {}
         self.view: View = explorer.from_query(query)
-        self.refresh = Refresh()  # every change: the spectrum and the map's marker
+        self.refresh = Refresh()  # every change: the model curve and the map's marker
+        self.refresh_context = Refresh()  # settings changed or a slider let go: shading, data
         self.refresh_fit = Refresh()  # observation, zoom or frame changed: the residuals
         self.refresh_strip = Refresh()  # only while the heat strip is shown
         self.refresh_response = Refresh()  # settings changed or a slider was let go
@@ -78,6 +79,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self.reset = pn.widgets.Button(label="Reset", color="default")
         self.random = pn.widgets.Button(label="Random star from the prior", color="primary")
         self.status = pn.pane.Alert("", alert_type="light", visible=False)
+        self.title = pn.pane.Markdown(f"**{self._title()}**")
         self.fit_summary = pn.pane.Markdown("")
         self.upload = pn.widgets.FileInput(accept=".fits,.fit,.fits.gz,.csv,.npz", multiple=False)
         surveys = sorted({s["survey"] for s in ex.stars})
@@ -175,7 +177,7 @@ class ExplorerApp(pn.viewable.Viewer):
             latent=self.latent.value,
         )
         self._redraw()
-        self.refresh_response.event(revision=self._revision)
+        self._refresh_slow()
 
     def _on_random(self, _event) -> None:
         self._revision += 1
@@ -224,6 +226,13 @@ class ExplorerApp(pn.viewable.Viewer):
         self._fit(spectrum, f"{kind.split()[0]} {identifier}")
 
     def _on_release(self, _event) -> None:
+        self._refresh_slow()
+
+    def _refresh_slow(self) -> None:
+        """What follows a slider only when it is let go (or a setting changes): the sensitivity
+        shading and labels, and the line response. Redrawing them on every move would double
+        the latency of a drag (see benchmarks/explorer.py)."""
+        self.refresh_context.event(revision=self._revision)
         self.refresh_response.event(revision=self._revision)
 
     def _on_tap(self, index: list[int]) -> None:
@@ -269,7 +278,7 @@ class ExplorerApp(pn.viewable.Viewer):
         if view.observation is None:
             self.fit_summary.object = ""
         self._redraw()
-        self.refresh_response.event(revision=self._revision)
+        self._refresh_slow()
 
     def _redraw(self) -> None:
         self._revision += 1
@@ -280,6 +289,7 @@ class ExplorerApp(pn.viewable.Viewer):
         if shown != self._residual_shown:
             self._residual_shown = shown
             self.refresh_fit.event(revision=self._revision)
+        self.title.object = f"**{self._title()}**"
         if pn.state.location is not None:
             pn.state.location.update_query(**self.explorer.to_query(self.view))
 
@@ -288,6 +298,12 @@ class ExplorerApp(pn.viewable.Viewer):
         latents = self.explorer.star_latents
         self._pca = PCA(2, random_state=0).fit(latents) if len(latents) > 2 else None
         self._xy = self._pca.transform(latents) if self._pca else np.zeros((0, 2))
+
+    def _title(self) -> str:
+        view = self.view
+        source = view.observation.spectrum.instrument if view.observation else None
+        name = source or self.explorer.instruments[view.instrument].name
+        return f"{name}, v = {view.v_kms:+.1f} km/s, {view.frame} frame"
 
     def _figure_parts(self) -> dict:
         """What the spectrum panel and the PNG export both show."""
@@ -298,14 +314,18 @@ class ExplorerApp(pn.viewable.Viewer):
         if view.observation is not None:
             spectrum, fit = view.observation.spectrum, view.observation.fit
             observed = (x, spectrum.flux[spectrum.valid] / fit.continuum)
-        source = view.observation.spectrum.instrument if view.observation else None
-        name = source or ex.instruments[view.instrument].name
-        title = f"{name}, v = {view.v_kms:+.1f} km/s, {view.frame} frame"
         return dict(x=x, flux=flux, observed=observed, spans=spans, labels=labels,
-                    xlim=ZOOMS[view.zoom], title=title)  # fmt: skip
+                    xlim=ZOOMS[view.zoom], title=self._title())  # fmt: skip
 
-    def _spectrum(self, revision: int = 0):
-        return plots.spectrum_overlay(**self._figure_parts())
+    def _context(self, revision: int = 0):
+        parts = self._figure_parts()
+        return plots.spectrum_context(
+            parts["x"], parts["observed"], parts["spans"], parts["labels"], parts["xlim"]
+        )
+
+    def _model(self, revision: int = 0):
+        x, flux = self.explorer.spectrum(self.view)
+        return plots.model_curve(x, flux, ZOOMS[self.view.zoom])
 
     def _png(self) -> bytes:
         observation = self.view.observation
@@ -342,7 +362,9 @@ class ExplorerApp(pn.viewable.Viewer):
         return plots.latent_marker(marker)
 
     def __panel__(self):
-        spectrum = hv.DynamicMap(self._spectrum, streams=[self.refresh]).opts(*plots.SPECTRUM_STYLE)
+        context = hv.DynamicMap(self._context, streams=[self.refresh_context])
+        model = hv.DynamicMap(self._model, streams=[self.refresh])
+        spectrum = (context * model).opts(*plots.SPECTRUM_STYLE)
         residual = hv.DynamicMap(self._residual, streams=[self.refresh_fit])
         strip = pn.pane.HoloViews(
             hv.DynamicMap(self._strip, streams=[self.refresh_strip]),
@@ -395,6 +417,7 @@ class ExplorerApp(pn.viewable.Viewer):
             pn.pane.HoloViews(points * marker, sizing_mode="stretch_width"),
         )
         main = pn.Column(
+            self.title,
             pn.pane.HoloViews(spectrum, sizing_mode="stretch_width"),
             pn.pane.HoloViews(residual, sizing_mode="stretch_width"),
             strip,

@@ -36,13 +36,14 @@ def sensitive_spans(x: np.ndarray, sensitivity: np.ndarray, fraction: float = 0.
 WAVELENGTH = hv.Dimension("wavelength", label="vacuum wavelength", unit="Å")
 SPECTRUM_STYLE = [  # applied once to the DynamicMap: per-redraw .opts calls cost ~30 ms
     hv.opts.Rectangles(color="gold", alpha=0.3, line_alpha=0, framewise=True),
-    hv.opts.Curve("Observation", color="black", line_width=0.8),
+    hv.opts.Curve("Observation", color="black", line_width=0.8, framewise=True),
     hv.opts.Curve("Model", color="#d62728", line_width=1.2, framewise=True),
-    hv.opts.Labels(text_font_size="9pt", text_color="#7a5c00"),
+    hv.opts.Labels(text_font_size="9pt", text_color="#7a5c00", framewise=True),
     hv.opts.Overlay(
         responsive=True,
         height=360,
         ylim=FLUX_RANGE,
+        ylabel="normalised flux",
         legend_position="bottom_right",
         toolbar="above",
         framewise=True,
@@ -50,33 +51,40 @@ SPECTRUM_STYLE = [  # applied once to the DynamicMap: per-redraw .opts calls cos
 ]
 
 
-def spectrum_overlay(
+def spectrum_context(
     x: np.ndarray,
-    flux: np.ndarray,
     observed: tuple[np.ndarray, np.ndarray] | None = None,
     spans: list[tuple[float, float]] = (),
     labels: list[tuple[float, str]] = (),
     xlim: tuple[float, float] | None = None,
-    title: str = "",
 ) -> hv.Overlay:
-    """Model (red) over the observation (black, continuum-divided), latent-sensitive regions
-    shaded and labelled. Always the same four layers, so a DynamicMap only swaps data; style
-    with SPECTRUM_STYLE."""
+    """What stands behind the model: the observation (black, continuum-divided) and the
+    latent-sensitive regions shaded and labelled. Always the same three layers, so a
+    DynamicMap only swaps data; style with SPECTRUM_STYLE."""
     obs_x, obs_flux = observed if observed is not None else (np.array([]), np.array([]))
     rectangles = [(a, FLUX_RANGE[0], b, FLUX_RANGE[1]) for a, b in spans]
     label_rows = [(lx, 1.25, name) for lx, name in labels]
-    flux_dim = hv.Dimension("flux", label="normalised flux", range=FLUX_RANGE)
     observed_dim = hv.Dimension("observed", label="normalised flux")
-    overlay = (
-        hv.Rectangles(rectangles, kdims=[WAVELENGTH, "flux", "x1", "y1"])
+    xlim = xlim or _full_range(x)
+    return (
+        hv.Rectangles(rectangles, kdims=[WAVELENGTH, "flux", "x1", "y1"]).opts(xlim=xlim)
         * hv.Curve(
             (obs_x, obs_flux), WAVELENGTH, observed_dim, group="Observation", label="observation"
-        )
-        * hv.Curve((x, flux), WAVELENGTH, flux_dim, group="Model", label="model")
-        * hv.Labels(label_rows, [WAVELENGTH, "y"], "line")
+        ).opts(xlim=xlim)
+        * hv.Labels(label_rows, [WAVELENGTH, "y"], "line").opts(xlim=xlim)
     )
-    full = (float(x.min()), float(x.max())) if x.size else (None, None)
-    return overlay.opts(title=title, xlim=xlim or full)
+
+
+def model_curve(x: np.ndarray, flux: np.ndarray, xlim=None) -> hv.Curve:
+    """The model spectrum (red): the one layer redrawn on every slider move."""
+    flux_dim = hv.Dimension("flux", label="normalised flux", range=FLUX_RANGE)
+    return hv.Curve((x, flux), WAVELENGTH, flux_dim, group="Model", label="model").opts(
+        xlim=xlim or _full_range(x)
+    )
+
+
+def _full_range(x: np.ndarray) -> tuple[float | None, float | None]:
+    return (float(x.min()), float(x.max())) if x.size else (None, None)
 
 
 def residual_curve(x: np.ndarray, residual: np.ndarray, xlim=None) -> hv.Curve:

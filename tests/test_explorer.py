@@ -116,18 +116,18 @@ def test_sensitive_spans_shade_and_name_a_line():
     spans, labels = plots.sensitive_spans(x, sensitivity)
     assert len(spans) == 1 and spans[0][0] < 6564.61 < spans[0][1]
     assert labels[0][1] == "Hα"
-    overlay = plots.spectrum_overlay(x, 1 - sensitivity, None, spans, labels)
-    curve = overlay.get(2)
-    np.testing.assert_allclose(curve.dimension_values("flux"), 1 - sensitivity)
+    context = plots.spectrum_context(x, (x, 1 - sensitivity), spans, labels)
+    np.testing.assert_allclose(context.get(1).dimension_values("observed"), 1 - sensitivity)
+    assert context.get(2).dimension_values("line")[0] == "Hα"
 
 
 def test_app_redraws_from_its_own_state(explorer):
     first, second = ExplorerApp(explorer), ExplorerApp(explorer)
-    before = first._spectrum().get(2).dimension_values("flux")
+    before = first._model().dimension_values("flux")
     first.sliders[0].value = first.sliders[0].end
-    after = first._spectrum().get(2).dimension_values("flux")
+    after = first._model().dimension_values("flux")
     assert np.abs(after - before).max() > 1e-3
-    np.testing.assert_allclose(second._spectrum().get(2).dimension_values("flux"), before)
+    np.testing.assert_allclose(second._model().dimension_values("flux"), before)
     first.rv.value = 250.0
     assert first.view.v_kms == 250.0 and second.view.v_kms == 0.0
     marker = first._marker().dimension_values(0)
