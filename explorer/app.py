@@ -372,7 +372,7 @@ class ExplorerApp(pn.viewable.Viewer):
             sizing_mode="stretch_width",
         )
         points = hv.DynamicMap(self._points, streams=[self.refresh_colour])
-        marker = hv.DynamicMap(self._marker, streams=[self.refresh])
+        marker = hv.DynamicMap(self._marker, streams=[self.refresh_context])
         tap = hv.streams.Selection1D(source=points)
         tap.add_subscriber(self._on_tap)
         response = hv.DynamicMap(self._response, streams=[self.refresh_response])
