@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from stargon.assets import line_list
+from stargon.evaluate.injection import inject
 from stargon.evaluate.metrics import c2st_accuracy, chi2_dof, probe_rmse, robust_scatter
 from stargon.evaluate.sections import pseudo_continuum
 from stargon.evaluate.sensitivity import (
@@ -19,6 +20,8 @@ from stargon.evaluate.sensitivity import (
 )
 from stargon.model.decoder import ModelConfig
 from stargon.model.gon import StarGON
+from stargon.model.physics import C_KMS
+from stargon.surveys import read_file
 
 
 def test_perfect_model_on_noise_injected_data_has_chi2_dof_one():
@@ -112,3 +115,24 @@ def test_pseudo_continuum_follows_the_continuum_not_the_lines():
     estimate = pseudo_continuum(flux, wave)
     inner = slice(300, -300)
     np.testing.assert_allclose(estimate[inner], continuum[inner], rtol=0.02)
+
+
+def _line_centre(wave: np.ndarray, flux: np.ndarray, near: float) -> float:
+    """Flux-weighted centre of the absorption within ±6 Å of `near`."""
+    window = np.abs(wave - near) < 6.0
+    depth = np.clip(1.0 - flux[window] / np.percentile(flux[window], 95), 0, None)
+    return float((wave[window] * depth).sum() / depth.sum())
+
+
+def test_injection_moves_a_real_line_by_the_doppler_factor_and_keeps_masks(data):
+    star = read_file(data / "miles/MILES_res2.50_star_m0001V.fits")[0]
+    star.ivar[2000:2010] = 0.0  # a bad column in the source
+    moved = inject(star, 150.0, 1e4, np.random.default_rng(0))  # noiseless: nothing added
+    valid = moved.valid
+    rest = _line_centre(star.wave[star.valid], star.flux[star.valid], 6564.61)
+    seen = _line_centre(moved.wave[valid], moved.flux[valid], 6564.61 * (1 + 150 / C_KMS))
+    assert seen - rest == pytest.approx(rest * 150.0 / C_KMS, abs=0.02)  # 3.28 Å
+    masked_rest = star.wave[2000:2010] * (1 + 150.0 / C_KMS)
+    inside_mask = (moved.wave > masked_rest[0]) & (moved.wave < masked_rest[-1])
+    assert inside_mask.any() and not valid[inside_mask].any()
+    assert valid.sum() > 0.99 * star.valid.sum() - 60
