@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from benchmarks.common import DATA, load_model, table
 from stargon.evaluate.injection import inject
+from stargon.evaluate.metrics import robust_scatter
 from stargon.model.batch import make_batch
 from stargon.model.fit import fit_spectrum, template_scan
 from stargon.surveys import Spectrum, iter_spectra, read_file
@@ -44,10 +45,6 @@ def sources(kind: str) -> list[Spectrum]:
         return [s for s in iter_spectra(DATA / "miles") if s.valid.mean() > 0.95][:200]
     apogee = [read_file(p)[0] for p in sorted(DATA.glob("apogee_dr17/apStar*.fits"))]
     return apogee + [s for s in iter_spectra(DATA / "apogee_payne") if s.frame == "rest"]
-
-
-def robust_scatter(values: np.ndarray) -> float:
-    return float(1.4826 * np.median(np.abs(values - np.median(values))))
 
 
 def run_setting(model, pyramid, templates, kind, snr, trials, seed=0) -> dict:

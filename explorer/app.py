@@ -84,6 +84,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self.upload = pn.widgets.FileInput(accept=".fits,.fit,.fits.gz,.csv,.npz", multiple=False)
         surveys = sorted({s["survey"] for s in ex.stars})
         self.survey_filter = pn.widgets.Select(label="survey", options=["all", *surveys])
+        self._star_index = {self._star_label(i): i for i in range(len(ex.stars))}
         self.label_filters = {
             key: pn.widgets.RangeSlider(label=name, start=lo, end=hi, value=(lo, hi),
                                         step=50 if key == "teff" else 0.05)
@@ -208,9 +209,9 @@ class ExplorerApp(pn.viewable.Viewer):
         self.fit_summary.object = f"{len(self.star_search.options)} stars match the filters"
 
     def _on_star(self, _event) -> None:
-        labels = [self._star_label(i) for i in range(len(self.explorer.stars))]
-        if self.star_search.value in labels:
-            self._load_star(labels.index(self.star_search.value))
+        index = self._star_index.get(self.star_search.value)
+        if index is not None:
+            self._load_star(index)
 
     def _on_archive_kind(self, _event) -> None:
         self.archive_id.placeholder = ARCHIVE_IDS[self.archive_kind.value]
