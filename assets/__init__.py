@@ -28,3 +28,26 @@ def line_list() -> tuple[Line, ...]:
             for row in rows
         ]
     return tuple(sorted(lines, key=lambda line: line.wavelength))
+
+
+ATMOSPHERE = Path(__file__).with_name("atmosphere.csv")
+
+
+@dataclass(frozen=True)
+class AtmosphereBand:
+    name: str
+    kind: str  # "telluric" (absorption) or "sky" (emission)
+    wave_min: float  # vacuum Å, observed frame
+    wave_max: float
+
+
+@cache
+def atmosphere_bands() -> tuple[AtmosphereBand, ...]:
+    """Telluric bands and sky lines of assets/atmosphere.csv, sorted by wavelength."""
+    with open(ATMOSPHERE, newline="", encoding="utf-8") as handle:
+        rows = csv.DictReader(line for line in handle if not line.startswith("#"))
+        bands = [
+            AtmosphereBand(row["name"], row["kind"], float(row["wave_min"]), float(row["wave_max"]))
+            for row in rows
+        ]
+    return tuple(sorted(bands, key=lambda band: band.wave_min))

@@ -1,7 +1,9 @@
 """Spectra as tensors for the model: pixels (all or a random subset), continuum design, scale.
 
-Each spectrum's flux is divided by its median |flux| (ivar multiplied accordingly), so
-flux-calibrated and normalised spectra share one numerical range; χ² does not change.
+Pixels the atmosphere shapes (telluric bands, sky lines) and detector edges enter with ivar 0
+(`stargon.surveys.atmosphere`), so every user of a batch — training, fitting, evaluation — sees
+the same mask. Each spectrum's flux is divided by its median |flux| (ivar multiplied accordingly),
+so flux-calibrated and normalised spectra share one numerical range; χ² does not change.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 import torch
 
 from stargon.model.physics import legendre_design
+from stargon.surveys.atmosphere import masked_ivar
 from stargon.surveys.spectrum import Spectrum
 
 NORMALISED_DEGREE = 2  # a residual tilt for continuum-normalised spectra
@@ -55,19 +58,24 @@ def make_batch(
     rngs: Sequence[np.random.Generator] | None = None,
     error_floor: float = 0.0,
     dtype: torch.dtype = torch.float32,
+    mask_atmosphere: bool = True,
 ) -> PixelBatch:
-    """Tensors for a list of spectra: every valid pixel, or `n_pixels` drawn at random.
+    """Tensors for a list of spectra: every valid pixel (the atmosphere's with ivar 0, so
+    results line up with `spectrum.valid`), or `n_pixels` drawn at random among unmasked ones.
 
     `error_floor` adds a fractional error in quadrature (σ² + (floor·flux)²): a guard, used
     in training only, against spectra whose noise is far below the model's accuracy.
     """
     rows = []
     for index, spectrum in enumerate(spectra):
-        valid = np.flatnonzero(spectrum.valid)
-        if n_pixels is not None:
+        ivar = masked_ivar(spectrum) if mask_atmosphere else spectrum.ivar
+        if n_pixels is None:  # every valid pixel, masked ones kept with ivar 0 (for plotting)
+            chosen = np.flatnonzero(spectrum.valid)
+        else:
             rng = rngs[index] if rngs is not None else np.random.default_rng(index)
-            valid = np.sort(rng.choice(valid, n_pixels, replace=valid.size < n_pixels))
-        rows.append(_pixels(spectrum, valid, error_floor))
+            usable = np.flatnonzero(ivar > 0)
+            chosen = np.sort(rng.choice(usable, n_pixels, replace=usable.size < n_pixels))
+        rows.append(_pixels(spectrum, ivar, chosen, error_floor))
     width = max(r[0].size for r in rows)
     degree = max(continuum_degree(s) for s in spectra)
     arrays = [np.zeros((len(rows), width)) for _ in range(6)]
@@ -97,7 +105,7 @@ def make_batch(
     )
 
 
-def _pixels(spectrum: Spectrum, index: np.ndarray, error_floor: float):
+def _pixels(spectrum: Spectrum, ivar: np.ndarray, index: np.ndarray, error_floor: float):
     """Per-pixel arrays of one spectrum at `index`: wave, flux, ivar, R, segment, x."""
     segment = np.zeros(spectrum.n_pixels)
     x = np.zeros(spectrum.n_pixels)
@@ -105,7 +113,6 @@ def _pixels(spectrum: Spectrum, index: np.ndarray, error_floor: float):
         segment[start:stop] = s
         lo, hi = spectrum.wave[start], spectrum.wave[stop - 1]
         x[start:stop] = 2 * (spectrum.wave[start:stop] - lo) / max(hi - lo, 1e-9) - 1
-    ivar = spectrum.ivar
     if error_floor > 0:
         with np.errstate(divide="ignore"):
             var = np.where(ivar > 0, 1.0 / np.where(ivar > 0, ivar, 1.0), np.inf)

@@ -39,6 +39,8 @@ class ModelConfig:
     ln_step: float = 1.5e-5  # table step in ln λ (R_grid ≈ 67,000)
     lowest_resolving_power: float = 800.0  # the pyramid reaches this R
     lsf_levels_per_octave: int = 2
+    inner_step: str = "gauss_newton"  # the GON step: gauss_newton, gradient, normalised_gradient
+    prior_precision: float = 1.0  # Λ of the latent prior N(0, Λ⁻¹ I), in units of χ²
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -169,6 +171,31 @@ class BasisDecoder(nn.Module):
     def templates(self, z: torch.Tensor) -> torch.Tensor:
         """Rest-frame spectra (M, n_table) on the table grid at intrinsic resolution."""
         return self.table[0] + self.h(z) @ self.table[1:]
+
+    def latent_jacobian(
+        self, z: torch.Tensor, basis: torch.Tensor, create_graph: bool = False
+    ) -> torch.Tensor:
+        """∂f/∂z (B, P, D) at z (B, D): Σ_k T_k ∂h_k/∂z, the basis weighed by h's Jacobian."""
+        jacobian = torch.autograd.functional.jacobian(
+            lambda x: self.h(x).sum(0), z, create_graph=create_graph, vectorize=True
+        )  # (K, B, D): h acts on each row alone
+        if basis.ndim == 2:
+            return torch.einsum("kp,kbd->bpd", basis[1:], jacobian)
+        return torch.einsum("kbp,kbd->bpd", basis[1:], jacobian)
+
+    def roughness(
+        self,
+        z: torch.Tensor,
+        wave: torch.Tensor,
+        resolving_power: torch.Tensor,
+        pyramid: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Mean square of the structure in f(·, z) finer than `resolving_power` at rest-frame
+        `wave`: the decoder at its own resolution minus the decoder blurred to R. Penalised
+        where few high-resolution spectra taught the model, so it does not invent detail."""
+        sharp = self.pixel_basis(wave, 0.0, math.inf, pyramid)
+        smooth = self.pixel_basis(wave, 0.0, resolving_power, pyramid)
+        return ((self.decode(z, sharp) - self.decode(z, smooth)) ** 2).mean()
 
     def decode(self, z: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
         """Normalised flux: z (B, D) with a basis (K+1, B, P) per spectrum or (K+1, P) shared."""

@@ -1,8 +1,14 @@
-"""The Gradient Origin Network: z = −α ∇_{z₀} χ²(x, model(z₀)) at z₀ = 0.
+"""The Gradient Origin Network: latents are one step from the origin z₀ = 0 on a per-spectrum loss.
 
-The likelihood is per spectrum: χ² over its valid pixels divided by their number, with the
-continuum solved in closed form. Summing per-spectrum terms before the gradient gives each
-spectrum exactly its own gradient, so z never depends on the batch it was encoded in.
+The default step is the linearised MAP (Gauss–Newton) step of χ² + zᵀΛz,
+
+    z = z₀ + (JᵀWJ + Λ)⁻¹ (JᵀW r − Λ z₀),   J = ∂(C·f)/∂z,  r = flux − C·f,  W = ivar,
+
+with the continuum C solved at z₀ and held. Its size is set by the model, not by the errors:
+scaling a spectrum's ivar leaves z unchanged where the data dominate the prior N(0, Λ⁻¹), and
+shrinks z toward the prior where the data are poor. A plain gradient step, kept for comparison
+("gradient"), is linear in ivar: the same star at twice the S/N gets four times the latent.
+Each spectrum's step uses only its own pixels, so z never depends on the batch it is encoded in.
 """
 
 from __future__ import annotations
@@ -14,15 +20,20 @@ from stargon.model.batch import PixelBatch
 from stargon.model.decoder import BasisDecoder, ModelConfig
 from stargon.model.physics import solve_continuum
 
+INNER_STEPS = ("gauss_newton", "gradient", "normalised_gradient")
+
 
 class StarGON(nn.Module):
-    """Decoder + GON step size. `loss(batch)` trains it; `encode(batch)` gives latents."""
+    """Decoder + GON inner step. `loss(batch)` trains it; `encode(batch)` gives latents."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        if config.inner_step not in INNER_STEPS:
+            raise ValueError(f"inner_step must be one of {INNER_STEPS}, got {config.inner_step!r}")
         self.config = config
         self.decoder = BasisDecoder(config)
-        self.log_step = nn.Parameter(torch.tensor(0.0))
+        if config.inner_step != "gauss_newton":  # the gradient variants' learnt step size
+            self.log_step = nn.Parameter(torch.tensor(0.0))
 
     def basis(self, batch: PixelBatch, pyramid: list[torch.Tensor] | None = None):
         return self.decoder.pixel_basis(
@@ -40,34 +51,81 @@ class StarGON(nn.Module):
         model, _ = self.model_flux(z, basis, batch)
         return (batch.ivar * (batch.flux - model) ** 2).sum(-1) / batch.n_valid
 
+    def prior_term(self, z: torch.Tensor, precision: float | None = None) -> torch.Tensor:
+        """zᵀΛz per spectrum (Λ = precision · I): the latent prior's −2 ln p."""
+        precision = self.config.prior_precision if precision is None else precision
+        return precision * (z**2).sum(-1)
+
     def encode(
         self,
         batch: PixelBatch,
         basis: torch.Tensor | None = None,
         n_steps: int = 1,
         create_graph: bool = False,
+        prior_precision: float | None = None,
     ) -> torch.Tensor:
-        """GON latents; gradients are needed even at inference, so they are switched on here."""
+        """GON latents; gradients are needed even at inference, so they are switched on here.
+        `prior_precision` overrides the model's Λ (0 switches the prior off)."""
         basis = self.basis(batch) if basis is None else basis
+        precision = self.config.prior_precision if prior_precision is None else prior_precision
         z = torch.zeros(
             batch.flux.shape[0], self.config.latent_dim, dtype=basis.dtype, device=basis.device
         )
         with torch.enable_grad():
             for _ in range(n_steps):
-                z = z if z.requires_grad else z.requires_grad_(True)
-                (grad,) = torch.autograd.grad(
-                    self.chi2(z, basis, batch).sum(), z, create_graph=create_graph
-                )
-                z = z - self.log_step.exp() * grad
+                if self.config.inner_step == "gauss_newton":
+                    step, _ = self.gauss_newton(z, basis, batch, precision, create_graph)
+                    z = z + step
+                else:
+                    z = self._gradient_step(z, basis, batch, create_graph)
         return z if create_graph else z.detach()
 
-    def forward(self, batch: PixelBatch, n_steps: int = 1):
-        """The training loss (what DistributedDataParallel wraps)."""
-        return self.loss(batch, n_steps)
+    def gauss_newton(
+        self,
+        z: torch.Tensor,
+        basis: torch.Tensor,
+        batch: PixelBatch,
+        precision: float,
+        create_graph: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(MAP step from z, the normal matrix JᵀWJ + Λ): its inverse is the latent covariance."""
+        normalised = self.decoder.decode(z, basis)
+        continuum = solve_continuum(batch.design, batch.flux, batch.ivar, normalised)
+        jacobian = continuum.unsqueeze(-1) * self.decoder.latent_jacobian(z, basis, create_graph)
+        weighted = jacobian * batch.ivar.unsqueeze(-1)  # (B, P, D)
+        normal = weighted.transpose(1, 2) @ jacobian
+        residual = batch.flux - continuum * normalised
+        rhs = (weighted * residual.unsqueeze(-1)).sum(1) - precision * z
+        # A ridge relative to the data's own scale keeps a latent the data cannot see solvable
+        # without the prior, and leaves the step unchanged when ivar is scaled.
+        scale = normal.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-30)
+        eye = torch.eye(z.shape[-1], dtype=normal.dtype, device=normal.device)
+        normal = normal + (precision + 1e-9 * scale)[:, None, None] * eye
+        return torch.linalg.solve(normal, rhs.unsqueeze(-1)).squeeze(-1), normal
 
-    def loss(self, batch: PixelBatch, n_steps: int = 1):
+    def _gradient_step(self, z, basis, batch, create_graph):
+        """−α∇χ²/n ("gradient", the first default model's step) or −α∇χ²/Σivar."""
+        z = z if z.requires_grad else z.requires_grad_(True)
+        loss = self.chi2(z, basis, batch)
+        if self.config.inner_step == "normalised_gradient":
+            loss = loss * batch.n_valid / batch.ivar.sum(-1).clamp_min(1e-30)
+        (grad,) = torch.autograd.grad(loss.sum(), z, create_graph=create_graph)
+        return z - self.log_step.exp() * grad
+
+    def forward(self, batch: PixelBatch, n_steps: int = 1, smoothness=None):
+        """The training loss (what DistributedDataParallel wraps): `loss`, plus
+        `weight · decoder.roughness(z, wave, R)` when `smoothness` = (wave, R, weight)."""
+        pyramid = self.decoder.pyramid()
+        loss, chi2, z = self.loss(batch, n_steps, pyramid)
+        if smoothness is None:
+            return loss, chi2, z, torch.zeros((), device=loss.device)
+        wave, resolving_power, weight = smoothness
+        roughness = self.decoder.roughness(z, wave, resolving_power, pyramid)
+        return loss + weight * roughness, chi2, z, roughness.detach()
+
+    def loss(self, batch: PixelBatch, n_steps: int = 1, pyramid: list[torch.Tensor] | None = None):
         """Mean over the batch of the per-spectrum χ²/n after the GON step(s)."""
-        basis = self.basis(batch)
+        basis = self.basis(batch, pyramid)
         z = self.encode(batch, basis, n_steps=n_steps, create_graph=True)
         chi2 = self.chi2(z, basis, batch)
         return chi2.mean(), chi2.detach(), z.detach()

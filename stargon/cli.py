@@ -208,6 +208,16 @@ def train_command(
     lr_decay_from: Annotated[
         float, typer.Option(help="Fraction of steps after which lr decays (cosine) to 5 %.")
     ] = 0.6,
+    inner_step: Annotated[
+        str, typer.Option(help="GON step: gauss_newton, gradient, normalised_gradient.")
+    ] = "gauss_newton",
+    prior_precision: Annotated[float, typer.Option(help="Λ of the latent prior N(0, Λ⁻¹).")] = 1.0,
+    roughness: Annotated[
+        float, typer.Option(help="Weight of the penalty on detail finer than the data teach.")
+    ] = 100.0,
+    coverage_count: Annotated[
+        int, typer.Option(help="Spectra that must reach a resolution for it to be trusted.")
+    ] = 20,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 …")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue from latest.json.")] = False,
     package: Annotated[
@@ -234,8 +244,15 @@ def train_command(
         synthetic=synthetic,
         survey_balance=survey_balance,
         lr_decay_from=lr_decay_from,
+        roughness=roughness,
+        coverage_count=coverage_count,
         device=device,
-        model=ModelConfig(latent_dim=latent_dim, n_basis=n_basis),
+        model=ModelConfig(
+            latent_dim=latent_dim,
+            n_basis=n_basis,
+            inner_step=inner_step,
+            prior_precision=prior_precision,
+        ),
     )
     run = train(config, resume=resume)
     if package and int(os.environ.get("RANK", "0")) == 0:

@@ -26,6 +26,7 @@ from stargon.model.decoder import ModelConfig
 from stargon.model.fit import find_velocity, template_pyramid
 from stargon.model.gon import StarGON
 from stargon.train import distributed
+from stargon.train.coverage import resolution_coverage, smoothness_cells
 from stargon.train.dataset import TrainingSet, load_training_set
 
 
@@ -49,6 +50,9 @@ class TrainConfig:
     synthetic: int = 0  # Payne-emulator spectra added as the survey "payne_synthetic"
     survey_balance: float = 0.5  # a survey's share of batches ∝ (its spectra)^balance
     lr_decay_from: float = 0.6  # fraction of the steps after which lr falls (cosine) to 5 %
+    roughness: float = 100.0  # weight of the penalty on detail finer than the data support
+    coverage_count: int = 20  # a resolution is trusted where this many spectra reach it
+    roughness_cells: int = 2000  # rest wavelengths the penalty is evaluated at per step
     device: str = "auto"
     model: ModelConfig = field(default_factory=ModelConfig)
 
@@ -90,6 +94,9 @@ def _train(config, resume, dataset, context) -> Path:
     wrapped = DistributedDataParallel(model) if context.world_size > 1 else model
     train_rest = dataset.indices(held_out=False, frame="rest")
     train_all = dataset.indices(held_out=False)
+    coverage = resolution_coverage(
+        [dataset.spectra[i] for i in train_all], config.model, config.coverage_count
+    )
     bar = tqdm(
         range(start, config.steps), initial=start, total=config.steps, disable=not context.is_main
     )
@@ -109,7 +116,12 @@ def _train(config, resume, dataset, context) -> Path:
             rngs=[np.random.default_rng([config.seed, step, int(i)]) for i in mine],
             error_floor=config.error_floor,
         ).to(context.device)
-        loss, chi2, _ = wrapped(batch, n_steps=config.gon_steps)
+        smoothness = None
+        if config.roughness > 0:
+            rng = np.random.default_rng([config.seed, step, 2**32 - 1])
+            cells = smoothness_cells(*coverage, config.model, config.roughness_cells, rng)
+            smoothness = (*(c.to(context.device) for c in cells), config.roughness)
+        loss, chi2, _, roughness = wrapped(batch, n_steps=config.gon_steps, smoothness=smoothness)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -124,7 +136,9 @@ def _train(config, resume, dataset, context) -> Path:
             record = {
                 "step": done,
                 "loss": loss.item(),
+                "mean_chi2": chi2.mean().item(),
                 "median_chi2": chi2.median().item(),
+                "roughness": roughness.item(),
                 "spectra_per_s": config.log_every * config.batch_size / max(elapsed, 1e-9),
                 "time": time.time(),
             }
