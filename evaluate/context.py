@@ -15,6 +15,7 @@ from stargon.model.checkpoint import load_checkpoint, resolve_checkpoint
 from stargon.model.fit import find_velocity, template_pyramid
 from stargon.model.gon import StarGON
 from stargon.model.prior import LatentPrior
+from stargon.model.whitening import Whitening
 from stargon.train.dataset import SYNTHETIC_SURVEY, TrainingSet, load_training_set
 from stargon.train.release import encode_all
 
@@ -30,7 +31,13 @@ class Evaluation:
     pyramid: list[torch.Tensor]
     templates: list[torch.Tensor]
     velocities: np.ndarray  # km/s per spectrum; 0 for rest-frame ones
-    latents: np.ndarray  # (N, D) one-step GON latents
+    latents: np.ndarray  # (N, D) one-step GON latents (raw)
+    whitening: Whitening  # the checkpoint's readable frame (identity for an old checkpoint)
+
+    @property
+    def whitened(self) -> np.ndarray:
+        """The one-step latents in whitened coordinates (unit variance over training stars)."""
+        return self.whitening.whiten(self.latents)
 
     def members(self, survey: str, held_out: bool | None = None) -> np.ndarray:
         names = np.array(self.dataset.surveys)
@@ -86,4 +93,5 @@ def prepare(checkpoint: str | Path | None, data: str | Path, surveys: list[str] 
         templates,
         velocities,
         latents,
+        Whitening.from_tensors(extra, model.config.latent_dim),
     )

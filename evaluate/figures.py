@@ -159,3 +159,15 @@ def sensitivity(result: dict, path: Path) -> str:
     ax.set_xticklabels([str(t) for t in ticks])
     ax.set_title("|∂f/∂z_k| (each row scaled to its maximum)")
     return _save(fig, path)
+
+
+def prior_samples(rows: list[dict], path: Path, n_shown: int = 6) -> str:
+    """A few prior samples per instrument (normalised, rest frame), offset for legibility."""
+    fig, axes = _subplots(len(rows), 1, figsize=(10, 2.4 * len(rows)), squeeze=False)
+    for ax, row in zip(axes[:, 0], rows, strict=True):
+        for k in range(min(n_shown, len(row["flux"]))):
+            ax.plot(row["wave"], row["flux"][k] + 0.6 * k, lw=0.5)
+        ax.set(ylabel="flux + offset", title=f"{row['instrument']}: prior samples "
+               f"({row['share_in_range']:.1%} of all pixels in [−0.05, 1.2])")  # fmt: skip
+    axes[-1, 0].set_xlabel("rest vacuum wavelength [Å]")
+    return _save(fig, path)

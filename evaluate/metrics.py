@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import pearsonr, rankdata
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.model_selection import StratifiedKFold, cross_val_score
@@ -62,3 +63,20 @@ def probe_rmse(
     """(RMSE on the test rows, the predictions) of a probe fitted on the training rows."""
     predicted = probe(kind).fit(x_train, y_train).predict(x_test)
     return float(np.sqrt(np.mean((predicted - y_test) ** 2))), predicted
+
+
+def partial_spearman(x: np.ndarray, y: np.ndarray, covariates: np.ndarray | None = None) -> float:
+    """Spearman correlation of x and y after removing what the covariates (N, C) explain
+    linearly in rank: e.g. S/N against |z| given Teff, log g, [Fe/H], since a library's S/N
+    itself follows Teff. Without covariates, the plain Spearman correlation."""
+    n = len(x)
+    design = np.ones((n, 1))
+    if covariates is not None and np.size(covariates):
+        ranks = np.column_stack([rankdata(c) for c in np.asarray(covariates).reshape(n, -1).T])
+        design = np.column_stack([design, ranks])
+    residuals = []
+    for values in (x, y):
+        r = rankdata(values)
+        coeffs, *_ = np.linalg.lstsq(design, r, rcond=None)
+        residuals.append(r - design @ coeffs)
+    return float(pearsonr(*residuals).statistic)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stargon.evaluate import figures, sections
+from stargon.evaluate import figures, invariance, sections
 from stargon.evaluate.context import Evaluation, prepare
 
 TARGETS = {
@@ -20,7 +20,13 @@ TARGETS = {
     "probe": {"teff": 150.0, "logg": 0.3, "fe_h": 0.2},
     "rv_scatter": 5.0,
     "rv_bias": 2.0,
-    "c2st": 0.65,
+    "c2st": 0.75,
+    "snr_partial": 0.3,
+    "degradation_shift": 1.0,
+    "repeat_ratio": 0.25,
+    "repeat_rv": 5.0,
+    "on_lines": 0.7,
+    "samples_in_range": 0.99,
 }
 
 
@@ -47,7 +53,13 @@ def evaluate(
         "realism": sections.realism(ev),
         "sensitivity": sections.sensitivity(ev),
         "latent_map": sections.latent_map(ev),
+        "snr": invariance.snr_correlation(ev),
+        "degradation": invariance.degradation(ev),
+        "repeats": invariance.repeat_visits(ev),
+        "samples": invariance.prior_samples(ev),
+        "extent": invariance.fitted_extent(ev, fits),
     }
+    results["peaks"] = invariance.sensitivity_peaks(results["sensitivity"]["regions"])
     drawn = _draw(ev, results, fits, out)
     seconds = time.perf_counter() - start
     metrics = _metrics(ev, results, seconds)
@@ -68,6 +80,8 @@ def _draw(ev: Evaluation, results: dict, fits, out: Path) -> dict[str, str]:
     if results["probes"]["rows"]:
         drawn["probes"] = figures.probes(results["probes"], out / "probes.png")
         drawn["correlation"] = figures.correlation(results["probes"], out / "correlation.png")
+    if results["samples"]:
+        drawn["samples"] = figures.prior_samples(results["samples"], out / "prior_samples.png")
     if results["rv_catalogue"]:
         drawn["rv"] = figures.radial_velocity(results["rv_catalogue"], out / "rv_catalogue.png")
     if results["realism"]:
@@ -114,6 +128,14 @@ def _metrics(ev: Evaluation, results: dict, seconds: float) -> dict:
         "cross_instrument": results["cross_instrument"],
         "realism": realism,
         "sensitivity": regions,
+        "snr_correlation": results["snr"],
+        "degradation": results["degradation"],
+        "repeat_visits": results["repeats"],
+        "sensitivity_peaks": results["peaks"],
+        "prior_samples": [
+            {k: v for k, v in r.items() if k not in ("wave", "flux")} for r in results["samples"]
+        ],
+        "fitted_extent": results["extent"],
     }
 
 
@@ -159,6 +181,7 @@ def _markdown(ev: Evaluation, results: dict, drawn: dict, seconds: float) -> str
         "baseline computed in the same run. Held-out stars are the split recorded in the model "
         "card. `payne_synthetic` is The Payne's emulator (synthetic, never counted as real).",
     ]
+    parts += _invariance_section(results, drawn)
     parts += _reconstruction_section(results, drawn)
     parts += _fidelity_section(results["emulator_fidelity"])
     parts += _probe_section(results["probes"], drawn)
@@ -366,8 +389,75 @@ def _sensitivity_section(result: dict, drawn: dict) -> list[str]:
         )
     return [
         "## What each latent changes",
-        "Mean |∂f/∂z_k| over 64 training latents on a rest-frame grid at R = 5,000, its five "
+        "Mean |∂f/∂w_k| along each whitened direction over 64 training latents on a rest-frame "
+        "grid at R = 5,000, its five "
         "strongest peaks matched to the line list in `assets/lines.csv`.",
         _table(rows, ["latent", "strongest regions (Å, nearest line within 150 km/s)"]),
         f"![sensitivity]({drawn['sensitivity']})",
     ]
+
+
+def _invariance_section(results: dict, drawn: dict) -> list[str]:
+    """Whether the latents describe the star: S/N, degradation, repeats, sensitivity, samples."""
+    parts = [
+        "## Latents that describe the star, not its noise",
+        "Latents are whitened (the checkpoint's PCA of training latents: unit variance, ordered "
+        "by variance). Spearman(S/N, |w|) of one-step latents per survey, and the partial "
+        "correlation given Teff, log g, [Fe/H] where every spectrum has them.",
+        _table(results["snr"], ["survey", "n", "spearman", "partial_given_labels"]),
+    ]
+    miles = [r for r in results["snr"] if r["survey"] == "miles"]
+    if miles and miles[0]["partial_given_labels"] is not None:
+        value = abs(miles[0]["partial_given_labels"])
+        parts.append(f"Target |partial| on MILES: {_verdict(value, TARGETS['snr_partial'])}.")
+    degraded = results["degradation"]
+    if degraded["rows"]:
+        at_30 = next(r for r in degraded["rows"] if r["snr"] == 30.0)
+        parts += [
+            f"The same {degraded['n_stars']} {degraded['survey']} spectra degraded to S/N 100, "
+            "30 and 10 and fitted: median |Δw| from S/N 100 in units of the degraded fit's own "
+            "σ_w, and the median σ_w.",
+            _table(degraded["rows"], ["snr", "median_shift_in_sigma", "median_sigma_w"]),
+            "Target S/N 100 → 30: "
+            + _verdict(at_30["median_shift_in_sigma"], TARGETS["degradation_shift"])
+            + ".",
+        ]
+    repeats = results["repeats"]
+    if repeats:
+        parts += [
+            f"{repeats['survey']} repeat visits ({repeats['n_stars']} stars, "
+            f"{repeats['n_pairs']} pairs, full fits): median latent distance within a star "
+            f"{_n(repeats['same_star_distance'])} vs random pairs "
+            f"{_n(repeats['random_pair_distance'])}, ratio "
+            f"{_verdict(repeats['distance_ratio'], TARGETS['repeat_ratio'])}; RV difference "
+            f"between visits (robust σ) {_verdict(repeats['rv_difference_scatter_kms'], 5.0)}, "
+            f"{repeats['rv_difference_over_20_kms']} pairs apart by > 20 km/s.",
+        ]
+    peaks = results["peaks"]
+    parts.append(
+        f"Sensitivity: the median direction has {peaks['median_share_on_lines']:.0%} of its five "
+        f"strongest regions within 150 km/s of a listed stellar line; "
+        f"{peaks['latents_at_least_70_percent']} of {peaks['n_latents']} directions reach "
+        f"{TARGETS['on_lines']:.0%}; {peaks['peaks_in_atmosphere_bands']} peaks lie inside an "
+        "atmosphere band of `assets/atmosphere.csv` (target: none)."
+    )
+    extent = results["extent"]
+    if extent:
+        parts.append(
+            f"Fitted latents of {extent['n_fits']} held-out spectra: largest |w_k| "
+            f"{_n(extent['max_abs_w'])} σ; {extent['beyond_10_sigma']} beyond 10 σ."
+        )
+    if results["samples"]:
+        parts += [
+            "Prior samples (100 per instrument, normalised, rest frame): share of pixels with "
+            "flux in [−0.05, 1.2]; verdict on the share outside (target ≤ 1 %).",
+            _table(
+                [
+                    r | {"verdict": _verdict(1 - r["share_in_range"], 0.01)}
+                    for r in results["samples"]
+                ],
+                ["instrument", "n_samples", "share_in_range", "worst_sample_share", "verdict"],
+            ),
+            f"![prior samples]({drawn['samples']})",
+        ]
+    return parts

@@ -46,7 +46,7 @@ def label_probes(ev: Evaluation, survey: str = "miles") -> dict:
     held = ev.dataset.held_out[idx]
     pca = SurveyPCA([spectra[i] for i in idx[~held]], ev.model.config.latent_dim)
     features = {
-        "latents": ev.latents[idx],
+        "latents": ev.whitened[idx],
         "pca": np.array([p["coeffs"] for p in pca.project([spectra[i] for i in idx])]),
     }
     subsets = {"3500–8000 K": (y["teff"] >= 3500) & (y["teff"] <= 8000), "all": np.ones_like(held)}
@@ -72,7 +72,7 @@ def label_probes(ev: Evaluation, survey: str = "miles") -> dict:
     correlation = np.array(
         [
             [spearmanr(z_k, y[label]).statistic for label in ("log_teff", "logg", "fe_h")]
-            for z_k in ev.latents[idx].T
+            for z_k in ev.whitened[idx].T
         ]
     )
     return {"survey": survey, "rows": rows, "predictions": predictions, "correlation": correlation}
@@ -341,19 +341,21 @@ def _line_depths(grid, real_x, generated_x, spectrum: Spectrum) -> list[dict]:
 
 
 def sensitivity(ev: Evaluation, n_latents_sampled: int = 64, seed: int = 0) -> dict:
-    """Mean |∂f/∂z_k| over training latents on a rest grid (R = 5,000), and each latent's
-    strongest regions matched to the line list."""
+    """Mean |∂f/∂w_k| (whitened directions) over training latents on a rest grid (R = 5,000),
+    and each direction's strongest regions matched to the line list."""
     rng = np.random.default_rng(seed)
     real = [i for i in ev.dataset.indices(held_out=False) if not ev.dataset.spectra[i].synthetic]
     chosen = rng.choice(real, min(n_latents_sampled, len(real)), replace=False)
     wave = rest_grid()
-    values = latent_sensitivity(ev.model, torch.as_tensor(ev.latents[chosen]), wave)
+    values = latent_sensitivity(
+        ev.model, torch.as_tensor(ev.latents[chosen]), wave, directions=ev.whitening.matrix
+    )
     regions = {k: sensitive_regions(wave, values[k]) for k in range(values.shape[0])}
     return {"wave": wave, "values": values, "regions": regions}
 
 
 def latent_map(ev: Evaluation) -> dict:
     """A 2-D PCA projection of every spectrum's latent, with labels where a catalogue has them."""
-    xy = PCA(2, random_state=0).fit_transform(ev.latents)
+    xy = PCA(2, random_state=0).fit_transform(ev.whitened)
     labels = {k: np.array([s.labels.get(k, np.nan) for s in ev.dataset.spectra]) for k in LABELS}
     return {"xy": xy, "labels": labels, "surveys": np.array(ev.dataset.surveys)}

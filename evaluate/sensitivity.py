@@ -23,9 +23,14 @@ def rest_grid(
 
 
 def latent_sensitivity(
-    model: StarGON, z: torch.Tensor, wave: np.ndarray, resolving_power: float = 5000.0
+    model: StarGON,
+    z: torch.Tensor,
+    wave: np.ndarray,
+    resolving_power: float = 5000.0,
+    directions: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Mean over the rows of z of |∂f/∂z_k| at each wavelength: (D, P)."""
+    """Mean over the rows of z of |∂f/∂z_k| at each wavelength: (D, P). With `directions`
+    (D, D' columns, e.g. the whitening's ∂z/∂w) the derivative along each direction."""
     with torch.no_grad():
         basis = model.decoder.pixel_basis(
             torch.as_tensor(wave), 0.0, resolving_power, model.decoder.pyramid()
@@ -36,6 +41,8 @@ def latent_sensitivity(
 
     with torch.no_grad():
         jacobian = vmap(jacfwd(spectrum))(z.to(basis.dtype))  # (N, P, D)
+    if directions is not None:
+        jacobian = jacobian @ torch.as_tensor(directions, dtype=jacobian.dtype)
     return jacobian.abs().mean(0).T.cpu().numpy()
 
 

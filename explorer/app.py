@@ -311,18 +311,20 @@ class ExplorerApp(pn.viewable.Viewer):
         ex, view = self.explorer, self.view
         x, flux = ex.spectrum(view)
         spans, labels = plots.sensitive_spans(x, ex.sensitivity(view)[view.latent])
-        observed = None
+        observed = band = None
         if view.observation is not None:
             spectrum, fit = view.observation.spectrum, view.observation.fit
             observed = (x, spectrum.flux[spectrum.valid] / fit.continuum)
+            band = (x, fit.normalised_model, view.observation.model_sigma)
         return dict(x=x, flux=flux, observed=observed, spans=spans, labels=labels,
-                    xlim=ZOOMS[view.zoom], title=self._title())  # fmt: skip
+                    xlim=ZOOMS[view.zoom], title=self._title(), band=band)  # fmt: skip
 
     def _context(self, revision: int = 0):
         parts = self._figure_parts()
         return plots.spectrum_context(
-            parts["x"], parts["observed"], parts["spans"], parts["labels"], parts["xlim"]
-        )
+            parts["x"], parts["observed"], parts["spans"], parts["labels"], parts["xlim"],
+            parts["band"],
+        )  # fmt: skip
 
     def _model(self, revision: int = 0):
         x, flux = self.explorer.spectrum(self.view)

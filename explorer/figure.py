@@ -17,8 +17,10 @@ def view_png(
     labels: list[tuple[float, str]],
     xlim: tuple[float, float] | None,
     title: str,
+    band: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> bytes:
-    """Model, observation, shaded sensitive regions with their lines, and residuals/σ."""
+    """Model, observation, the fit's ±1σ band, shaded sensitive regions with their lines, and
+    residuals/σ."""
     figure = Figure(figsize=(11, 5.5 if residual is not None else 4), layout="constrained")
     rows = (3, 1) if residual is not None else (1,)
     axes = figure.subplots(len(rows), 1, sharex=True, height_ratios=rows, squeeze=False)[:, 0]
@@ -27,6 +29,10 @@ def view_png(
         top.axvspan(a, b, color="gold", alpha=0.3, lw=0)
     if observed is not None:
         top.plot(*observed, color="black", lw=0.7, label="observation")
+    if band is not None:
+        band_x, centre, sigma = band
+        top.fill_between(band_x, centre - sigma, centre + sigma, color="#d62728", alpha=0.25,
+                         lw=0, label="fit ± 1σ (latents)")  # fmt: skip
     top.plot(x, flux, color="#d62728", lw=1.0, label="model")
     for position, name in labels:
         top.text(position, 1.25, name, ha="center", fontsize=8, color="#7a5c00")

@@ -36,6 +36,7 @@ def sensitive_spans(x: np.ndarray, sensitivity: np.ndarray, fraction: float = 0.
 WAVELENGTH = hv.Dimension("wavelength", label="vacuum wavelength", unit="Å")
 SPECTRUM_STYLE = [  # applied once to the DynamicMap: per-redraw .opts calls cost ~30 ms
     hv.opts.Rectangles(color="gold", alpha=0.3, line_alpha=0, framewise=True),
+    hv.opts.Spread(color="#d62728", alpha=0.25, line_alpha=0, framewise=True),
     hv.opts.Curve("Observation", color="black", line_width=0.8, framewise=True),
     hv.opts.Curve("Model", color="#d62728", line_width=1.2, framewise=True),
     hv.opts.Labels(text_font_size="9pt", text_color="#7a5c00", framewise=True),
@@ -57,17 +58,23 @@ def spectrum_context(
     spans: list[tuple[float, float]] = (),
     labels: list[tuple[float, str]] = (),
     xlim: tuple[float, float] | None = None,
+    band: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> hv.Overlay:
-    """What stands behind the model: the observation (black, continuum-divided) and the
-    latent-sensitive regions shaded and labelled. Always the same three layers, so a
-    DynamicMap only swaps data; style with SPECTRUM_STYLE."""
+    """What stands behind the model: the observation (black, continuum-divided), the fitted
+    model's ±1σ band from its latent covariance, and the latent-sensitive regions shaded and
+    labelled. Always the same four layers, so a DynamicMap only swaps data; style with
+    SPECTRUM_STYLE."""
     obs_x, obs_flux = observed if observed is not None else (np.array([]), np.array([]))
+    band = band if band is not None else (np.array([]), np.array([]), np.array([]))
     rectangles = [(a, FLUX_RANGE[0], b, FLUX_RANGE[1]) for a, b in spans]
     label_rows = [(lx, 1.25, name) for lx, name in labels]
     observed_dim = hv.Dimension("observed", label="normalised flux")
     xlim = xlim or _full_range(x)
     return (
         hv.Rectangles(rectangles, kdims=[WAVELENGTH, "flux", "x1", "y1"]).opts(xlim=xlim)
+        * hv.Spread(band, WAVELENGTH, [observed_dim, "sigma"], label="fit ± 1σ (latents)").opts(
+            xlim=xlim
+        )
         * hv.Curve(
             (obs_x, obs_flux), WAVELENGTH, observed_dim, group="Observation", label="observation"
         ).opts(xlim=xlim)

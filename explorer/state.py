@@ -2,8 +2,10 @@
 
 `Explorer` is loaded once per server (model, prior, star table; read-only and shared by all
 sessions); `View` is one session's state (latents, velocity, instrument, frame, the observation
-being fitted). Decoding reuses the instrument's pixel basis, cached per (instrument, v): a
-slider move is one small MLP and one matrix product.
+being fitted). Latents are shown in the checkpoint's whitened coordinates (decorrelated, unit
+variance over training stars, ordered by variance): `View.z` holds them, and the raw latent the
+decoder takes is `Explorer.raw(view.z)`. Decoding reuses the instrument's pixel basis, cached
+per (instrument, v): a slider move is one small MLP and one matrix product.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from stargon.model.fit import FitResult, fit_spectrum, template_pyramid
 from stargon.model.instruments import presets
 from stargon.model.physics import C_KMS
 from stargon.model.prior import LatentPrior
+from stargon.model.whitening import Whitening
 from stargon.surveys import read_file
 from stargon.surveys.fetch import Remote, apogee_star, fetch, galah_arms, lamost_spectrum
 from stargon.surveys.spectrum import Spectrum, SpectrumReadError
@@ -71,6 +74,7 @@ def archive_remote(kind: str, identifier: str) -> Remote:
 class Observation:
     spectrum: Spectrum
     fit: FitResult
+    model_sigma: np.ndarray  # ±1σ of the normalised model from the latent covariance
 
     @property
     def residual_sigma(self) -> np.ndarray:
@@ -81,7 +85,7 @@ class Observation:
 
 @dataclass
 class View:
-    z: np.ndarray
+    z: np.ndarray  # whitened latents
     v_kms: float = 0.0
     instrument: str = "miles"
     frame: str = "observed"  # or "rest": the axis divided by (1 + v/c)
@@ -110,8 +114,10 @@ class Explorer:
         self.templates = template_pyramid(self.model, extra.get("prototypes"))
         self.instruments = presets()
         self.stars = self.card.get("stars", [])
-        self.star_latents = extra.get("star_latents", torch.zeros(0, self.latent_dim)).numpy()
-        percentiles = self.card.get("latent_percentiles", {})
+        self.whitening = Whitening.from_tensors(extra, self.latent_dim)
+        raw = extra.get("star_latents", torch.zeros(0, self.latent_dim)).double().numpy()
+        self.star_latents = self.whitening.whiten(raw)
+        percentiles = self.card.get("whitened_percentiles", {})
         self.low = np.array(percentiles.get("1", [-3.0] * self.latent_dim))
         self.high = np.array(percentiles.get("99", [3.0] * self.latent_dim))
         self.centre = np.array(percentiles.get("50", [0.0] * self.latent_dim))
@@ -150,10 +156,15 @@ class Explorer:
                 self._cache.popitem(last=False)
         return basis
 
+    def raw(self, w: np.ndarray) -> torch.Tensor:
+        """The decoder's latents for whitened coordinates w (..., D)."""
+        return torch.as_tensor(self.whitening.unwhiten(w), dtype=self.model.decoder.table.dtype,
+                               device=self.device)  # fmt: skip
+
     def spectrum(self, view: View) -> tuple[np.ndarray, np.ndarray]:
         """(x axis in the view's frame, normalised model flux) for the current latents."""
         basis = self._basis(view)
-        z = torch.as_tensor(view.z[None], dtype=basis.dtype, device=self.device)
+        z = self.raw(view.z[None])
         with torch.no_grad():
             flux = self.model.decoder.decode(z, basis)[0].cpu().numpy()
         return self.axis(view), flux
@@ -163,23 +174,26 @@ class Explorer:
         return wave / (1.0 + view.v_kms / C_KMS) if view.frame == "rest" else wave
 
     def sensitivity(self, view: View) -> np.ndarray:
-        """|∂f/∂z_k| at every pixel for every latent (D, P): the small MLP's Jacobian times
-        the cached basis. The Jacobian takes one backward pass: z repeated K times, row k
-        keeping only output k (reverse mode, which unlike forward-mode AD is thread-safe)."""
+        """|∂f/∂w_k| at every pixel along every whitened direction (D, P): the small MLP's
+        Jacobian times the cached basis. The Jacobian takes one backward pass: z repeated K
+        times, row k keeping only output k (reverse mode, which unlike forward-mode AD is
+        thread-safe); ∂z/∂w is the whitening's matrix."""
         basis = self._basis(view)
         n_basis = basis.shape[0] - 1
-        z = torch.as_tensor(view.z, dtype=basis.dtype, device=self.device)
-        rows = z.expand(n_basis, -1).clone().requires_grad_(True)
+        rows = self.raw(view.z).expand(n_basis, -1).clone().requires_grad_(True)
         with torch.enable_grad():
             (jacobian,) = torch.autograd.grad(self.model.decoder.h(rows).diagonal().sum(), rows)
+        directions = torch.as_tensor(self.whitening.matrix, dtype=jacobian.dtype)
         with torch.no_grad():
-            return torch.einsum("kp,kd->dp", basis[1:], jacobian).abs().cpu().numpy()
+            along = torch.einsum("kp,kd,de->ep", basis[1:], jacobian, directions.to(self.device))
+            return along.abs().cpu().numpy()
 
     # -- changing the state --------------------------------------------------------------
     def random_view(self, view: View, seed: int) -> View:
         if self.prior is None:
             raise ValueError(f"{self.checkpoint}: no latent prior in this checkpoint")
-        return replace(view, z=self.prior.sample(1, seed=seed)[0], observation=None)
+        z = self.whitening.whiten(self.prior.sample(1, seed=seed)[0])
+        return replace(view, z=z, observation=None)
 
     def from_labels(self, view: View, teff: float, logg: float, fe_h: float) -> View:
         return replace(view, z=self._teaching(teff, logg, fe_h))
@@ -188,9 +202,23 @@ class Explorer:
         """Fit an observation (v, latents, continuum) and move the view to it."""
         result = fit_spectrum(self.model, spectrum, pyramid=self.pyramid,
                               templates=self.templates, device=self.device)  # fmt: skip
-        observation = Observation(spectrum, result)
-        return replace(view, z=result.z.astype(float), v_kms=result.v_kms,
-                       observation=observation)  # fmt: skip
+        observation = Observation(spectrum, result, self._model_sigma(spectrum, result))
+        return replace(view, z=self.whitening.whiten(result.z.astype(float)),
+                       v_kms=result.v_kms, observation=observation)  # fmt: skip
+
+    def _model_sigma(self, spectrum: Spectrum, result: FitResult) -> np.ndarray:
+        """±1σ of the fitted normalised model at the spectrum's valid pixels, propagated from
+        the latent covariance: sqrt(diag(J Σ_z Jᵀ)) with J = ∂f/∂z at the fit."""
+        valid = spectrum.valid
+        resolving = np.broadcast_to(spectrum.resolving_power, spectrum.wave.shape)[valid]
+        with torch.no_grad():
+            basis = self.model.decoder.pixel_basis(
+                torch.as_tensor(spectrum.wave[valid], device=self.device), result.v_kms,
+                torch.as_tensor(np.ascontiguousarray(resolving), device=self.device), self.pyramid,
+            )  # fmt: skip
+        z = torch.as_tensor(result.z[None], dtype=basis.dtype, device=self.device)
+        jacobian = self.model.decoder.latent_jacobian(z, basis)[0].double().cpu().numpy()
+        return np.sqrt(np.einsum("pd,de,pe->p", jacobian, result.z_cov, jacobian))
 
     def read_upload(self, name: str, content: bytes) -> Spectrum:
         """A spectrum from uploaded bytes; SpectrumReadError (naming the file) when it is not."""
@@ -243,12 +271,11 @@ class Explorer:
         """How the spectrum changes as latent `latent` moves across its training range (1st to
         99th percentile) with the others held: (x, the values, fluxes (n_values, P))."""
         values = np.linspace(self.low[latent], self.high[latent], n_values)
-        z = np.repeat(view.z[None], n_values, axis=0)
-        z[:, latent] = values
+        w = np.repeat(view.z[None], n_values, axis=0)
+        w[:, latent] = values
         basis = self._basis(view)
         with torch.no_grad():
-            z = torch.as_tensor(z, dtype=basis.dtype, device=self.device)
-            flux = self.model.decoder.decode(z, basis)
+            flux = self.model.decoder.decode(self.raw(w), basis)
         return self.axis(view), values, flux.cpu().numpy()
 
     # -- sharing and exporting -----------------------------------------------------------
@@ -288,7 +315,8 @@ class Explorer:
         buffer = io.BytesIO() if kind == "fits" else io.StringIO()
         if kind == "fits":
             hdu = fits.table_to_hdu(table)
-            hdu.header["LATENTS"] = ",".join(f"{x:.5g}" for x in view.z)
+            hdu.header["LATENTS"] = ",".join(f"{x:.5g}" for x in view.z)  # whitened
+            hdu.header["ZRAW"] = ",".join(f"{x:.5g}" for x in self.whitening.unwhiten(view.z))
             fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(buffer)
             return buffer.getvalue()
         table.write(buffer, format="ascii.ecsv")

@@ -1,9 +1,12 @@
 """Fit one observation: radial velocity, latents and continuum.
 
 v is found by scanning a velocity grid with a small bank of decoded templates, then with the
-star's own template (its GON latent) on a 1 km/s grid; then (v, z) are optimised jointly.
-Its photon-noise limit σ_v = 1/sqrt(Σ ivar (∂m/∂v)²) comes from the model itself
-(∂m/∂v = −(λ ∂m/∂λ)/c, by forward-mode autograd).
+star's own template (its GON latent) on a 1 km/s grid; then (v, z) are optimised jointly for
+the maximum a posteriori under the model's latent prior N(0, Λ⁻¹) — never unbounded maximum
+likelihood, where poorly constrained latents run away. The latent covariance is the Laplace
+(Gauss–Newton) one, (JᵀWJ + Λ)⁻¹ at the optimum. The velocity's photon-noise limit
+σ_v = 1/sqrt(Σ ivar (∂m/∂v)²) comes from the model itself (∂m/∂v = −(λ ∂m/∂λ)/c, by
+forward-mode autograd).
 """
 
 from __future__ import annotations
@@ -31,12 +34,18 @@ class FitResult:
     v_kms: float
     v_err_kms: float
     z: np.ndarray
+    z_cov: np.ndarray  # (D, D) Laplace covariance of z
     chi2_dof: float
     n_pix: int
     wave: np.ndarray
     model_flux: np.ndarray  # continuum × normalised model, in the spectrum's flux units
     continuum: np.ndarray
     normalised_model: np.ndarray
+
+    @property
+    def z_err(self) -> np.ndarray:
+        """1σ of each latent."""
+        return np.sqrt(np.diag(self.z_cov))
 
 
 def template_scan(
@@ -194,7 +203,8 @@ def _refine_linearised(model, batch, pyramid, z, v0, fit_velocity, steps):
     def closure():
         optimiser.zero_grad()
         basis = basis0 + (v - v0).to(basis0.dtype) * slope
-        loss = model.chi2(z, basis, batch.with_velocity(v)).sum()
+        chi2 = model.chi2(z, basis, batch.with_velocity(v)) * batch.n_valid
+        loss = ((chi2 + model.prior_term(z)) / batch.n_valid).sum()  # −2 ln posterior / n
         loss.backward()
         return loss
 
@@ -208,9 +218,13 @@ def _result(model, spectrum, batch, pyramid, z, v) -> FitResult:
         trial = batch.with_velocity(velocity)
         return model.model_flux(z, model.basis(trial, pyramid), trial)[0]
 
+    trial = batch.with_velocity(v)
+    basis = model.basis(trial, pyramid)
     with torch.no_grad():
-        trial = batch.with_velocity(v)
-        full, normalised = model.model_flux(z, model.basis(trial, pyramid), trial)
+        full, normalised = model.model_flux(z, basis, trial)
+    with torch.enable_grad():
+        _, normal = model.gauss_newton(z, basis, trial, model.config.prior_precision)
+    z_cov = torch.linalg.inv(normal.detach().double())[0]
     _, dm_dv = jvp(model_at, (v,), (torch.ones_like(v),))
     information = (batch.ivar * dm_dv**2).sum().item()
     n_pix = int((batch.ivar > 0).sum())
@@ -223,6 +237,7 @@ def _result(model, spectrum, batch, pyramid, z, v) -> FitResult:
         v_kms=float(v.item()),
         v_err_kms=float(1.0 / np.sqrt(information)) if information > 0 else float("inf"),
         z=z[0].cpu().numpy(),
+        z_cov=z_cov.cpu().numpy(),
         chi2_dof=float(chi2.item() / max(n_pix - z.shape[1] - 1, 1)),
         n_pix=n_pix,
         wave=wave,

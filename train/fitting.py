@@ -24,9 +24,10 @@ def fit_paths(
         pyramid = model.decoder.pyramid()
     templates = template_pyramid(model, extra.get("prototypes"))
     latent_columns = [f"z_{k}" for k in range(model.config.latent_dim)]
+    error_columns = [f"z_err_{k}" for k in range(model.config.latent_dim)]
     failures = []
     with open(out, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, COLUMNS + latent_columns)
+        writer = csv.DictWriter(handle, COLUMNS + latent_columns + error_columns)
         writer.writeheader()
         for path in paths:
             for outcome in tqdm(scan(path), desc=f"fitting {path}", unit="file"):
@@ -46,7 +47,8 @@ def fit_paths(
                         "chi2_dof": f"{result.chi2_dof:.4f}",
                         "n_pix": result.n_pix,
                     }
-                    row |= {c: f"{v:.5f}" for c, v in zip(latent_columns, result.z, strict=True)}
+                    row |= {c: f"{v:.5g}" for c, v in zip(latent_columns, result.z, strict=True)}
+                    row |= {c: f"{v:.5g}" for c, v in zip(error_columns, result.z_err, strict=True)}
                     writer.writerow(row)
                     handle.flush()
     return failures

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from stargon.model.batch import make_batch
 from stargon.model.checkpoint import load_checkpoint, save_checkpoint
 from stargon.model.prior import LatentPrior
+from stargon.model.whitening import Whitening
 from stargon.train.dataset import load_training_set
 from stargon.train.holdout import evaluate_held_out, fit_held_out
 from stargon.train.loop import TrainConfig
@@ -32,6 +33,8 @@ def release(run: str | Path, out: str | Path | None = None, evaluate: bool = Tru
     train = ~dataset.held_out
     latents = every[train & real]  # the prior and slider ranges describe real stars only
     prior = LatentPrior.fit(latents)
+    whitening = Whitening.fit(latents)
+    whitened = whitening.whiten(latents)
     medoids = survey_medoids(every[train], [dataset.surveys[i] for i in np.flatnonzero(train)])
     prototypes = torch.as_tensor(np.vstack([prior.means, medoids]), dtype=torch.float32)
     fits = fit_held_out(model, dataset, prototypes) if evaluate else {}
@@ -48,16 +51,23 @@ def release(run: str | Path, out: str | Path | None = None, evaluate: bool = Tru
         "latent_percentiles": {
             str(q): np.percentile(latents, q, axis=0).tolist() for q in (1, 5, 50, 95, 99)
         },
+        "whitened_percentiles": {
+            str(q): np.percentile(whitened, q, axis=0).tolist() for q in (1, 5, 50, 95, 99)
+        },
         "held_out_metrics": metrics,
         "reference_fits": reference_fits(dataset, fits, Path(config.data)),
         "stars": star_table(dataset, velocities, Path(config.data)),
         "training_device": _device_name(config.device),
         "training_time_s": _training_time(run),
     }
-    tensors = prior.to_tensors() | {
-        "prototypes": prototypes,
-        "star_latents": torch.as_tensor(every[real], dtype=torch.float32),
-    }
+    tensors = (
+        prior.to_tensors()
+        | whitening.to_tensors()
+        | {
+            "prototypes": prototypes,
+            "star_latents": torch.as_tensor(every[real], dtype=torch.float32),
+        }
+    )
     return save_checkpoint(Path(out or run / "model"), model, card=card, extra_tensors=tensors)
 
 

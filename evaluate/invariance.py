@@ -1,0 +1,164 @@
+"""Do the latents describe the star, not its noise? The report's invariance measurements.
+
+All latents here are whitened (the checkpoint's readable frame: unit variance over training
+stars), so distances and shifts are in units of the training spread or of a fit's own σ_z.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from stargon.assets import atmosphere_bands
+from stargon.evaluate.context import Evaluation
+from stargon.evaluate.injection import inject
+from stargon.evaluate.metrics import partial_spearman, robust_scatter
+from stargon.model.fit import fit_spectrum
+from stargon.model.instruments import presets
+
+LABELS = ("teff", "logg", "fe_h")
+DEGRADED_SNR = (100.0, 30.0, 10.0)
+FLUX_RANGE = (-0.05, 1.2)  # where normalised flux of a real star lies
+SAMPLE_INSTRUMENTS = ("miles", "lamost", "galah", "apogee")
+
+
+def snr_correlation(ev: Evaluation, min_spectra: int = 20) -> list[dict]:
+    """Per survey of real spectra: Spearman(S/N, |w|) of the one-step latents, and the partial
+    correlation given Teff, log g, [Fe/H] where every spectrum has them."""
+    size = np.linalg.norm(ev.whitened, axis=1)
+    rows = []
+    for survey in ev.survey_names:
+        members = ev.members(survey)
+        spectra = [ev.dataset.spectra[i] for i in members]
+        if members.size < min_spectra or spectra[0].synthetic:
+            continue
+        snr = np.array([s.median_snr() for s in spectra])
+        row = {"survey": survey, "n": int(members.size), "partial_given_labels": None,
+               "spearman": partial_spearman(snr, size[members])}  # fmt: skip
+        labelled = np.array([all(k in s.labels for k in LABELS) for s in spectra])
+        if labelled.sum() >= min_spectra:
+            labels = np.array([[s.labels[k] for k in LABELS] for s in spectra])[labelled]
+            row["partial_given_labels"] = partial_spearman(
+                snr[labelled], size[members][labelled], labels
+            )
+            row["n_labelled"] = int(labelled.sum())
+        rows.append(row)
+    return rows
+
+
+def degradation(ev: Evaluation, survey: str = "miles", n_stars: int = 30, seed: int = 0) -> dict:
+    """The same spectra with noise added to S/N 100, 30, 10 and fitted (latents, continuum):
+    the latent shift from S/N 100 in units of the degraded fit's own σ_z, and how σ_z grows."""
+    rng = np.random.default_rng(seed)
+    bright = [i for i in ev.members(survey) if ev.dataset.spectra[i].median_snr() >= 100]
+    chosen = rng.permutation(bright)[:n_stars]
+    fits = defaultdict(list)
+    for i in tqdm(chosen, desc="S/N degradation", leave=False):
+        for snr in DEGRADED_SNR:
+            spectrum = inject(ev.dataset.spectra[i], 0.0, snr, rng)
+            result = fit_spectrum(ev.model, spectrum, fit_velocity=False, pyramid=ev.pyramid)
+            w = ev.whitening.whiten(result.z)
+            sigma = np.sqrt(np.diag(ev.whitening.whiten_covariance(result.z_cov)))
+            fits[snr].append((w, sigma))
+    rows = []
+    for snr in DEGRADED_SNR:
+        pairs = zip(fits[snr], fits[100.0], strict=True)
+        shift = [np.median(np.abs(w - w0) / s) for (w, s), (w0, _) in pairs]
+        rows.append({"snr": snr, "median_sigma_w": float(np.median([s for _, s in fits[snr]])),
+                     "median_shift_in_sigma": float(np.median(shift))})  # fmt: skip
+    return {"survey": survey, "n_stars": len(chosen), "rows": rows}
+
+
+def repeat_visits(ev: Evaluation, survey: str = "lamost_dr8", seed: int = 0) -> dict:
+    """Stars observed more than once: their fitted latents' distance against random pairs of
+    different stars, and the radial-velocity difference between visits."""
+    groups = defaultdict(list)
+    for i in ev.members(survey):
+        groups[ev.dataset.spectra[i].star_id].append(i)
+    repeated = {k: v for k, v in groups.items() if len(v) > 1}
+    if not repeated:
+        return {}
+    fitted = {}
+    for i in tqdm(sorted(i for v in repeated.values() for i in v), desc="repeats", leave=False):
+        result = fit_spectrum(ev.model, ev.dataset.spectra[i], pyramid=ev.pyramid,
+                              templates=ev.templates)  # fmt: skip
+        fitted[i] = (ev.whitening.whiten(result.z), result.v_kms)
+    same, dv = [], []
+    for members in repeated.values():
+        for a, b in itertools.combinations(members, 2):
+            same.append(np.linalg.norm(fitted[a][0] - fitted[b][0]))
+            dv.append(fitted[a][1] - fitted[b][1])
+    rng = np.random.default_rng(seed)
+    keys = list(fitted)
+    star = {i: ev.dataset.spectra[i].star_id for i in keys}
+    random = []
+    while len(random) < 20 * len(same):
+        a, b = rng.choice(keys, 2, replace=False)
+        if star[a] != star[b]:
+            random.append(np.linalg.norm(fitted[a][0] - fitted[b][0]))
+    dv = np.array(dv)
+    return {
+        "survey": survey,
+        "n_stars": len(repeated),
+        "n_pairs": len(same),
+        "same_star_distance": float(np.median(same)),
+        "random_pair_distance": float(np.median(random)),
+        "distance_ratio": float(np.median(same) / np.median(random)),
+        "rv_difference_scatter_kms": robust_scatter(dv),
+        "rv_difference_over_20_kms": int((np.abs(dv) > 20).sum()),
+    }
+
+
+def sensitivity_peaks(regions: dict, margin_kms: float = 150.0) -> dict:
+    """Of each latent's strongest regions: the share within 150 km/s of a known stellar line,
+    and how many lie inside an atmosphere band (widened as for rest-frame spectra)."""
+    factor = margin_kms / 299_792.458
+    bands = [(b.wave_min * (1 - factor), b.wave_max * (1 + factor)) for b in atmosphere_bands()]
+    per_latent, in_bands = [], 0
+    for k, found in regions.items():
+        on_line = [r.line is not None for r in found]
+        per_latent.append({"latent": int(k), "on_lines": float(np.mean(on_line)) if found else 0.0})
+        in_bands += sum(any(lo <= r.wavelength <= hi for lo, hi in bands) for r in found)
+    shares = [r["on_lines"] for r in per_latent]
+    return {
+        "per_latent": per_latent,
+        "median_share_on_lines": float(np.median(shares)),
+        "latents_at_least_70_percent": int(sum(s >= 0.7 for s in shares)),
+        "n_latents": len(shares),
+        "peaks_in_atmosphere_bands": int(in_bands),
+    }
+
+
+def prior_samples(ev: Evaluation, n: int = 100, seed: int = 0) -> list[dict]:
+    """n latents drawn from the checkpoint's prior, decoded (normalised, rest frame) on each
+    instrument's pixels: the share of pixels whose flux lies in a star's range."""
+    if ev.prior is None:
+        return []
+    z = torch.as_tensor(ev.prior.sample(n, seed=seed), dtype=torch.float32)
+    rows = []
+    for name in SAMPLE_INSTRUMENTS:
+        preset = presets()[name]
+        with torch.no_grad():
+            basis = ev.model.decoder.pixel_basis(
+                torch.as_tensor(preset.wave), 0.0, torch.as_tensor(preset.resolving_power),
+                ev.pyramid,
+            )  # fmt: skip
+            flux = ev.model.decoder.decode(z, basis).double().numpy()
+        inside = (flux >= FLUX_RANGE[0]) & (flux <= FLUX_RANGE[1])
+        rows.append({"instrument": name, "n_samples": n, "share_in_range": float(inside.mean()),
+                     "worst_sample_share": float(inside.mean(1).min()),
+                     "wave": preset.wave, "flux": flux})  # fmt: skip
+    return rows
+
+
+def fitted_extent(ev: Evaluation, fits: dict) -> dict:
+    """How far fitted latents (held-out fits) lie from the training stars, in whitened σ."""
+    sizes = [np.abs(ev.whitening.whiten(r.z)).max() for rows in fits.values() for _, r in rows]
+    if not sizes:
+        return {}
+    return {"n_fits": len(sizes), "max_abs_w": float(np.max(sizes)),
+            "beyond_10_sigma": int(np.sum(np.array(sizes) > 10))}  # fmt: skip
