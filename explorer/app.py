@@ -50,7 +50,7 @@ class ExplorerApp(pn.viewable.Viewer):
         ex, view = self.explorer, self.view
         self.sliders = [
             pn.widgets.FloatSlider(
-                label=f"z{k}",
+                label=f"w{k}",  # whitened direction k (largest training variance first)
                 start=float(min(ex.low[k], view.z[k])),
                 end=float(max(ex.high[k], view.z[k])),
                 value=float(view.z[k]),
@@ -381,6 +381,8 @@ class ExplorerApp(pn.viewable.Viewer):
         response = hv.DynamicMap(self._response, streams=[self.refresh_response])
         controls = pn.Column(
             "### Latents",
+            "Whitened directions w0, w1, …: decorrelated, unit spread over the training stars, "
+            "largest variance first.",
             self.reset,
             self.random,
             *self.sliders,

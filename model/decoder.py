@@ -52,7 +52,9 @@ class ModelConfig:
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown model config keys {sorted(unknown)}")
-        return cls(**values)
+        # Checkpoints written before the Gauss–Newton step have no `inner_step`: they were
+        # trained with the plain gradient step, and must be encoded with it.
+        return cls(**({"inner_step": "gradient"} | values))
 
     @property
     def n_table(self) -> int:

@@ -175,56 +175,104 @@ def fit_spectrum(
     v0 = find_velocity(model, batch, pyramid, templates) if fit_velocity else 0.0
     z = model.encode(batch.with_velocity(torch.tensor([v0], dtype=batch.flux.dtype)))
     v = torch.tensor([v0], dtype=batch.flux.dtype, device=device)
-    z, v = _refine(model, batch, pyramid, z, v, fit_velocity, refine_steps)
-    return _result(model, spectrum, batch, pyramid, z, v)
+    z, v, covariance = _refine(model, batch, pyramid, z, v, fit_velocity, refine_steps)
+    return _result(model, spectrum, batch, pyramid, z, v, covariance)
 
 
 def _refine(model, batch, pyramid, z, v, fit_velocity, steps, rounds: int = 2):
-    """Joint (z, v) by L-BFGS. The basis is linear in v over the sub-km/s steps left after the
-    scan, so it is linearised around the current v (one forward-mode derivative) and
-    re-linearised once, instead of being re-read from the table at every evaluation."""
+    """Joint MAP (z, v) by damped Gauss–Newton. The basis is linear in v over the sub-km/s
+    steps left after the scan, so it is linearised around the current v (one forward-mode
+    derivative) and re-linearised once, instead of being re-read from the table each step."""
     for _ in range(rounds if fit_velocity else 1):
-        z, v = _refine_linearised(model, batch, pyramid, z, v.detach(), fit_velocity, steps)
-    return z, v
+        z, v, covariance = _refine_linearised(
+            model, batch, pyramid, z, v.detach(), fit_velocity, steps
+        )
+    return z, v, covariance
 
 
-def _refine_linearised(model, batch, pyramid, z, v0, fit_velocity, steps):
+def _refine_linearised(model, batch, pyramid, z, v0, fit_velocity, steps, tolerance=1e-4):
+    """Gauss–Newton on −2 ln posterior = χ² + zᵀΛz over (z, v) with the continuum re-solved at
+    every step; a step that does not lower it is halved (up to 8 times). Returns z, v and the
+    Laplace covariance of z (the z block of the joint inverse: v's uncertainty included)."""
+
     def basis_at(velocity):
         return model.basis(batch.with_velocity(velocity), pyramid)
 
     with torch.no_grad():
-        basis0, slope = jvp(basis_at, (v0,), (torch.ones_like(v0),))
-    z = z.detach().clone().requires_grad_(True)
-    v = v0.clone().requires_grad_(fit_velocity)
-    optimiser = torch.optim.LBFGS(
-        [z, v] if fit_velocity else [z], max_iter=steps, line_search_fn="strong_wolfe"
+        if fit_velocity:
+            basis0, slope = jvp(basis_at, (v0,), (torch.ones_like(v0),))
+        else:
+            basis0, slope = basis_at(v0), None
+    precision = model.config.prior_precision
+    dim = z.shape[-1]
+    penalty = torch.full(
+        (dim + int(fit_velocity),), precision, dtype=basis0.dtype, device=basis0.device
     )
+    if fit_velocity:
+        penalty[-1] = 0.0  # v has no prior
 
-    def closure():
-        optimiser.zero_grad()
-        basis = basis0 + (v - v0).to(basis0.dtype) * slope
-        chi2 = model.chi2(z, basis, batch.with_velocity(v)) * batch.n_valid
-        loss = ((chi2 + model.prior_term(z)) / batch.n_valid).sum()  # −2 ln posterior / n
-        loss.backward()
-        return loss
+    def basis_of(v):
+        return basis0 if slope is None else basis0 + (v - v0).to(basis0.dtype) * slope
 
+    def posterior(z, v):
+        with torch.no_grad():
+            chi2 = model.chi2(z, basis_of(v), batch.with_velocity(v)) * batch.n_valid
+            return float((chi2 + model.prior_term(z)).sum())
+
+    z, v = z.detach(), v0.clone()
+    current = posterior(z, v)
+    for _ in range(steps):
+        normal, rhs = _normal_equations(model, batch, z, v, basis_of(v), slope, penalty)
+        step = torch.linalg.solve(normal, rhs.unsqueeze(-1)).squeeze(-1)
+        for _ in range(8):
+            trial_z = z + step[:, :dim]
+            trial_v = v + step[:, dim] if fit_velocity else v
+            trial = posterior(trial_z, trial_v)
+            if trial <= current:
+                break
+            step = step / 2
+        else:
+            break
+        z, v = trial_z, trial_v
+        gain, current = current - trial, trial
+        if gain < tolerance:
+            break
+    normal, _ = _normal_equations(model, batch, z, v, basis_of(v), slope, penalty)
+    covariance = torch.linalg.inv(normal.double())[:, :dim, :dim]
+    return z, v, covariance
+
+
+def _normal_equations(model, batch, z, v, basis, slope, penalty):
+    """JᵀWJ + Λ and JᵀW r − Λθ for θ = (z, [v]), the continuum held at its solution."""
     with torch.enable_grad():
-        optimiser.step(closure)
-    return z.detach(), v.detach()
+        flux, continuum, jacobian = model.linearise(z, basis, batch)
+    if slope is not None:  # ∂m/∂v through the linearised basis: C (S₀ + h(z)·S)
+        with torch.no_grad():
+            weights = model.decoder.h(z)
+            dfdv = slope[0] + torch.einsum("bk,kbp->bp", weights, slope[1:])
+        jacobian = torch.cat([jacobian, (continuum * dfdv).unsqueeze(-1)], dim=-1)
+        theta = torch.cat([z, v.to(z.dtype).unsqueeze(-1)], dim=-1)
+    else:
+        theta = z
+    jacobian = jacobian.detach()
+    weighted = jacobian * batch.ivar.unsqueeze(-1)
+    normal = weighted.transpose(1, 2) @ jacobian
+    scale = normal.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-30)
+    eye = torch.eye(normal.shape[-1], dtype=normal.dtype, device=normal.device)
+    normal = normal + torch.diag(penalty) + 1e-9 * scale[:, None, None] * eye
+    residual = (batch.flux - flux).detach()
+    rhs = (weighted * residual.unsqueeze(-1)).sum(1) - penalty * theta
+    return normal, rhs
 
 
-def _result(model, spectrum, batch, pyramid, z, v) -> FitResult:
+def _result(model, spectrum, batch, pyramid, z, v, covariance) -> FitResult:
     def model_at(velocity: torch.Tensor) -> torch.Tensor:
         trial = batch.with_velocity(velocity)
         return model.model_flux(z, model.basis(trial, pyramid), trial)[0]
 
-    trial = batch.with_velocity(v)
-    basis = model.basis(trial, pyramid)
     with torch.no_grad():
-        full, normalised = model.model_flux(z, basis, trial)
-    with torch.enable_grad():
-        _, normal = model.gauss_newton(z, basis, trial, model.config.prior_precision)
-    z_cov = torch.linalg.inv(normal.detach().double())[0]
+        trial = batch.with_velocity(v)
+        full, normalised = model.model_flux(z, model.basis(trial, pyramid), trial)
     _, dm_dv = jvp(model_at, (v,), (torch.ones_like(v),))
     information = (batch.ivar * dm_dv**2).sum().item()
     n_pix = int((batch.ivar > 0).sum())
@@ -237,7 +285,7 @@ def _result(model, spectrum, batch, pyramid, z, v) -> FitResult:
         v_kms=float(v.item()),
         v_err_kms=float(1.0 / np.sqrt(information)) if information > 0 else float("inf"),
         z=z[0].cpu().numpy(),
-        z_cov=z_cov.cpu().numpy(),
+        z_cov=covariance[0].cpu().numpy(),
         chi2_dof=float(chi2.item() / max(n_pix - z.shape[1] - 1, 1)),
         n_pix=n_pix,
         wave=wave,

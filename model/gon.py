@@ -89,12 +89,10 @@ class StarGON(nn.Module):
         create_graph: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(MAP step from z, the normal matrix JᵀWJ + Λ): its inverse is the latent covariance."""
-        normalised = self.decoder.decode(z, basis)
-        continuum = solve_continuum(batch.design, batch.flux, batch.ivar, normalised)
-        jacobian = continuum.unsqueeze(-1) * self.decoder.latent_jacobian(z, basis, create_graph)
+        model, _, jacobian = self.linearise(z, basis, batch, create_graph)
         weighted = jacobian * batch.ivar.unsqueeze(-1)  # (B, P, D)
         normal = weighted.transpose(1, 2) @ jacobian
-        residual = batch.flux - continuum * normalised
+        residual = batch.flux - model
         rhs = (weighted * residual.unsqueeze(-1)).sum(1) - precision * z
         # A ridge relative to the data's own scale keeps a latent the data cannot see solvable
         # without the prior, and leaves the step unchanged when ivar is scaled.
@@ -102,6 +100,15 @@ class StarGON(nn.Module):
         eye = torch.eye(z.shape[-1], dtype=normal.dtype, device=normal.device)
         normal = normal + (precision + 1e-9 * scale)[:, None, None] * eye
         return torch.linalg.solve(normal, rhs.unsqueeze(-1)).squeeze(-1), normal
+
+    def linearise(
+        self, z: torch.Tensor, basis: torch.Tensor, batch: PixelBatch, create_graph: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(model C·f, continuum C, J = C ∂f/∂z of shape (B, P, D)) at z, C solved there."""
+        normalised = self.decoder.decode(z, basis)
+        continuum = solve_continuum(batch.design, batch.flux, batch.ivar, normalised)
+        jacobian = continuum.unsqueeze(-1) * self.decoder.latent_jacobian(z, basis, create_graph)
+        return continuum * normalised, continuum, jacobian
 
     def _gradient_step(self, z, basis, batch, create_graph):
         """−α∇χ²/n ("gradient", the first default model's step) or −α∇χ²/Σivar."""

@@ -6,12 +6,14 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from astropy.io import fits
 
 from stargon.explorer import plots
 from stargon.explorer.app import ExplorerApp
 from stargon.explorer.state import Explorer
 from stargon.model.physics import C_KMS
+from stargon.surveys import read_file
 from stargon.surveys.fetch import FetchError, lamost_spectrum
 from stargon.surveys.spectrum import SpectrumReadError
 from tests.archive_server import ArchiveServer
@@ -80,7 +82,7 @@ def test_upload_of_a_real_file_is_fitted_and_bad_uploads_say_why(explorer, data)
     spectrum = explorer.read_upload("my star.fits", content)
     view = explorer.fit(explorer.new_view(), spectrum)
     fit = view.observation.fit
-    assert view.v_kms == fit.v_kms and np.allclose(view.z, fit.z)
+    assert view.v_kms == fit.v_kms and np.allclose(view.z, explorer.whitening.whiten(fit.z))
     assert 0.3 < fit.chi2_dof < 20 and abs(fit.v_kms - spectrum.labels["rv"]) < 30
     assert explorer.spectrum(view)[0].size == view.observation.residual_sigma.size
     with pytest.raises(SpectrumReadError, match=r"my star\.fits"):
@@ -188,3 +190,28 @@ def test_png_export_draws_the_shown_view(explorer, data):
     with_fit = app._png()
     height = int.from_bytes(with_fit[20:24], "big")
     assert height > int.from_bytes(plain[20:24], "big")  # a residual panel was added
+
+
+def test_sliders_are_whitened_and_the_fit_band_is_the_latent_covariance(explorer, data):
+    """Sliders move decorrelated unit-variance directions of the training stars; a fitted
+    star's ±1σ band is the spread of spectra drawn from its latent covariance."""
+    train = np.array([not star["held_out"] for star in explorer.stars])
+    w = explorer.star_latents[train]
+    np.testing.assert_allclose(w.std(axis=0), 1.0, rtol=0.05)
+    correlation = np.corrcoef(w.T) - np.eye(w.shape[1])
+    assert np.abs(correlation).max() < 0.05
+    view = explorer.fit(explorer.new_view(), read_file(data / LAMOST)[0])
+    fit, band = view.observation.fit, view.observation.model_sigma
+    assert band.shape == fit.normalised_model.shape and np.all(band > 0)
+    rng = np.random.default_rng(0)
+    draws = rng.multivariate_normal(fit.z, fit.z_cov, 400)
+    spectrum = view.observation.spectrum
+    basis = explorer.model.decoder.pixel_basis(
+        torch.as_tensor(spectrum.wave[spectrum.valid]), fit.v_kms,
+        torch.as_tensor(np.broadcast_to(spectrum.resolving_power, spectrum.wave.shape)[
+            spectrum.valid].copy()), explorer.pyramid,
+    )  # fmt: skip
+    with torch.no_grad():
+        spread = explorer.model.decoder.decode(torch.as_tensor(draws).float(), basis).std(0)
+    ratio = np.median(spread.numpy() / band)
+    assert 0.8 < ratio < 1.2, ratio

@@ -200,4 +200,5 @@ def test_fit_command_writes_one_row_per_spectrum_and_reports_bad_files(data, spe
     assert {r["instrument"] for r in rows} == {"Gaia RVS", "MILES"}
     assert all(float(r["rv_kms"]) == 0.0 for r in rows)  # rest-frame spectra keep v = 0
     assert set(rows[0]) >= {"source", "star_id", "rv_err_kms", "chi2_dof", "n_pix", "z_0", "z_7"}
+    assert all(float(row[f"z_err_{k}"]) > 0 for row in rows for k in range(8))
     assert "broken.fits" in result.stderr
