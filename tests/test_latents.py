@@ -134,3 +134,35 @@ def test_whitening_decorrelates_orders_and_round_trips():
     tensors = whitening.to_tensors()
     again = Whitening.from_tensors(tensors, 4)
     assert np.allclose(again.whiten(latents), w)
+
+
+def test_roughness_penalises_only_detail_finer_than_the_supported_resolution(spectra):
+    from stargon.model.decoder import BasisDecoder, ModelConfig
+    from stargon.train.coverage import resolution_coverage
+
+    config = ModelConfig(latent_dim=2, n_basis=2, hidden=8, wave_min=5000.0, wave_max=5200.0)
+    decoder = BasisDecoder(config)
+    with torch.no_grad():
+        decoder.table[:] = 1.0
+    wave = torch.linspace(5050.0, 5150.0, 400, dtype=torch.float64)
+    z = torch.zeros(3, 2)
+    coarse = torch.full((400,), 2000.0)
+    assert decoder.roughness(z, wave, coarse) < 1e-10  # a flat spectrum has nothing to lose
+    ln_wave = torch.log(torch.tensor(5100.0)) + config.ln_step * torch.arange(-2, 3)
+    cells = ((ln_wave - decoder.ln_min) / config.ln_step).round().long()
+    with torch.no_grad():
+        decoder.table[0, cells] = 0.2  # a line 5 table cells (≈ 22 km/s) wide
+    assert decoder.roughness(z, wave, coarse) > 1e-4  # finer than R = 2,000 supports
+    fine = torch.full((400,), 1e6)
+    assert decoder.roughness(z, wave, fine) < 1e-3 * decoder.roughness(z, wave, coarse)
+    # Coverage: the resolving power that at least `count` spectra reach at each wavelength.
+    centres, covered = resolution_coverage(spectra, ModelConfig(), count=1)
+
+    def at(wavelength: float) -> float:
+        return covered[np.argmin(np.abs(centres - wavelength))]
+
+    assert at(16000.0) == pytest.approx(22500.0)  # the APOGEE spectrum
+    assert 1000 < at(5000.0) < 5000  # only low-resolution spectra cover 5,000 Å here
+    assert at(7650.0) < at(7500.0)  # the O₂ A band is masked: fewer spectra reach it
+    _, none = resolution_coverage(spectra, ModelConfig(), count=len(spectra) + 1)
+    assert not none.any()
