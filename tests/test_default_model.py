@@ -7,8 +7,10 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
 from stargon.evaluate.report import evaluate
+from stargon.model.batch import make_batch
 from stargon.model.checkpoint import default_checkpoint, load_checkpoint
 from stargon.model.fit import fit_spectrum, template_pyramid
 from stargon.surveys import iter_spectra, read_file
@@ -38,7 +40,8 @@ def test_default_model_is_small_and_fully_described(default):
         assert card.get(key), key  # fmt: skip
     real = {k: v for k, v in card["data"].items() if k != "payne_synthetic"}
     assert sum(v["train"] for v in real.values()) > 1000 and "apogee_dr17" in real
-    assert {"prior.means", "prototypes"} <= set(extra)
+    assert {"prior.means", "prototypes", "whitening.components"} <= set(extra)
+    assert document["model_config"]["inner_step"] == "gauss_newton"
 
 
 def test_default_model_reproduces_its_recorded_held_out_fits(default, data):
@@ -72,6 +75,27 @@ def test_evaluate_writes_a_report_of_measured_numbers(default, data, tmp_path):
     for figure in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report):
         assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
     assert f"{metrics['reconstruction']['miles']['model_chi2_dof']:.3g}" in report
+    (miles_snr,) = [r for r in metrics["snr_correlation"] if r["survey"] == "miles"]
+    assert -1 <= miles_snr["partial_given_labels"] <= 1 and miles_snr["n_labelled"] > 500
+    assert [r["snr"] for r in metrics["degradation"]["rows"]] == [100.0, 30.0, 10.0]
+    sigmas = [r["median_sigma_w"] for r in metrics["degradation"]["rows"]]
+    assert sigmas[0] < sigmas[1] < sigmas[2]  # noisier spectra, wider latent errors
+    assert {r["instrument"] for r in metrics["prior_samples"]} == {"miles", "lamost", "galah",
+                                                                  "apogee"}  # fmt: skip
+
+
+def test_the_default_model_step_lowers_chi2_on_real_held_out_spectra(default, data):
+    """The product's encoder on the product's data: one Gauss–Newton step from the origin."""
+    model, document, _ = default
+    held = set(document["card"]["held_out_star_ids"])
+    spectra = [s for s in iter_spectra(data / "miles") if s.star_id in held][:40]
+    batch = make_batch(spectra)
+    basis = model.basis(batch)
+    with torch.no_grad():
+        at_origin = model.chi2(torch.zeros(len(spectra), model.config.latent_dim), basis, batch)
+        after = model.chi2(model.encode(batch, basis), basis, batch)
+    assert (after < at_origin).float().mean() >= 0.9
+    assert (after / at_origin).median() < 0.5
 
 
 def _key(star_id: str) -> str:
