@@ -41,7 +41,8 @@ def snr_correlation(ev: Evaluation, min_spectra: int = 20) -> list[dict]:
                "spearman": partial_spearman(snr, size[members])}  # fmt: skip
         labelled = np.array([all(k in s.labels for k in LABELS) for s in spectra])
         if labelled.sum() >= min_spectra:
-            labels = np.array([[s.labels[k] for k in LABELS] for s in spectra])[labelled]
+            labels = np.array([[s.labels[k] for k in LABELS] for s in spectra
+                               if all(k in s.labels for k in LABELS)])  # fmt: skip
             row["partial_given_labels"] = partial_spearman(
                 snr[labelled], size[members][labelled], labels
             )

@@ -45,7 +45,7 @@ def save_checkpoint(
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     for name, value in (extra_tensors or {}).items():
-        tensors[f"extra.{name}"] = value.detach().cpu().clone()  # no aliasing between entries
+        tensors[f"extra.{name}"] = value.detach().cpu().contiguous().clone()  # no aliasing
     save_file(tensors, staging / WEIGHTS)
     document = {
         "stargon_version": __version__,

@@ -119,8 +119,8 @@ def test_sensitive_spans_shade_and_name_a_line():
     assert len(spans) == 1 and spans[0][0] < 6564.61 < spans[0][1]
     assert labels[0][1] == "Hα"
     context = plots.spectrum_context(x, (x, 1 - sensitivity), spans, labels)
-    np.testing.assert_allclose(context.get(1).dimension_values("observed"), 1 - sensitivity)
-    assert context.get(2).dimension_values("line")[0] == "Hα"
+    np.testing.assert_allclose(context.get(2).dimension_values("observed"), 1 - sensitivity)
+    assert context.get(3).dimension_values("line")[0] == "Hα"
 
 
 def test_app_redraws_from_its_own_state(explorer):

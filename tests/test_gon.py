@@ -60,8 +60,9 @@ def test_latent_does_not_depend_on_batch_size_or_batch_mates(spectra):
     together = model.encode(make_batch(spectra))
     reordered = model.encode(make_batch(spectra[::-1]))
     assert alone.abs().max() > 1e-4  # a real latent, not zeros
-    assert torch.allclose(alone[0], together[0], rtol=1e-4, atol=1e-6)
-    assert torch.allclose(together[0], reordered[-1], rtol=1e-4, atol=1e-6)
+    # float32 round-off of a 16 × 16 solve; a batch-coupled step would differ by O(1)
+    assert torch.allclose(alone[0], together[0], rtol=1e-3, atol=1e-5)
+    assert torch.allclose(together[0], reordered[-1], rtol=1e-3, atol=1e-5)
 
 
 def test_loss_decreases_when_training(spectra):

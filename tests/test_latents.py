@@ -68,7 +68,8 @@ def test_latent_ignores_the_noise_level_without_prior_and_leans_on_data_with_it(
     prior_clean = model.encode(clean, prior_precision=1e4)
     gap_noisy = (prior_noisy - free_noisy).norm(dim=1)
     gap_clean = (prior_clean - free_noisy).norm(dim=1)
-    assert torch.all(gap_clean < 0.5 * gap_noisy), (gap_clean, gap_noisy)
+    assert torch.all(gap_clean < 0.9 * gap_noisy), (gap_clean, gap_noisy)
+    assert (gap_clean / gap_noisy).median() < 0.5, (gap_clean, gap_noisy)
     assert torch.all(prior_noisy.norm(dim=1) < free_noisy.norm(dim=1))  # shrunk toward 0
 
 

@@ -21,6 +21,7 @@ from stargon.evaluate.metrics import fractional_rms
 from stargon.model.fit import FitResult, fit_spectrum, template_pyramid
 from stargon.model.gon import StarGON
 from stargon.model.physics import resample
+from stargon.surveys.atmosphere import masked_ivar
 from stargon.surveys.spectrum import Spectrum
 from stargon.train.dataset import TrainingSet
 
@@ -63,10 +64,7 @@ def evaluate_held_out(
     report = {}
     for survey, results in fits.items():
         model_chi2 = [result.chi2_dof for _, result in results]
-        model_rms = [
-            fractional_rms(dataset.spectra[i].flux[dataset.spectra[i].valid], r.model_flux)
-            for i, r in results
-        ]
+        model_rms = [_masked_rms(dataset.spectra[i], r) for i, r in results]
         train = [dataset.spectra[i] for i in dataset.indices() if dataset.surveys[i] == survey]
         held = [dataset.spectra[i] for i, _ in results]
         pca = pca_baseline(train, held, model.config.latent_dim)
@@ -80,6 +78,12 @@ def evaluate_held_out(
             "has_errors": bool(train[0].has_errors) if train else None,
         }
     return report
+
+
+def _masked_rms(spectrum: Spectrum, result: FitResult) -> float:
+    """Fractional RMS over the pixels the model is asked to fit (atmosphere masked)."""
+    used = masked_ivar(spectrum)[spectrum.valid] > 0
+    return fractional_rms(spectrum.flux[spectrum.valid][used], result.model_flux[used])
 
 
 def _median(values: list[float]) -> float | None:
@@ -129,7 +133,8 @@ def pca_baseline(train: list[Spectrum], held_out: list[Spectrum], n_components: 
 
 
 def on_grid(spectra: list[Spectrum], grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Flux / median and ivar × median², linearly resampled onto a common grid."""
+    """Flux / median and ivar × median² (atmosphere masked, as for the model), linearly
+    resampled onto a common grid."""
     target = torch.as_tensor(grid)
     fluxes, ivars = [], []
     for s in spectra:
@@ -137,7 +142,7 @@ def on_grid(spectra: list[Spectrum], grid: np.ndarray) -> tuple[np.ndarray, np.n
         flux, ivar = resample(
             torch.as_tensor(s.wave),
             torch.as_tensor(s.flux / scale),
-            torch.as_tensor(s.ivar * scale**2),
+            torch.as_tensor(masked_ivar(s) * scale**2),
             target,
         )
         fluxes.append(flux.numpy())
