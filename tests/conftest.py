@@ -26,3 +26,19 @@ def data() -> Path:
 @pytest.fixture(scope="session")
 def manifest(data: Path) -> dict[str, dict]:
     return {entry["folder"]: entry for entry in json.loads((data / "manifest.json").read_text())}
+
+
+@pytest.fixture(scope="session")
+def spectra(data):
+    """Five real spectra, one per kind of source: flux-calibrated library (MILES, STELIB),
+    APOGEE apStar, LAMOST, Gaia RVS."""
+    from stargon.surveys import read_file
+
+    files = [
+        "miles/MILES_res2.50_star_m0001V.fits",
+        "apogee_dr17/apStar-dr17-2M17335483-2753043.fits",
+        "lamost_dr1/SampleFits/spec-55862-B6212_sp06-003.fits",
+        "gaia_rvs/KOI-001.csv",
+        "stelib/STELIB_v3.2_HD002857.fits",
+    ]
+    return [read_file(data / f)[0] for f in files]

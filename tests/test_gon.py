@@ -21,23 +21,11 @@ from stargon.model.gon import StarGON
 from stargon.model.instruments import instrument
 from stargon.model.physics import observed_to_rest
 from stargon.model.prior import LatentPrior
-from stargon.surveys import Spectrum, read_file
+from stargon.surveys import Spectrum
 from stargon.surveys.emulator import PayneEmulator
 from stargon.train.sampling import sample_spectra
 
 SMALL = ModelConfig(latent_dim=8, n_basis=8, hidden=32, wave_min=3500.0, wave_max=17000.0)
-
-
-@pytest.fixture(scope="module")
-def spectra(data):
-    files = [
-        "miles/MILES_res2.50_star_m0001V.fits",
-        "apogee_dr17/apStar-dr17-2M17335483-2753043.fits",
-        "lamost_dr1/SampleFits/spec-55862-B6212_sp06-003.fits",
-        "gaia_rvs/KOI-001.csv",
-        "stelib/STELIB_v3.2_HD002857.fits",
-    ]
-    return [read_file(data / f)[0] for f in files]
 
 
 def trained_a_little(spectra, steps: int = 5) -> StarGON:

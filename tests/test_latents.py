@@ -11,23 +11,11 @@ from stargon.assets import atmosphere_bands
 from stargon.model.batch import make_batch
 from stargon.model.fit import fit_spectrum
 from stargon.model.whitening import Whitening
-from stargon.surveys import Spectrum, read_file
+from stargon.surveys import Spectrum
 from stargon.surveys.atmosphere import atmosphere_mask
 from tests.test_gon import trained_a_little
 
 A_BAND = next(b for b in atmosphere_bands() if b.name == "O2 A band")
-
-
-@pytest.fixture(scope="module")
-def spectra(data):
-    files = [
-        "miles/MILES_res2.50_star_m0001V.fits",
-        "apogee_dr17/apStar-dr17-2M17335483-2753043.fits",
-        "lamost_dr1/SampleFits/spec-55862-B6212_sp06-003.fits",
-        "gaia_rvs/KOI-001.csv",
-        "stelib/STELIB_v3.2_HD002857.fits",
-    ]
-    return [read_file(data / f)[0] for f in files]
 
 
 @pytest.fixture(scope="module")
