@@ -16,7 +16,7 @@ from tqdm import tqdm
 from stargon.assets import atmosphere_bands
 from stargon.evaluate.context import Evaluation
 from stargon.evaluate.injection import inject
-from stargon.evaluate.metrics import partial_spearman, robust_scatter
+from stargon.evaluate.metrics import partial_spearman, robust_scatter, star_key
 from stargon.model.fit import fit_spectrum
 from stargon.model.instruments import presets
 
@@ -163,3 +163,23 @@ def fitted_extent(ev: Evaluation, fits: dict) -> dict:
         return {}
     return {"n_fits": len(sizes), "max_abs_w": float(np.max(sizes)),
             "beyond_10_sigma": int(np.sum(np.array(sizes) > 10))}  # fmt: skip
+
+
+def same_star_neighbours(ev: Evaluation, pair: tuple[str, str] = ("miles", "stelib"), k: int = 5):
+    """Stars observed by both instruments: how often a star's latent from one is among the k
+    nearest (whitened, one-step) latents of the other instrument's stars to its own latent
+    from the other — the same star found again across instruments."""
+    keys = [{star_key(ev.dataset.spectra[i].star_id): i for i in ev.members(s)} for s in pair]
+    shared = sorted(set(keys[0]) & set(keys[1]))
+    if len(shared) <= k:
+        return {}
+    w = ev.whitened
+    rows = {}
+    for a, b in ((0, 1), (1, 0)):
+        targets = np.array([keys[b][s] for s in shared])
+        hits = 0
+        for s in shared:
+            distance = np.linalg.norm(w[targets] - w[keys[a][s]], axis=1)
+            hits += keys[b][s] in targets[np.argsort(distance)[:k]]
+        rows[f"{pair[a]}_to_{pair[b]}"] = hits / len(shared)
+    return {"n_shared": len(shared), "k": k, **rows}

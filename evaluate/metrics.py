@@ -80,3 +80,8 @@ def partial_spearman(x: np.ndarray, y: np.ndarray, covariates: np.ndarray | None
         coeffs, *_ = np.linalg.lstsq(design, r, rcond=None)
         residuals.append(r - design @ coeffs)
     return float(pearsonr(*residuals).statistic)
+
+
+def star_key(star_id: str) -> str:
+    """A star's name for matching across catalogues: upper case, no spaces (HD 2857 = HD2857)."""
+    return "".join(star_id.upper().split())

@@ -58,6 +58,7 @@ def evaluate(
         "repeats": invariance.repeat_visits(ev),
         "samples": invariance.prior_samples(ev),
         "extent": invariance.fitted_extent(ev, fits),
+        "neighbours": invariance.same_star_neighbours(ev),
     }
     results["peaks"] = invariance.sensitivity_peaks(results["sensitivity"]["regions"])
     drawn = _draw(ev, results, fits, out)
@@ -136,6 +137,7 @@ def _metrics(ev: Evaluation, results: dict, seconds: float) -> dict:
             {k: v for k, v in r.items() if k not in ("wave", "flux")} for r in results["samples"]
         ],
         "fitted_extent": results["extent"],
+        "same_star_neighbours": results["neighbours"],
     }
 
 
@@ -433,6 +435,14 @@ def _invariance_section(results: dict, drawn: dict) -> list[str]:
             f"between visits (robust σ) {_verdict(repeats['rv_difference_scatter_kms'], 5.0)}, "
             f"{repeats['rv_difference_over_20_kms']} pairs apart by > 20 km/s.",
         ]
+    found = results["neighbours"]
+    if found:
+        parts.append(
+            f"The same star across instruments ({found['n_shared']} stars in MILES and STELIB): "
+            f"its latent from one is among the {found['k']} nearest of the other instrument's "
+            f"stars for {found['miles_to_stelib']:.0%} (MILES → STELIB) and "
+            f"{found['stelib_to_miles']:.0%} (STELIB → MILES); target ≥ 50 %."
+        )
     peaks = results["peaks"]
     parts.append(
         f"Sensitivity: the median direction has {peaks['median_share_on_lines']:.0%} of its five "

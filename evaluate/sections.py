@@ -13,7 +13,13 @@ from tqdm import tqdm
 from stargon.assets import line_list
 from stargon.evaluate.context import Evaluation
 from stargon.evaluate.injection import inject
-from stargon.evaluate.metrics import c2st_accuracy, fractional_rms, probe_rmse, robust_scatter
+from stargon.evaluate.metrics import (
+    c2st_accuracy,
+    fractional_rms,
+    probe_rmse,
+    robust_scatter,
+    star_key,
+)
 from stargon.evaluate.sensitivity import latent_sensitivity, rest_grid, sensitive_regions
 from stargon.model.batch import make_batch
 from stargon.model.fit import FitResult, fit_spectrum
@@ -186,14 +192,10 @@ def rv_injection(ev: Evaluation, trials: int = 40, seed: int = 0) -> list[dict]:
     return rows
 
 
-def _star_key(star_id: str) -> str:
-    return "".join(star_id.upper().split())
-
-
 def cross_instrument(ev: Evaluation, pair: tuple[str, str] = ("miles", "stelib")) -> list[dict]:
     """Encode a star from one instrument, predict its spectrum on the other (its pixels, its
     resolution; continuum fitted) — against a ridge regression between the two PCAs."""
-    index = {s: {_star_key(ev.dataset.spectra[i].star_id): i for i in ev.members(s)} for s in pair}
+    index = {s: {star_key(ev.dataset.spectra[i].star_id): i for i in ev.members(s)} for s in pair}
     shared = sorted(set(index[pair[0]]) & set(index[pair[1]]))
     rows = []
     for source, target in (pair, pair[::-1]):

@@ -78,6 +78,9 @@ def test_evaluate_writes_a_report_of_measured_numbers(default, data, tmp_path):
     (miles_snr,) = [r for r in metrics["snr_correlation"] if r["survey"] == "miles"]
     assert -1 <= miles_snr["partial_given_labels"] <= 1 and miles_snr["n_labelled"] > 500
     assert [r["snr"] for r in metrics["degradation"]["rows"]] == [100.0, 30.0, 10.0]
+    found = metrics["same_star_neighbours"]
+    assert found["n_shared"] == len(set(miles) & stelib)
+    assert 0 <= found["miles_to_stelib"] <= 1 and 0 <= found["stelib_to_miles"] <= 1
     sigmas = [r["median_sigma_w"] for r in metrics["degradation"]["rows"]]
     assert sigmas[0] < sigmas[1] < sigmas[2]  # noisier spectra, wider latent errors
     assert {r["instrument"] for r in metrics["prior_samples"]} == {"miles", "lamost", "galah",
