@@ -164,7 +164,7 @@ def line_response(
     colours = hv.plotting.util.process_cmap("viridis", len(values))
     curves = [
         hv.Curve((x, flux), WAVELENGTH, hv.Dimension("flux", label="normalised flux"),
-                 label=f"z{latent} = {value:+.2f}").opts(color=colour, line_width=1.2,
+                 label=f"w{latent} = {value:+.2f}").opts(color=colour, line_width=1.2,
                                                         framewise=True, shared_axes=False)
         for value, flux, colour in zip(values, fluxes, colours, strict=True)
     ]  # fmt: skip
@@ -175,5 +175,5 @@ def line_response(
         legend_position="right",
         framewise=True,
         shared_axes=False,  # its own window: zooming here must not move the spectrum above
-        title=f"How the spectrum changes along z{latent} (1st → 99th percentile)",
+        title=f"How the spectrum changes along w{latent} (1st → 99th percentile)",
     )
