@@ -19,6 +19,7 @@ from stargon.evaluate.injection import inject
 from stargon.evaluate.metrics import partial_spearman, robust_scatter, star_key
 from stargon.model.fit import fit_spectrum
 from stargon.model.instruments import presets
+from stargon.model.physics import C_KMS
 
 LABELS = ("teff", "logg", "fe_h")
 DEGRADED_SNR = (100.0, 30.0, 10.0)
@@ -41,8 +42,8 @@ def snr_correlation(ev: Evaluation, min_spectra: int = 20) -> list[dict]:
                "spearman": partial_spearman(snr, size[members])}  # fmt: skip
         labelled = np.array([all(k in s.labels for k in LABELS) for s in spectra])
         if labelled.sum() >= min_spectra:
-            labels = np.array([[s.labels[k] for k in LABELS] for s in spectra
-                               if all(k in s.labels for k in LABELS)])  # fmt: skip
+            chosen = [s for s, ok in zip(spectra, labelled, strict=True) if ok]
+            labels = np.array([[s.labels[k] for k in LABELS] for s in chosen])
             row["partial_given_labels"] = partial_spearman(
                 snr[labelled], size[members][labelled], labels
             )
@@ -117,7 +118,7 @@ def repeat_visits(ev: Evaluation, survey: str = "lamost_dr8", seed: int = 0) -> 
 def sensitivity_peaks(regions: dict, margin_kms: float = 150.0) -> dict:
     """Of each latent's strongest regions: the share within 150 km/s of a known stellar line,
     and how many lie inside an atmosphere band (widened as for rest-frame spectra)."""
-    factor = margin_kms / 299_792.458
+    factor = margin_kms / C_KMS
     bands = [(b.wave_min * (1 - factor), b.wave_max * (1 + factor)) for b in atmosphere_bands()]
     per_latent, in_bands = [], 0
     for k, found in regions.items():
@@ -140,9 +141,9 @@ def prior_samples(ev: Evaluation, n: int = 100, seed: int = 0) -> list[dict]:
     if ev.prior is None:
         return []
     z = torch.as_tensor(ev.prior.sample(n, seed=seed), dtype=torch.float32)
-    rows = []
+    rows, instruments = [], presets()
     for name in SAMPLE_INSTRUMENTS:
-        preset = presets()[name]
+        preset = instruments[name]
         with torch.no_grad():
             basis = ev.model.decoder.pixel_basis(
                 torch.as_tensor(preset.wave), 0.0, torch.as_tensor(preset.resolving_power),

@@ -202,23 +202,21 @@ class Explorer:
         """Fit an observation (v, latents, continuum) and move the view to it."""
         result = fit_spectrum(self.model, spectrum, pyramid=self.pyramid,
                               templates=self.templates, device=self.device)  # fmt: skip
-        observation = Observation(spectrum, result, self._model_sigma(spectrum, result))
-        return replace(view, z=self.whitening.whiten(result.z.astype(float)),
-                       v_kms=result.v_kms, observation=observation)  # fmt: skip
+        observation = Observation(spectrum, result, model_sigma=np.zeros(0))
+        fitted = replace(view, z=self.whitening.whiten(result.z.astype(float)),
+                         v_kms=result.v_kms, observation=observation)  # fmt: skip
+        observation.model_sigma = self._model_sigma(fitted)
+        return fitted
 
-    def _model_sigma(self, spectrum: Spectrum, result: FitResult) -> np.ndarray:
-        """±1σ of the fitted normalised model at the spectrum's valid pixels, propagated from
-        the latent covariance: sqrt(diag(J Σ_z Jᵀ)) with J = ∂f/∂z at the fit."""
-        valid = spectrum.valid
-        resolving = np.broadcast_to(spectrum.resolving_power, spectrum.wave.shape)[valid]
-        with torch.no_grad():
-            basis = self.model.decoder.pixel_basis(
-                torch.as_tensor(spectrum.wave[valid], device=self.device), result.v_kms,
-                torch.as_tensor(np.ascontiguousarray(resolving), device=self.device), self.pyramid,
-            )  # fmt: skip
-        z = torch.as_tensor(result.z[None], dtype=basis.dtype, device=self.device)
+    def _model_sigma(self, view: View) -> np.ndarray:
+        """±1σ of the fitted normalised model at the observation's valid pixels, propagated
+        from the latent covariance: sqrt(diag(J Σ_z Jᵀ)) with J = ∂f/∂z at the fit. The basis
+        is the view's, cached for drawing it."""
+        fit = view.observation.fit
+        basis = self._basis(view)
+        z = torch.as_tensor(fit.z[None], dtype=basis.dtype, device=self.device)
         jacobian = self.model.decoder.latent_jacobian(z, basis)[0].double().cpu().numpy()
-        return np.sqrt(np.einsum("pd,de,pe->p", jacobian, result.z_cov, jacobian))
+        return np.sqrt(np.einsum("pd,de,pe->p", jacobian, fit.z_cov, jacobian))
 
     def read_upload(self, name: str, content: bytes) -> Spectrum:
         """A spectrum from uploaded bytes; SpectrumReadError (naming the file) when it is not."""

@@ -20,7 +20,7 @@ from torch.func import jvp
 
 from stargon.model.batch import PixelBatch, make_batch
 from stargon.model.decoder import gaussian_blur
-from stargon.model.gon import StarGON
+from stargon.model.gon import StarGON, normal_equations
 from stargon.model.physics import C_KMS, FWHM_PER_SIGMA, solve_continuum
 from stargon.surveys.spectrum import Spectrum
 
@@ -254,15 +254,9 @@ def _normal_equations(model, batch, z, v, basis, slope, penalty):
         theta = torch.cat([z, v.to(z.dtype).unsqueeze(-1)], dim=-1)
     else:
         theta = z
-    jacobian = jacobian.detach()
-    weighted = jacobian * batch.ivar.unsqueeze(-1)
-    normal = weighted.transpose(1, 2) @ jacobian
-    scale = normal.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-30)
-    eye = torch.eye(normal.shape[-1], dtype=normal.dtype, device=normal.device)
-    normal = normal + torch.diag(penalty) + 1e-9 * scale[:, None, None] * eye
-    residual = (batch.flux - flux).detach()
-    rhs = (weighted * residual.unsqueeze(-1)).sum(1) - penalty * theta
-    return normal, rhs
+    return normal_equations(
+        jacobian.detach(), batch.ivar, (batch.flux - flux).detach(), penalty, theta
+    )
 
 
 def _result(model, spectrum, batch, pyramid, z, v, covariance) -> FitResult:

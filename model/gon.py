@@ -90,15 +90,8 @@ class StarGON(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(MAP step from z, the normal matrix JᵀWJ + Λ): its inverse is the latent covariance."""
         model, _, jacobian = self.linearise(z, basis, batch, create_graph)
-        weighted = jacobian * batch.ivar.unsqueeze(-1)  # (B, P, D)
-        normal = weighted.transpose(1, 2) @ jacobian
-        residual = batch.flux - model
-        rhs = (weighted * residual.unsqueeze(-1)).sum(1) - precision * z
-        # A ridge relative to the data's own scale keeps a latent the data cannot see solvable
-        # without the prior, and leaves the step unchanged when ivar is scaled.
-        scale = normal.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-30)
-        eye = torch.eye(z.shape[-1], dtype=normal.dtype, device=normal.device)
-        normal = normal + (precision + 1e-9 * scale)[:, None, None] * eye
+        penalty = torch.full_like(z, precision)
+        normal, rhs = normal_equations(jacobian, batch.ivar, batch.flux - model, penalty, z)
         return torch.linalg.solve(normal, rhs.unsqueeze(-1)).squeeze(-1), normal
 
     def linearise(
@@ -136,3 +129,23 @@ class StarGON(nn.Module):
         z = self.encode(batch, basis, n_steps=n_steps, create_graph=True)
         chi2 = self.chi2(z, basis, batch)
         return chi2.mean(), chi2.detach(), z.detach()
+
+
+def normal_equations(
+    jacobian: torch.Tensor,
+    ivar: torch.Tensor,
+    residual: torch.Tensor,
+    penalty: torch.Tensor,
+    theta: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gauss–Newton system of χ² + Σ penalty·θ² at θ: (JᵀWJ + diag(penalty), JᵀW r − penalty·θ).
+
+    A ridge relative to the data's own scale keeps a parameter the data cannot see solvable
+    without the prior, and leaves the step unchanged when ivar is scaled."""
+    weighted = jacobian * ivar.unsqueeze(-1)  # (B, P, N)
+    normal = weighted.transpose(1, 2) @ jacobian
+    scale = normal.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-30)
+    eye = torch.eye(normal.shape[-1], dtype=normal.dtype, device=normal.device)
+    normal = normal + torch.diag_embed(penalty.expand_as(theta)) + 1e-9 * scale[:, None, None] * eye
+    rhs = (weighted * residual.unsqueeze(-1)).sum(1) - penalty * theta
+    return normal, rhs

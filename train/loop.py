@@ -94,9 +94,11 @@ def _train(config, resume, dataset, context) -> Path:
     wrapped = DistributedDataParallel(model) if context.world_size > 1 else model
     train_rest = dataset.indices(held_out=False, frame="rest")
     train_all = dataset.indices(held_out=False)
-    coverage = resolution_coverage(
-        [dataset.spectra[i] for i in train_all], config.model, config.coverage_count
-    )
+    coverage = None
+    if config.roughness > 0:  # the penalty's reference: what the training data resolve
+        coverage = resolution_coverage(
+            [dataset.spectra[i] for i in train_all], config.model, config.coverage_count
+        )
     bar = tqdm(
         range(start, config.steps), initial=start, total=config.steps, disable=not context.is_main
     )
