@@ -82,7 +82,8 @@ def test_evaluate_writes_a_report_of_measured_numbers(default, data, tmp_path):
     assert found["n_shared"] == len(set(miles) & stelib)
     assert 0 <= found["miles_to_stelib"] <= 1 and 0 <= found["stelib_to_miles"] <= 1
     sigmas = [r["median_sigma_w"] for r in metrics["degradation"]["rows"]]
-    assert sigmas[0] < sigmas[1] < sigmas[2]  # noisier spectra, wider latent errors
+    # noisier spectra, wider latent errors: about ∝ noise (×3.3 per step here)
+    assert sigmas[1] > 2 * sigmas[0] and sigmas[2] > 2 * sigmas[1], sigmas
     assert {r["instrument"] for r in metrics["prior_samples"]} == {"miles", "lamost", "galah",
                                                                   "apogee"}  # fmt: skip
 
