@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import resource
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
-DATA = Path(os.environ.get("STARGON_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+from stargon.core.paths import data_dir
+from stargon.core.records import markdown_table
+
+DATA = data_dir()
 
 
 def best_time(fn: Callable[[], object], repeat: int = 5) -> float:
@@ -41,17 +42,7 @@ def in_child(fn: Callable, *args):
     return result
 
 
-def table(rows: list[dict], columns: list[str]) -> str:
-    """A Markdown table (also readable in a terminal)."""
-
-    def cell(value):
-        if isinstance(value, float):
-            return f"{value:,.3g}" if abs(value) < 1000 else f"{value:,.0f}"
-        return str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c, "—")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
+table = markdown_table
 
 
 def split_by_star(n: int, held_out_fraction: float = 0.15, seed: int = 0):

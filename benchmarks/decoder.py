@@ -28,12 +28,12 @@ from torch import nn
 from torch.func import jacfwd
 
 from benchmarks.common import DATA, best_time, in_child, split_by_star, table
+from stargon.evaluate.holdout import pca_baseline
 from stargon.model.batch import make_batch
+from stargon.model.continuum import solve_continuum
 from stargon.model.decoder import ModelConfig
 from stargon.model.gon import StarGON
-from stargon.model.physics import solve_continuum
 from stargon.surveys import iter_spectra
-from stargon.train.holdout import pca_baseline
 
 LATENT, PIXELS, BATCH = 16, 1000, 64
 CONFIG = ModelConfig(latent_dim=LATENT, wave_min=3400.0, wave_max=7600.0)
@@ -188,9 +188,9 @@ def decode_speed() -> dict[str, dict]:
 
     gon = StarGON(CONFIG)
     with torch.no_grad():
-        basis = gon.decoder.pixel_basis(wave, 0.0, 2000.0)
-        seconds = best_time(lambda: gon.decoder.decode(z, basis))
-    jac = best_time(lambda: jacfwd(lambda zz: gon.decoder.decode(zz[None], basis)[0])(z[0]))
+        basis = gon.observation_basis(wave, 0.0, 2000.0)
+        seconds = best_time(lambda: gon.observe(z, basis))
+    jac = best_time(lambda: jacfwd(lambda zz: gon.observe(zz[None], basis)[0])(z[0]))
     out["basis-GON"] = {"decode_spectra_per_s": len(z) / seconds, "jacobian_ms": 1e3 * jac}
     out["basis-AE"] = dict(out["basis-GON"])
 

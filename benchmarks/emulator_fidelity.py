@@ -19,11 +19,11 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.common import DATA, load_model, table
+from stargon.evaluate.holdout import SurveyPCA
 from stargon.evaluate.metrics import probe_rmse
 from stargon.model.batch import make_batch
 from stargon.model.fit import fit_spectrum
 from stargon.train.dataset import EMULATOR, synthetic_spectra
-from stargon.train.holdout import SurveyPCA
 
 
 def main() -> None:

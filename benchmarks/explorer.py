@@ -85,7 +85,7 @@ def main() -> None:
         for _ in range(args.moves):
             start = time.perf_counter()
             with torch.no_grad():
-                explorer.model.decoder.decode(z, basis)
+                explorer.model.observe(z, basis)
             decode.append((time.perf_counter() - start) * 1e3)
         sessions = [session(explorer, instrument)[0] for _ in range(5)]
         for other in sessions:

@@ -27,14 +27,14 @@ import torch
 from common import DATA, table
 from sklearn.model_selection import KFold, cross_val_predict
 
+from stargon.evaluate.holdout import SurveyPCA
 from stargon.evaluate.metrics import partial_spearman, probe
+from stargon.evaluate.release import encode_all
 from stargon.model.checkpoint import load_checkpoint
 from stargon.model.decoder import ModelConfig
 from stargon.model.whitening import Whitening
 from stargon.train.dataset import load_training_set
-from stargon.train.holdout import SurveyPCA
 from stargon.train.loop import TrainConfig, train
-from stargon.train.release import encode_all
 
 VARIANTS = ("gradient", "normalised_gradient", "gauss_newton")
 LABELS = ("teff", "logg", "fe_h")

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from benchmarks.common import DATA, load_model, table
 from stargon.evaluate.injection import inject
-from stargon.evaluate.metrics import robust_scatter
+from stargon.evaluate.metrics import robust_sigma
 from stargon.model.batch import make_batch
 from stargon.model.fit import fit_spectrum, template_scan
 from stargon.surveys import Spectrum, iter_spectra, read_file
@@ -72,14 +72,14 @@ def run_setting(model, pyramid, templates, kind, snr, trials, seed=0) -> dict:
     good, good_own = np.abs(delta) < 50, np.abs(own) < 50
     return {
         "trials": trials,
-        "scatter_kms": robust_scatter(delta[good]),
+        "scatter_kms": robust_sigma(delta[good]),
         "bias_kms": float(np.median(delta[good])),
         "catastrophic": int((~good).sum()),
-        "own_zero_scatter_kms": robust_scatter(own[good_own]),
+        "own_zero_scatter_kms": robust_sigma(own[good_own]),
         "own_zero_catastrophic": int((~good_own).sum()),
-        "zero_point_scatter_kms": robust_scatter(np.array(list(zero_points.values()))),
+        "zero_point_scatter_kms": robust_sigma(np.array(list(zero_points.values()))),
         "median_sigma_v_kms": float(np.median(predicted)),
-        "scan_only_scatter_kms": robust_scatter(delta_scan),
+        "scan_only_scatter_kms": robust_sigma(delta_scan),
         "scan_only_catastrophic": int((np.abs(delta_scan) > 50).sum()),
         "fit_s_median": float(np.median(seconds)),
     }

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from stargon.evaluate.release import encode_all
 from stargon.model.batch import make_batch
 from stargon.model.checkpoint import load_checkpoint, resolve_checkpoint
 from stargon.model.fit import find_velocity, template_pyramid
@@ -17,7 +18,6 @@ from stargon.model.gon import StarGON
 from stargon.model.prior import LatentPrior
 from stargon.model.whitening import Whitening
 from stargon.train.dataset import SYNTHETIC_SURVEY, TrainingSet, load_training_set
-from stargon.train.release import encode_all
 
 
 @dataclass

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 from scipy.interpolate import CubicSpline
 
-from stargon.model.physics import observed_to_rest
-from stargon.surveys.spectrum import Spectrum, der_snr_noise
+from stargon.core.physics import observed_to_rest
+from stargon.core.spectrum import Spectrum, der_snr_noise
 
 
 def inject(spectrum: Spectrum, v: float, snr: float, rng: np.random.Generator) -> Spectrum:
@@ -19,7 +18,7 @@ def inject(spectrum: Spectrum, v: float, snr: float, rng: np.random.Generator) -
     amount that depends on the sub-pixel phase, which moved APOGEE-like injections by
     0.2–0.5 km/s against the unshifted star — an artefact of the test, not of the fit."""
     valid = spectrum.valid
-    rest_seen = observed_to_rest(torch.as_tensor(spectrum.wave), v).numpy()
+    rest_seen = observed_to_rest(spectrum.wave, v)
     inside = (rest_seen > spectrum.wave[valid][0]) & (rest_seen < spectrum.wave[valid][-1])
     flux = CubicSpline(spectrum.wave[valid], spectrum.flux[valid])(rest_seen[inside])
     seen_valid = np.interp(rest_seen[inside], spectrum.wave, valid.astype(float)) == 1.0

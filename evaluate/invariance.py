@@ -13,13 +13,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from stargon.assets import atmosphere_bands
 from stargon.evaluate.context import Evaluation
 from stargon.evaluate.injection import inject
-from stargon.evaluate.metrics import partial_spearman, robust_scatter, star_key
+from stargon.evaluate.metrics import partial_spearman, robust_sigma, star_key
 from stargon.model.fit import fit_spectrum
-from stargon.model.instruments import presets
-from stargon.model.physics import C_KMS
+from stargon.surveys.atmosphere import widened_bands
+from stargon.surveys.instruments import instrument
 
 LABELS = ("teff", "logg", "fe_h")
 DEGRADED_SNR = (100.0, 30.0, 10.0)
@@ -110,7 +109,7 @@ def repeat_visits(ev: Evaluation, survey: str = "lamost_dr8", seed: int = 0) -> 
         "same_star_distance": float(np.median(same)),
         "random_pair_distance": float(np.median(random)),
         "distance_ratio": float(np.median(same) / np.median(random)),
-        "rv_difference_scatter_kms": robust_scatter(dv),
+        "rv_difference_scatter_kms": robust_sigma(dv),
         "rv_difference_over_20_kms": int((np.abs(dv) > 20).sum()),
     }
 
@@ -118,8 +117,7 @@ def repeat_visits(ev: Evaluation, survey: str = "lamost_dr8", seed: int = 0) -> 
 def sensitivity_peaks(regions: dict, margin_kms: float = 150.0) -> dict:
     """Of each latent's strongest regions: the share within 150 km/s of a known stellar line,
     and how many lie inside an atmosphere band (widened as for rest-frame spectra)."""
-    factor = margin_kms / C_KMS
-    bands = [(b.wave_min * (1 - factor), b.wave_max * (1 + factor)) for b in atmosphere_bands()]
+    bands = widened_bands(margin_kms)
     per_latent, in_bands = [], 0
     for k, found in regions.items():
         on_line = [r.line is not None for r in found]
@@ -141,19 +139,20 @@ def prior_samples(ev: Evaluation, n: int = 100, seed: int = 0) -> list[dict]:
     if ev.prior is None:
         return []
     z = torch.as_tensor(ev.prior.sample(n, seed=seed), dtype=torch.float32)
-    rows, instruments = [], presets()
+    rows = []
     for name in SAMPLE_INSTRUMENTS:
-        preset = instruments[name]
+        wave = instrument(name).pixels()
+        resolving_power = instrument(name).resolving_power_at(wave)
         with torch.no_grad():
-            basis = ev.model.decoder.pixel_basis(
-                torch.as_tensor(preset.wave), 0.0, torch.as_tensor(preset.resolving_power),
+            basis = ev.model.observation_basis(
+                torch.as_tensor(wave), 0.0, torch.as_tensor(resolving_power),
                 ev.pyramid,
             )  # fmt: skip
-            flux = ev.model.decoder.decode(z, basis).double().numpy()
+            flux = ev.model.observe(z, basis).double().numpy()
         inside = (flux >= FLUX_RANGE[0]) & (flux <= FLUX_RANGE[1])
         rows.append({"instrument": name, "n_samples": n, "share_in_range": float(inside.mean()),
                      "worst_sample_share": float(inside.mean(1).min()),
-                     "wave": preset.wave, "flux": flux})  # fmt: skip
+                     "wave": wave, "flux": flux})  # fmt: skip
     return rows
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import pearsonr, rankdata
+from scipy.stats import median_abs_deviation, pearsonr, rankdata
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.model_selection import StratifiedKFold, cross_val_score
@@ -12,22 +12,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 
-def chi2_dof(flux: np.ndarray, model: np.ndarray, ivar: np.ndarray, n_params: int = 0) -> float:
-    """Σ ivar (flux − model)² / (n_valid − n_params): ≈ 1 for a perfect model and honest errors."""
-    valid = ivar > 0
-    residual = ivar[valid] * (flux[valid] - model[valid]) ** 2
-    return float(residual.sum() / max(valid.sum() - n_params, 1))
-
-
 def fractional_rms(flux: np.ndarray, model: np.ndarray) -> float:
     """RMS of the residual over the median |flux|: the measure for sources without errors."""
     return float(np.sqrt(np.mean((flux - model) ** 2)) / np.median(np.abs(flux)))
-
-
-def robust_scatter(values: np.ndarray) -> float:
-    """1.4826 × median absolute deviation: the Gaussian σ, blind to a few outliers."""
-    values = np.asarray(values, dtype=float)
-    return float(1.4826 * np.median(np.abs(values - np.median(values))))
 
 
 def c2st_accuracy(
@@ -85,3 +72,8 @@ def partial_spearman(x: np.ndarray, y: np.ndarray, covariates: np.ndarray | None
 def star_key(star_id: str) -> str:
     """A star's name for matching across catalogues: upper case, no spaces (HD 2857 = HD2857)."""
     return "".join(star_id.upper().split())
+
+
+def robust_sigma(values: np.ndarray) -> float:
+    """The Gaussian σ from the median absolute deviation, blind to a few outliers."""
+    return float(median_abs_deviation(values, scale="normal"))

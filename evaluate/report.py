@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from stargon.core.records import format_number as _n
+from stargon.core.records import markdown_table, to_json
 from stargon.evaluate import figures, invariance, sections
 from stargon.evaluate.context import Evaluation, prepare
 
@@ -64,7 +64,7 @@ def evaluate(
     drawn = _draw(ev, results, fits, out)
     seconds = time.perf_counter() - start
     metrics = _metrics(ev, results, seconds)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=_plain))
+    (out / "metrics.json").write_text(to_json(metrics))
     (out / "report.md").write_text(_markdown(ev, results, drawn, seconds))
     return out
 
@@ -141,22 +141,6 @@ def _metrics(ev: Evaluation, results: dict, seconds: float) -> dict:
     }
 
 
-def _plain(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    raise TypeError(f"cannot write {type(value).__name__}")
-
-
-def _n(value, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
-    return str(value)
-
-
 def _verdict(value, target: float) -> str:
     if value is None or not math.isfinite(value):
         return "not measured"
@@ -165,12 +149,6 @@ def _verdict(value, target: float) -> str:
         if value <= target
         else f"**missed** ({_n(value)} > {target})"
     )
-
-
-def _table(rows: list[dict], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_n(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def _markdown(ev: Evaluation, results: dict, drawn: dict, seconds: float) -> str:
@@ -216,7 +194,7 @@ def _reconstruction_section(results: dict, drawn: dict) -> list[str]:
         "baseline: PCA with as many components as latent dimensions fitted per survey on its "
         "training spectra. Surveys without published errors (MILES, STELIB, MIKE) carry a "
         "DER_SNR noise estimate, so their fractional RMS is the fairer number.",
-        _table(
+        markdown_table(
             rows,
             [
                 "survey",
@@ -267,7 +245,7 @@ def _probe_section(result: dict, drawn: dict) -> list[str]:
         f"## Label probes ({result['survey']}, held-out stars)",
         "Probes fitted on training stars' latents (one GON step) and, as the baseline, on PCA "
         "coefficients of the same spectra; scored on held-out stars.",
-        _table(
+        markdown_table(
             result["rows"],
             ["subset", "label", "probe", "n_train", "n_test", "latents_rmse", "pca_rmse"],
         ),
@@ -286,7 +264,9 @@ def _rv_section(results: dict, drawn: dict) -> list[str]:
             "and left out of bias and scatter; scatter = 1.4826 MAD)."
         )
         parts.append(
-            _table(rows, ["survey", "stage", "n", "bias_kms", "scatter_kms", "catastrophic"])
+            markdown_table(
+                rows, ["survey", "stage", "n", "bias_kms", "scatter_kms", "catastrophic"]
+            )
         )
         lamost = [
             r for r in rows if r["survey"].startswith("lamost") and r["stage"].startswith("scan")
@@ -306,7 +286,7 @@ def _rv_section(results: dict, drawn: dict) -> list[str]:
             "fitted blind (benchmarks/rv_injection.py runs the 1,000-trial version)."
         )
         parts.append(
-            _table(
+            markdown_table(
                 results["rv_injection"],
                 [
                     "setting",
@@ -330,7 +310,7 @@ def _cross_section(rows: list[dict]) -> list[str]:
         "spectrum, the other's predicted on its own pixels and resolution (continuum fitted). "
         "Baseline: ridge regression from one survey's PCA coefficients to the other's flux, "
         "trained on the shared training stars, given the same continuum freedom.",
-        _table(
+        markdown_table(
             rows,
             [
                 "from",
@@ -368,11 +348,11 @@ def _realism_section(rows: list[dict], drawn: dict) -> list[str]:
         "velocity, with their noise; real and generated both divided by the same running "
         "90th-percentile pseudo-continuum. C2ST: 5-fold accuracy of a logistic regression on 10 "
         "PCA features (0.5 = indistinguishable).",
-        _table(
+        markdown_table(
             table_rows, ["survey", "real_from", "n_real", "c2st_accuracy", "c2st_std", "verdict"]
         ),
         "Line depths (1 − mean normalised flux within ±FWHM), real vs generated:",
-        _table(depths, ["survey", "line", "real_median", "generated_median", "ks_p"]),
+        markdown_table(depths, ["survey", "line", "real_median", "generated_median", "ks_p"]),
         f"![realism]({drawn['realism']})",
         f"![line depths]({drawn['depths']})",
     ]
@@ -394,7 +374,7 @@ def _sensitivity_section(result: dict, drawn: dict) -> list[str]:
         "Mean |∂f/∂w_k| along each whitened direction over 64 training latents on a rest-frame "
         "grid at R = 5,000, its five "
         "strongest peaks matched to the line list in `assets/lines.csv`.",
-        _table(rows, ["latent", "strongest regions (Å, nearest line within 150 km/s)"]),
+        markdown_table(rows, ["latent", "strongest regions (Å, nearest line within 150 km/s)"]),
         f"![sensitivity]({drawn['sensitivity']})",
     ]
 
@@ -406,7 +386,7 @@ def _invariance_section(results: dict, drawn: dict) -> list[str]:
         "Latents are whitened (the checkpoint's PCA of training latents: unit variance, ordered "
         "by variance). Spearman(S/N, |w|) of one-step latents per survey, and the partial "
         "correlation given Teff, log g, [Fe/H] where every spectrum has them.",
-        _table(results["snr"], ["survey", "n", "spearman", "partial_given_labels"]),
+        markdown_table(results["snr"], ["survey", "n", "spearman", "partial_given_labels"]),
     ]
     miles = [r for r in results["snr"] if r["survey"] == "miles"]
     if miles and miles[0]["partial_given_labels"] is not None:
@@ -419,7 +399,7 @@ def _invariance_section(results: dict, drawn: dict) -> list[str]:
             f"The same {degraded['n_stars']} {degraded['survey']} spectra degraded to S/N 100, "
             "30 and 10 and fitted: median |Δw| from S/N 100 in units of the degraded fit's own "
             "σ_w, and the median σ_w.",
-            _table(degraded["rows"], ["snr", "median_shift_in_sigma", "median_sigma_w"]),
+            markdown_table(degraded["rows"], ["snr", "median_shift_in_sigma", "median_sigma_w"]),
             "Target S/N 100 → 30: "
             + _verdict(at_30["median_shift_in_sigma"], TARGETS["degradation_shift"])
             + ".",
@@ -463,7 +443,7 @@ def _invariance_section(results: dict, drawn: dict) -> list[str]:
         parts += [
             "Prior samples (100 per instrument, normalised, rest frame): share of pixels with "
             "flux in [−0.05, 1.2]; verdict on the share outside (target ≤ 1 %).",
-            _table(
+            markdown_table(
                 [
                     r | {"verdict": _verdict(1 - r["share_in_range"], outside)}
                     for r in results["samples"]

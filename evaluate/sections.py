@@ -11,23 +11,24 @@ from sklearn.linear_model import RidgeCV
 from tqdm import tqdm
 
 from stargon.assets import line_list
+from stargon.core.physics import observed_to_rest
+from stargon.core.spectrum import Spectrum
 from stargon.evaluate.context import Evaluation
+from stargon.evaluate.holdout import SurveyPCA, evaluate_held_out, fit_held_out, on_grid
 from stargon.evaluate.injection import inject
 from stargon.evaluate.metrics import (
     c2st_accuracy,
     fractional_rms,
     probe_rmse,
-    robust_scatter,
+    robust_sigma,
     star_key,
 )
 from stargon.evaluate.sensitivity import latent_sensitivity, rest_grid, sensitive_regions
 from stargon.model.batch import make_batch
+from stargon.model.continuum import solve_continuum
 from stargon.model.fit import FitResult, fit_spectrum
-from stargon.model.physics import C_KMS, solve_continuum
 from stargon.model.prior import LatentPrior
-from stargon.surveys.spectrum import Spectrum
 from stargon.train.dataset import SYNTHETIC_SURVEY
-from stargon.train.holdout import SurveyPCA, evaluate_held_out, fit_held_out, on_grid
 
 Fits = dict[str, list[tuple[int, FitResult]]]
 LABELS = ("teff", "logg", "fe_h")
@@ -147,7 +148,7 @@ def rv_against_catalogue(ev: Evaluation, fits: Fits) -> list[dict]:
                     "stage": stage,
                     "n": int(delta.size),
                     "bias_kms": float(np.median(delta[good])) if good.any() else np.nan,
-                    "scatter_kms": robust_scatter(delta[good]) if good.any() else np.nan,
+                    "scatter_kms": robust_sigma(delta[good]) if good.any() else np.nan,
                     "catastrophic": int((~good).sum()),
                     "catalogue": catalogue.tolist() if stage.startswith("scan") else None,
                     "fitted": fitted.tolist() if stage.startswith("scan") else None,
@@ -184,7 +185,7 @@ def rv_injection(ev: Evaluation, trials: int = 40, seed: int = 0) -> list[dict]:
                 "setting": name,
                 "trials": trials,
                 "bias_kms": float(np.median(delta[good])),
-                "scatter_kms": robust_scatter(delta[good]),
+                "scatter_kms": robust_sigma(delta[good]),
                 "median_sigma_v_kms": float(np.median(sigma)),
                 "catastrophic": int((~good).sum()),
             }
@@ -301,15 +302,15 @@ def _normalised_pair(ev: Evaluation, i: int, z: torch.Tensor, rng: np.random.Gen
     v = float(ev.velocities[i])
     resolving = np.broadcast_to(spectrum.resolving_power, spectrum.wave.shape)[valid]
     with torch.no_grad():
-        basis = ev.model.decoder.pixel_basis(
+        basis = ev.model.observation_basis(
             torch.as_tensor(wave), v, torch.as_tensor(resolving.copy()), ev.pyramid
         )
-        model = ev.model.decoder.decode(z[None], basis)[0].double().numpy()
+        model = ev.model.observe(z[None], basis)[0].double().numpy()
     flux = spectrum.flux[valid]
     continuum = pseudo_continuum(flux, wave)
     sigma = 1.0 / np.sqrt(spectrum.ivar[valid]) / continuum
     noisy = model + rng.normal(0.0, 1.0, model.size) * sigma
-    rest = wave / (1.0 + v / C_KMS)
+    rest = observed_to_rest(wave, v)
     return (rest, flux / continuum), noisy / pseudo_continuum(noisy, wave)
 
 

@@ -9,9 +9,9 @@ import torch
 from scipy.signal import find_peaks
 from torch.func import jacfwd, vmap
 
-from stargon.assets import Line, line_list
+from stargon.assets import Line, nearest_line
+from stargon.core.physics import C_KMS
 from stargon.model.gon import StarGON
-from stargon.model.physics import C_KMS
 
 
 def rest_grid(
@@ -32,12 +32,12 @@ def latent_sensitivity(
     """Mean over the rows of z of |∂f/∂z_k| at each wavelength: (D, P). With `directions`
     (D, D' columns, e.g. the whitening's ∂z/∂w) the derivative along each direction."""
     with torch.no_grad():
-        basis = model.decoder.pixel_basis(
+        basis = model.observation_basis(
             torch.as_tensor(wave), 0.0, resolving_power, model.decoder.pyramid()
         )
 
     def spectrum(latent: torch.Tensor) -> torch.Tensor:
-        return model.decoder.decode(latent.unsqueeze(0), basis)[0]
+        return model.observe(latent.unsqueeze(0), basis)[0]
 
     with torch.no_grad():
         jacobian = vmap(jacfwd(spectrum))(z.to(basis.dtype))  # (N, P, D)
@@ -65,11 +65,3 @@ def sensitive_regions(
         Region(float(wave[i]), float(sensitivity[i]), nearest_line(float(wave[i])))
         for i in strongest
     ]
-
-
-def nearest_line(wavelength: float, tolerance_kms: float = 150.0) -> Line | None:
-    """The line of the list closest to `wavelength`, if within the tolerance."""
-    lines = line_list()
-    distances = [abs(line.wavelength / wavelength - 1.0) * C_KMS for line in lines]
-    best = int(np.argmin(distances))
-    return lines[best] if distances[best] <= tolerance_kms else None

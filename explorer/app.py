@@ -10,11 +10,11 @@ import numpy as np
 import panel as pn
 from sklearn.decomposition import PCA
 
+from stargon.core.spectrum import SpectrumReadError
 from stargon.explorer import plots
 from stargon.explorer.figure import view_png
 from stargon.explorer.state import ARCHIVE_IDS, MAX_UPLOAD_BYTES, ZOOMS, Explorer, View
 from stargon.surveys.fetch import FetchError
-from stargon.surveys.spectrum import SpectrumReadError
 
 Refresh = hv.streams.Stream.define("Refresh", revision=0)
 COLOUR_LABELS = {"Teff": "teff", "log g": "logg", "[Fe/H]": "fe_h"}

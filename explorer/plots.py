@@ -6,9 +6,8 @@ import holoviews as hv
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
-from stargon.assets import line_list
-from stargon.evaluate.sensitivity import nearest_line
-from stargon.model.physics import C_KMS
+from stargon.assets import line_list, nearest_line
+from stargon.core.physics import velocity_of_factor
 
 hv.extension("bokeh", logo=False)
 
@@ -150,7 +149,7 @@ def focus_window(x: np.ndarray, sensitivity: np.ndarray, half_width: float = 0.0
         return (float(x.min()), float(x.max())) if x.size else (None, None)
     near_line = np.zeros(x.size, dtype=bool)
     for line in line_list():
-        near_line |= np.abs(x / line.wavelength - 1.0) * C_KMS <= 150.0
+        near_line |= np.abs(velocity_of_factor(x / line.wavelength)) <= 150.0
     weighted = np.where(near_line, sensitivity, 0.0) if near_line.any() else sensitivity
     peak = float(x[int(np.argmax(weighted))])
     return peak * (1 - half_width), peak * (1 + half_width)

@@ -24,15 +24,15 @@ from astropy.io import fits
 from astropy.table import Table
 from sklearn.neighbors import NearestNeighbors
 
+from stargon.core.physics import observed_to_rest
+from stargon.core.spectrum import Spectrum, SpectrumReadError
 from stargon.model.checkpoint import load_checkpoint, resolve_checkpoint
 from stargon.model.fit import FitResult, fit_spectrum, template_pyramid
-from stargon.model.instruments import presets
-from stargon.model.physics import C_KMS
 from stargon.model.prior import LatentPrior
 from stargon.model.whitening import Whitening
 from stargon.surveys import read_file
 from stargon.surveys.fetch import Remote, apogee_star, fetch, galah_arms, lamost_spectrum
-from stargon.surveys.spectrum import Spectrum, SpectrumReadError
+from stargon.surveys.instruments import drawable
 
 ZOOMS = {  # vacuum Å windows around lines a teacher points at
     "full range": None,
@@ -112,7 +112,7 @@ class Explorer:
         with torch.no_grad():
             self.pyramid = self.model.decoder.pyramid()
         self.templates = template_pyramid(self.model, extra.get("prototypes"))
-        self.instruments = presets()
+        self.instruments = drawable()
         self.stars = self.card.get("stars", [])
         self.whitening = Whitening.from_tensors(extra, self.latent_dim)
         raw = extra.get("star_latents", torch.zeros(0, self.latent_dim)).double().numpy()
@@ -135,8 +135,8 @@ class Explorer:
             spectrum = view.observation.spectrum
             resolving = np.broadcast_to(spectrum.resolving_power, spectrum.wave.shape)
             return spectrum.wave[spectrum.valid], resolving[spectrum.valid]
-        preset = self.instruments[view.instrument]
-        return preset.wave, preset.resolving_power
+        wave = self.instruments[view.instrument].pixels()
+        return wave, self.instruments[view.instrument].resolving_power_at(wave)
 
     def _basis(self, view: View) -> torch.Tensor:
         key = (id(view.observation) if view.observation else view.instrument, round(view.v_kms, 4))
@@ -146,7 +146,7 @@ class Explorer:
                 return self._cache[key]
         wave, resolving = self.pixels(view)
         with torch.no_grad():
-            basis = self.model.decoder.pixel_basis(
+            basis = self.model.observation_basis(
                 torch.as_tensor(wave, device=self.device), view.v_kms,
                 torch.as_tensor(np.ascontiguousarray(resolving), device=self.device), self.pyramid,
             )  # fmt: skip
@@ -166,12 +166,12 @@ class Explorer:
         basis = self._basis(view)
         z = self.raw(view.z[None])
         with torch.no_grad():
-            flux = self.model.decoder.decode(z, basis)[0].cpu().numpy()
+            flux = self.model.observe(z, basis)[0].cpu().numpy()
         return self.axis(view), flux
 
     def axis(self, view: View) -> np.ndarray:
         wave, _ = self.pixels(view)
-        return wave / (1.0 + view.v_kms / C_KMS) if view.frame == "rest" else wave
+        return observed_to_rest(wave, view.v_kms) if view.frame == "rest" else wave
 
     def sensitivity(self, view: View) -> np.ndarray:
         """|∂f/∂w_k| at every pixel along every whitened direction (D, P): the small MLP's
@@ -273,7 +273,7 @@ class Explorer:
         w[:, latent] = values
         basis = self._basis(view)
         with torch.no_grad():
-            flux = self.model.decoder.decode(self.raw(w), basis)
+            flux = self.model.observe(self.raw(w), basis)
         return self.axis(view), values, flux.cpu().numpy()
 
     # -- sharing and exporting -----------------------------------------------------------

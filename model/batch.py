@@ -14,12 +14,15 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from stargon.model.physics import legendre_design
+from stargon.core.spectrum import Spectrum
+from stargon.model.continuum import legendre_design
 from stargon.surveys.atmosphere import masked_ivar
-from stargon.surveys.spectrum import Spectrum
+from stargon.surveys.instruments import (
+    FLUX_CALIBRATED_CONTINUUM_DEGREE,
+    NORMALISED_CONTINUUM_DEGREE,
+    instrument_of,
+)
 
-NORMALISED_DEGREE = 2  # a residual tilt for continuum-normalised spectra
-FLUX_CALIBRATED_DEGREE = 6  # the SED shape of flux-calibrated spectra, per segment
 MAX_SEGMENTS = 4
 
 
@@ -48,7 +51,12 @@ class PixelBatch:
 
 
 def continuum_degree(spectrum: Spectrum) -> int:
-    return NORMALISED_DEGREE if spectrum.normalised else FLUX_CALIBRATED_DEGREE
+    """Legendre degree of the continuum per segment: a residual tilt for spectra the survey
+    normalised, the instrument's own degree (the SED's shape) for flux-calibrated ones."""
+    if spectrum.normalised:
+        return NORMALISED_CONTINUUM_DEGREE
+    known = instrument_of(spectrum.instrument)
+    return known.continuum_degree if known else FLUX_CALIBRATED_CONTINUUM_DEGREE
 
 
 def make_batch(

@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from stargon import __version__
+from stargon.core.records import to_json
 from stargon.model.decoder import ModelConfig
 from stargon.model.gon import StarGON
 
@@ -53,7 +54,7 @@ def save_checkpoint(
         "weights_sha256": _sha256(staging / WEIGHTS),
         "card": card or {},
     }
-    (staging / CARD).write_text(json.dumps(document, indent=1, default=_json_default))
+    (staging / CARD).write_text(to_json(document))
     if folder.exists():
         old = folder.with_name(f".{folder.name}.old")
         shutil.rmtree(old, ignore_errors=True)
@@ -66,10 +67,11 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    folder: str | Path, device: str | torch.device = "cpu"
+    folder: str | Path | None, device: str | torch.device = "cpu"
 ) -> tuple[StarGON, dict, dict[str, torch.Tensor]]:
-    """(model, card document, extra tensors). Rebuilds the model from the JSON alone."""
-    folder = Path(folder)
+    """(model, card document, extra tensors); `None` loads the embedded default model.
+    Rebuilds the model from the JSON alone."""
+    folder = resolve_checkpoint(None) if folder is None else Path(folder)
     card_path, weights_path = folder / CARD, folder / WEIGHTS
     for path in (card_path, weights_path):
         if not path.exists():
@@ -103,12 +105,6 @@ def load_checkpoint(
 def _sha256(path: Path) -> str:
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def _json_default(value):
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
 def default_checkpoint() -> Path:

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from torch.func import jvp
 
+from stargon.core.physics import FWHM_PER_SIGMA, doppler_factor, velocity_of_factor
+from stargon.core.spectrum import Spectrum
 from stargon.model.batch import PixelBatch, make_batch
+from stargon.model.continuum import solve_continuum
 from stargon.model.decoder import gaussian_blur
 from stargon.model.gon import StarGON, normal_equations
-from stargon.model.physics import C_KMS, FWHM_PER_SIGMA, solve_continuum
-from stargon.surveys.spectrum import Spectrum
 
 V_MAX = 1000.0  # km/s, the velocity search range
 FINE_HALF_WIDTH, FINE_STEP = 15.0, 1.0
@@ -63,7 +64,7 @@ def template_scan(
     decoder = model.decoder
     flux, ivar, wave = (x[0].to(torch.float64) for x in (batch.flux, batch.ivar, batch.wave))
     with torch.no_grad():
-        reference = decoder.pixel_basis(wave, 0.0, batch.resolving_power[0], templates)[0]
+        reference = model.observation_basis(wave, 0.0, batch.resolving_power[0], templates)[0]
         continuum = solve_continuum(batch.design[0].double(), flux, ivar, reference.double())
     good = ivar > 0
     sigma = float((1.0 / (FWHM_PER_SIGMA * batch.resolving_power[0][good].double())).median())
@@ -79,7 +80,7 @@ def template_scan(
     laid = torch.zeros(2, n_cells, dtype=torch.float64)
     laid.index_add_(1, cell - first, weights * (1 - frac))
     laid.index_add_(1, cell - first + 1, weights * frac)
-    lags = math.ceil(math.log1p(v_max / C_KMS) / step)
+    lags = math.ceil(math.log(doppler_factor(v_max)) / step)
     table = templates[level]
     index = torch.arange(first - lags - margin, first + n_cells + lags + margin)
     segment = table[:, index.clamp(0, table.shape[-1] - 1)].detach().to(torch.float64)
@@ -93,7 +94,7 @@ def template_scan(
     total = (ivar * flux**2).sum()
     chi2 = (total - cross**2 / norm.clamp_min(1e-300)) / batch.n_valid[0].item()
     shifts = lags - np.arange(2 * lags + 1)
-    return C_KMS * np.expm1(shifts[::-1] * step), chi2.flip(-1).numpy()
+    return velocity_of_factor(np.exp(shifts[::-1] * step)), chi2.flip(-1).numpy()
 
 
 def latent_scan(
@@ -108,10 +109,10 @@ def latent_scan(
     flux, ivar = batch.flux[0], batch.ivar[0]
 
     def model_at(v: torch.Tensor) -> torch.Tensor:
-        basis = model.decoder.pixel_basis(
+        basis = model.observation_basis(
             batch.wave[0].expand(len(v), n_pix), v, batch.resolving_power[0], pyramid
         )
-        return model.decoder.decode(z.expand(len(v), -1), basis)  # (V, P)
+        return model.observe(z.expand(len(v), -1), basis)  # (V, P)
 
     centre = torch.tensor([float(np.median(v_grid))], dtype=torch.float64)
     chunk = max(1, BASIS_BUDGET // ((model.config.n_basis + 1) * n_pix))

@@ -13,12 +13,14 @@ Each spectrum's step uses only its own pixels, so z never depends on the batch i
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from stargon.model.batch import PixelBatch
+from stargon.model.continuum import solve_continuum
 from stargon.model.decoder import BasisDecoder, ModelConfig
-from stargon.model.physics import solve_continuum
 
 INNER_STEPS = ("gauss_newton", "gradient", "normalised_gradient")
 
@@ -30,19 +32,37 @@ class StarGON(nn.Module):
         super().__init__()
         if config.inner_step not in INNER_STEPS:
             raise ValueError(f"inner_step must be one of {INNER_STEPS}, got {config.inner_step!r}")
+        if config.lsf_mixing not in ("fwhm", "variance"):
+            raise ValueError(f"lsf_mixing must be fwhm or variance, got {config.lsf_mixing!r}")
         self.config = config
         self.decoder = BasisDecoder(config)
         if config.inner_step != "gauss_newton":  # the gradient variants' learnt step size
             self.log_step = nn.Parameter(torch.tensor(0.0))
 
+    def observation_basis(
+        self,
+        wave: torch.Tensor,
+        v_kms: torch.Tensor | float = 0.0,
+        resolving_power: torch.Tensor | float = math.inf,
+        pyramid: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The forward model's linear part, (K+1, *wave.shape): the decoder's rest-frame
+        functions seen at observed vacuum λ from a star moving at v (`core.physics`'s Doppler
+        factor) through an LSF of resolving power R (the decoder's pyramid). Cache it per
+        instrument and velocity; `observe` then costs one small MLP and one matrix product."""
+        return self.decoder.pixel_basis(wave, v_kms, resolving_power, pyramid)
+
+    def observe(self, z: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+        """Continuum-normalised observed spectra (B, P) of latents z (B, D): the one path from
+        latents to an observation (training, fitting, sampling, explorer, evaluation)."""
+        return self.decoder.decode(z, basis)
+
     def basis(self, batch: PixelBatch, pyramid: list[torch.Tensor] | None = None):
-        return self.decoder.pixel_basis(
-            batch.wave, batch.v_kms, batch.resolving_power, pyramid=pyramid
-        )
+        return self.observation_basis(batch.wave, batch.v_kms, batch.resolving_power, pyramid)
 
     def model_flux(self, z: torch.Tensor, basis: torch.Tensor, batch: PixelBatch):
         """(continuum × normalised model, normalised model) at the batch's pixels."""
-        normalised = self.decoder.decode(z, basis)
+        normalised = self.observe(z, basis)
         continuum = solve_continuum(batch.design, batch.flux, batch.ivar, normalised)
         return continuum * normalised, normalised
 
@@ -98,7 +118,7 @@ class StarGON(nn.Module):
         self, z: torch.Tensor, basis: torch.Tensor, batch: PixelBatch, create_graph: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(model C·f, continuum C, J = C ∂f/∂z of shape (B, P, D)) at z, C solved there."""
-        normalised = self.decoder.decode(z, basis)
+        normalised = self.observe(z, basis)
         continuum = solve_continuum(batch.design, batch.flux, batch.ivar, normalised)
         jacobian = continuum.unsqueeze(-1) * self.decoder.latent_jacobian(z, basis, create_graph)
         return continuum * normalised, continuum, jacobian

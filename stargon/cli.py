@@ -13,6 +13,10 @@ from rich.progress import Progress
 from rich.table import Table
 
 from stargon import __version__
+from stargon.core.paths import data_dir
+from stargon.model.decoder import ModelConfig
+from stargon.options import split_settings, with_config_options
+from stargon.train.loop import TrainConfig
 
 app = typer.Typer(help="StarGON: a generative model of stellar spectra from many surveys.")
 data_app = typer.Typer(help="Survey data: check a folder, fetch from the archives.")
@@ -24,7 +28,7 @@ errors = Console(stderr=True)
 
 
 def default_data_dir() -> Path:
-    return Path(os.environ.get("STARGON_DATA", "../shared/data"))
+    return data_dir()
 
 
 @app.callback(invoke_without_command=True)
@@ -183,76 +187,28 @@ def fetch_lamost(
 
 
 @app.command("train")
+@with_config_options(TrainConfig, ModelConfig, skip=frozenset({"data", "out"}))
 def train_command(
     out: Annotated[Path, typer.Option("--out", help="Run folder (checkpoints, metrics, split).")],
     data: Annotated[Path | None, typer.Option("--data", help="Data folder.")] = None,
-    surveys: Annotated[
-        str | None, typer.Option("--surveys", help="Comma-separated data subfolders to use.")
-    ] = None,
-    steps: int = 2000,
-    batch_size: Annotated[int, typer.Option(help="Global batch size.")] = 64,
-    pixels: Annotated[int, typer.Option(help="Pixels sampled per spectrum and step.")] = 1000,
-    latent_dim: int = 16,
-    n_basis: int = 32,
-    lr: float = 3e-3,
-    seed: int = 0,
-    warmup_steps: Annotated[int, typer.Option(help="Steps on rest-frame spectra only.")] = 200,
-    rv_every: Annotated[int, typer.Option(help="Steps between RV re-estimates.")] = 500,
-    checkpoint_every: int = 100,
-    synthetic: Annotated[
-        int, typer.Option(help="Payne-emulator spectra added as the survey payne_synthetic.")
-    ] = 0,
-    survey_balance: Annotated[
-        float, typer.Option(help="A survey's share of batches ∝ n_spectra^balance.")
-    ] = 0.5,
-    lr_decay_from: Annotated[
-        float, typer.Option(help="Fraction of steps after which lr decays (cosine) to 5 %.")
-    ] = 0.6,
-    inner_step: Annotated[
-        str, typer.Option(help="GON step: gauss_newton, gradient, normalised_gradient.")
-    ] = "gauss_newton",
-    prior_precision: Annotated[float, typer.Option(help="Λ of the latent prior N(0, Λ⁻¹).")] = 1.0,
-    roughness: Annotated[
-        float, typer.Option(help="Weight of the penalty on detail finer than the data teach.")
-    ] = 100.0,
-    coverage_count: Annotated[
-        int, typer.Option(help="Spectra that must reach a resolution for it to be trusted.")
-    ] = 20,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 …")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue from latest.json.")] = False,
     package: Annotated[
         bool, typer.Option(help="After training: prior, held-out metrics, RUN/model.")
     ] = True,
+    *,
+    settings: dict,
 ) -> None:
-    """Train the GON on real spectra (run under `torchrun` for several processes)."""
-    from stargon.model.decoder import ModelConfig
-    from stargon.train.loop import TrainConfig, train
-    from stargon.train.release import release
+    """Train the GON on real spectra (run under `torchrun` for several processes). Every
+    setting of TrainConfig and ModelConfig is an option; its default is the dataclass's."""
+    from stargon.evaluate.release import release
+    from stargon.train.loop import train
 
+    model_settings, train_settings = split_settings(settings, ModelConfig)
     config = TrainConfig(
         data=str(data or default_data_dir()),
         out=str(out),
-        surveys=surveys.split(",") if surveys else None,
-        steps=steps,
-        batch_size=batch_size,
-        n_pixels=pixels,
-        lr=lr,
-        seed=seed,
-        warmup_steps=warmup_steps,
-        rv_every=rv_every,
-        checkpoint_every=checkpoint_every,
-        synthetic=synthetic,
-        survey_balance=survey_balance,
-        lr_decay_from=lr_decay_from,
-        roughness=roughness,
-        coverage_count=coverage_count,
-        device=device,
-        model=ModelConfig(
-            latent_dim=latent_dim,
-            n_basis=n_basis,
-            inner_step=inner_step,
-            prior_precision=prior_precision,
-        ),
+        model=ModelConfig(**model_settings),
+        **train_settings,
     )
     run = train(config, resume=resume)
     if package and int(os.environ.get("RANK", "0")) == 0:
@@ -270,7 +226,7 @@ def fit_command(
     device: str = "cpu",
 ) -> None:
     """Fit radial velocity, latents and continuum to every readable spectrum."""
-    from stargon.train.fitting import fit_paths
+    from stargon.model.fit_files import fit_paths
 
     failures = fit_paths(paths, checkpoint, out, device)
     for path, reason in failures:
@@ -290,7 +246,7 @@ def sample_command(
     seed: int = 0,
 ) -> None:
     """Draw new spectra from the latent prior, on an instrument's pixels and resolution."""
-    from stargon.train.sampling import sample_to_file
+    from stargon.model.sampling import sample_to_file
 
     sample_to_file(n, instrument, checkpoint, out, v_kms, seed)
     console.print(f"[green]wrote[/] {out}")
@@ -303,7 +259,7 @@ def release_command(
     evaluate: Annotated[bool, typer.Option(help="Held-out χ²/dof per survey vs PCA.")] = True,
 ) -> None:
     """Package a run's latest checkpoint: latent prior, template bank, model card, metrics."""
-    from stargon.train.release import release
+    from stargon.evaluate.release import release
 
     console.print(f"[green]model[/] {release(run, out, evaluate)}")
 

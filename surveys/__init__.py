@@ -1,6 +1,7 @@
 """Survey spectra as one record: readers for every format, streaming, archive download."""
 
-from stargon.surveys import apogee, galah, lamost, libraries, others  # noqa: F401  (registers)
+from stargon.core.spectrum import Spectrum, SpectrumReadError
+from stargon.surveys import apogee, boss, gaia, galah, lamost, libraries, mike  # noqa: F401
 from stargon.surveys.registry import (
     READERS,
     FileOutcome,
@@ -8,7 +9,6 @@ from stargon.surveys.registry import (
     read_file,
     scan,
 )
-from stargon.surveys.spectrum import Spectrum, SpectrumReadError
 
 __all__ = [
     "READERS",

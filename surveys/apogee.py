@@ -9,19 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
+from stargon.core.spectrum import Spectrum, SpectrumReadError
 from stargon.surveys.common import (
     files_beside,
     image_data,
     ivar_from_sigma,
-    segments_at,
-    segments_from_gaps,
 )
+from stargon.surveys.instruments import APOGEE
 from stargon.surveys.registry import Probe, open_fits, register
-from stargon.surveys.spectrum import Spectrum, SpectrumReadError
 
-RESOLVING_POWER = 22500.0
-# Gaps between the blue/green and green/red detectors (vacuum Å).
-CHIP_BOUNDARIES = (15830.0, 16455.0)
 # APOGEE_PIXMASK bits that make a pixel unusable: BADPIX, CRPIX, SATPIX, UNFIXABLE, BADDARK,
 # BADFLAT, BADERR, NOSKY, SIG_SKYLINE, NOT_ENOUGH_PSF (the ASPCAP bad-pixel mask).
 BAD_PIXEL_BITS = sum(1 << b for b in (0, 1, 2, 3, 4, 5, 6, 7, 12, 14))
@@ -59,13 +55,13 @@ def read_apstar(path: Path) -> Iterator[Spectrum]:
         wave=wave,
         flux=flux,
         ivar=np.where(bad | (flux <= 0), 0.0, ivar_from_sigma(error)),
-        instrument="APOGEE",
-        resolving_power=RESOLVING_POWER,
+        instrument=APOGEE.name,
+        resolving_power=APOGEE.resolving_power,
         frame="rest",
         normalised=False,
         source=f"{path}[1]",
         star_id=str(header["OBJID"]).strip(),
-        segments=segments_at(wave, CHIP_BOUNDARIES),
+        segments=APOGEE.segments(wave),
         labels=_finite({"rv": header.get("VHELIO"), "snr": header.get("SNR")}),
         flux_unit="1e-17 erg / (s cm2 Angstrom)",
     )
@@ -85,13 +81,13 @@ def read_apvisit(path: Path) -> Iterator[Spectrum]:
         wave=wave,
         flux=flux,
         ivar=np.where(bad | (flux <= 0), 0.0, ivar_from_sigma(error)),
-        instrument="APOGEE",
-        resolving_power=RESOLVING_POWER,
+        instrument=APOGEE.name,
+        resolving_power=APOGEE.resolving_power,
         frame="observed",
         normalised=False,
         source=str(path),
         star_id=str(header["OBJID"]).strip(),
-        segments=segments_from_gaps(wave),
+        segments=APOGEE.segments(wave),
         labels=_finite(labels | {"snr": header.get("SNR")}),
         flux_unit="1e-17 erg / (s cm2 Angstrom)",
     )
@@ -145,13 +141,13 @@ def read_payne(path: Path) -> Iterator[Spectrum]:
             wave=wave,
             flux=flux,
             ivar=ivar_from_sigma(error),
-            instrument="APOGEE",
-            resolving_power=RESOLVING_POWER,
+            instrument=APOGEE.name,
+            resolving_power=APOGEE.resolving_power,
             frame="rest",
             normalised=True,
             source=f"{path}[{index}]" if len(rows) > 1 else str(path),
             star_id=star_id,
-            segments=segments_from_gaps(wave),
+            segments=APOGEE.segments(wave),
             labels=labels,
         )
 

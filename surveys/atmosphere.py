@@ -9,17 +9,16 @@ evaluation all go through `masked_ivar`.
 from __future__ import annotations
 
 import numpy as np
-from astropy import constants
 
 from stargon.assets import atmosphere_bands
-from stargon.surveys.spectrum import Spectrum
+from stargon.core.physics import doppler_factor
+from stargon.core.spectrum import Spectrum
+from stargon.surveys.instruments import instrument_of
 
-SPACE_INSTRUMENTS = frozenset({"Gaia RVS"})  # above the atmosphere: only edges are masked
 # A rest-frame library spectrum had the star's velocity removed, so the bands moved by −v:
 # they are widened by this much either side (library stars rarely exceed it).
 REST_FRAME_MARGIN_KMS = 150.0
 EDGE_FRACTION = 0.01  # the outer 1 % of each detector segment (throughput and LSF fall-off)
-_C_KMS = constants.c.to_value("km/s")
 
 
 def atmosphere_mask(spectrum: Spectrum) -> np.ndarray:
@@ -28,10 +27,10 @@ def atmosphere_mask(spectrum: Spectrum) -> np.ndarray:
     if spectrum.synthetic:
         return masked
     wave = spectrum.wave
-    if spectrum.instrument not in SPACE_INSTRUMENTS:
-        margin = 0.0 if spectrum.frame == "observed" else REST_FRAME_MARGIN_KMS / _C_KMS
-        for band in atmosphere_bands():
-            lo, hi = band.wave_min * (1 - margin), band.wave_max * (1 + margin)
+    known = instrument_of(spectrum.instrument)
+    if not (known and known.in_space):  # above the atmosphere only edges are masked
+        margin = 0.0 if spectrum.frame == "observed" else REST_FRAME_MARGIN_KMS
+        for lo, hi in widened_bands(margin):
             masked |= (wave >= lo) & (wave <= hi)
     for start, stop in spectrum.segments:
         span = wave[stop - 1] - wave[start]
@@ -39,6 +38,14 @@ def atmosphere_mask(spectrum: Spectrum) -> np.ndarray:
         part = wave[start:stop]
         masked[start:stop] |= (part < wave[start] + edge) | (part > wave[stop - 1] - edge)
     return masked
+
+
+def widened_bands(margin_kms: float) -> list[tuple[float, float]]:
+    """The atmosphere's bands (vacuum Å) as seen from stars moving by up to ±margin_kms."""
+    return [
+        (band.wave_min * doppler_factor(-margin_kms), band.wave_max * doppler_factor(margin_kms))
+        for band in atmosphere_bands()
+    ]
 
 
 def masked_ivar(spectrum: Spectrum) -> np.ndarray:

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import torch
 from astropy.io import fits
 
-from stargon.model.physics import air_to_vacuum as _air_to_vacuum_torch
-from stargon.surveys.spectrum import SpectrumReadError, der_snr_noise
-
-
-def air_to_vacuum(wave_air: np.ndarray) -> np.ndarray:
-    """The physics module's IAU/Morton conversion, for NumPy arrays."""
-    return _air_to_vacuum_torch(torch.as_tensor(np.asarray(wave_air, dtype=np.float64))).numpy()
+from stargon.core.spectrum import SpectrumReadError, der_snr_noise
 
 
 def linear_axis(header: fits.Header, n: int, path: Path) -> np.ndarray:
@@ -84,21 +76,6 @@ def noise_ivar(flux: np.ndarray, covered: np.ndarray | None = None) -> np.ndarra
     covered = np.isfinite(flux) if covered is None else covered & np.isfinite(flux)
     sigma = der_snr_noise(flux[covered])
     return np.where(covered, 1.0 / sigma**2 if sigma > 0 else 0.0, 0.0)
-
-
-def segments_from_gaps(wave: np.ndarray, factor: float = 20.0) -> list[tuple[int, int]]:
-    """Detector segments from jumps in the wavelength grid larger than `factor` median steps."""
-    step = np.diff(wave)
-    cuts = np.flatnonzero(step > factor * np.median(step)) + 1
-    edges = [0, *cuts.tolist(), wave.size]
-    return list(itertools.pairwise(edges))
-
-
-def segments_at(wave: np.ndarray, boundaries: tuple[float, ...]) -> list[tuple[int, int]]:
-    """Segments split at fixed wavelengths (e.g. a spectrograph's dichroic)."""
-    cuts = [int(np.searchsorted(wave, b)) for b in boundaries]
-    edges = [0, *[c for c in cuts if 0 < c < wave.size], wave.size]
-    return list(itertools.pairwise(edges))
 
 
 def files_beside(path: Path, pattern: str, levels: int = 3) -> Iterator[Path]:

@@ -14,19 +14,16 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
+from stargon.core.spectrum import Spectrum, SpectrumReadError
 from stargon.surveys.common import (
-    air_to_vacuum,
     files_beside,
     image_data,
     ivar_from_sigma,
     linear_axis,
-    segments_from_gaps,
     table_columns,
 )
+from stargon.surveys.instruments import GALAH
 from stargon.surveys.registry import Probe, open_fits, register
-from stargon.surveys.spectrum import Spectrum, SpectrumReadError
-
-RESOLVING_POWER = 28000.0
 
 
 def _claims_arm(probe: Probe) -> bool:
@@ -48,8 +45,9 @@ def read_galah_arm(path: Path) -> Iterator[Spectrum]:
             if "RESOLUTION_PROFILE" in hdul
             else None
         )
-    wave = air_to_vacuum(linear_axis(header, flux.size, path))
-    resolving_power = wave / fwhm if fwhm is not None and np.all(fwhm > 0) else RESOLVING_POWER
+    wave = GALAH.to_vacuum(linear_axis(header, flux.size, path))
+    has_profile = fwhm is not None and np.all(fwhm > 0)
+    resolving_power = wave / fwhm if has_profile else GALAH.resolving_power_at(wave)
     sobject_id = path.stem[:-1]  # the last digit is the arm
     labels = dict(_dr_table(path).get(sobject_id, {}))
     if "rv" not in labels and isinstance(header.get("RV"), float):
@@ -58,7 +56,7 @@ def read_galah_arm(path: Path) -> Iterator[Spectrum]:
         wave=wave,
         flux=flux,
         ivar=ivar_from_sigma(relative_error * flux),
-        instrument="GALAH HERMES",
+        instrument=GALAH.name,
         resolving_power=resolving_power,
         frame="observed",
         normalised=True,
@@ -98,16 +96,16 @@ def read_galah_dr4(path: Path) -> Iterator[Spectrum]:
         cols = table_columns(hdul, 1, path, ("wave", "sob", "uob"))
     if cols["wave"].size < 2:
         raise SpectrumReadError(path, "DR4 spectrum table is empty")
-    wave = air_to_vacuum(cols["wave"])
+    wave = GALAH.to_vacuum(cols["wave"])
     yield Spectrum(
         wave=wave,
         flux=cols["sob"],
         ivar=ivar_from_sigma(cols["uob"]),
-        instrument="GALAH HERMES",
-        resolving_power=RESOLVING_POWER,
+        instrument=GALAH.name,
+        resolving_power=GALAH.resolving_power,
         frame="rest",
         normalised=True,
         source=str(path),
         star_id=path.name.split("_")[0],
-        segments=segments_from_gaps(wave),
+        segments=GALAH.segments(wave),
     )

@@ -14,19 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
+from stargon.core.physics import C_KMS, air_to_vacuum
+from stargon.core.spectrum import Spectrum, SpectrumReadError
 from stargon.surveys.common import (
-    air_to_vacuum,
     files_beside,
     image_data,
     linear_axis,
-    segments_at,
 )
+from stargon.surveys.instruments import LAMOST
 from stargon.surveys.registry import Probe, open_fits, register
-from stargon.surveys.spectrum import Spectrum, SpectrumReadError
-
-RESOLVING_POWER = 1800.0
-# The blue and red arms meet at the dichroic near 5,900 Å: one continuum each.
-ARM_BOUNDARY = (5900.0,)
 
 
 def _claims(probe: Probe) -> bool:
@@ -44,7 +40,7 @@ def read_lamost(path: Path) -> Iterator[Spectrum]:
     # DR8 stores the wavelengths as row 3 (its header axis may be a -9999 placeholder); DR1
     # stores a sub-continuum there and the log10-linear axis in the header.
     wave = third if _is_wavelength_row(third) else 10.0 ** linear_axis(header, third.size, path)
-    if not header.get("VACUUM", True):
+    if not header.get("VACUUM", True):  # LAMOST says which it is in each header
         wave = air_to_vacuum(wave)
     ivar = np.where(andmask != 0, 0.0, ivar)
 
@@ -54,13 +50,13 @@ def read_lamost(path: Path) -> Iterator[Spectrum]:
         wave=wave,
         flux=flux,
         ivar=ivar,
-        instrument="LAMOST LRS",
-        resolving_power=RESOLVING_POWER,
+        instrument=LAMOST.name,
+        resolving_power=LAMOST.resolving_power,
         frame="observed",
         normalised=False,
         source=str(path),
         star_id=star_id or str(header.get("DESIG") or header.get("OBSID") or path.stem),
-        segments=segments_at(wave, ARM_BOUNDARY),
+        segments=LAMOST.segments(wave),
         labels={k: v for k, v in labels.items() if np.isfinite(v)},
     )
 
@@ -76,7 +72,7 @@ def _is_wavelength_row(row: np.ndarray) -> bool:
 def _header_rv(header) -> float:
     """The pipeline redshift Z as a velocity (c z), when the header has it."""
     z = header.get("Z")
-    return float(z) * 299792.458 if isinstance(z, int | float) and z > -9000 else float("nan")
+    return float(z) * C_KMS if isinstance(z, int | float) and z > -9000 else float("nan")
 
 
 def _catalogue_entry(path: Path) -> tuple[dict[str, float], str | None]:

@@ -11,19 +11,17 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from stargon.core.spectrum import Spectrum
 from stargon.surveys.common import (
-    air_to_vacuum,
     clean_star_name,
     files_beside,
     image_data,
     linear_axis,
     noise_ivar,
 )
+from stargon.surveys.instruments import MILES, STELIB, Instrument
 from stargon.surveys.registry import Probe, open_fits, register
-from stargon.surveys.spectrum import Spectrum
 
-MILES_FWHM = 2.51  # Å, Falcón-Barroso et al. 2011
-STELIB_FWHM = 3.0  # Å, Le Borgne et al. 2003
 _MILES_NAME = re.compile(r"m(\d{4})V", re.IGNORECASE)
 
 
@@ -45,7 +43,7 @@ def read_miles(path: Path) -> Iterator[Spectrum]:
     match = _MILES_NAME.search(path.name)
     number = match.group(1) if match else None
     name, labels = _miles_catalogue(path).get(number, (None, {}))
-    yield _library_spectrum(path, wave_air, flux, "MILES", MILES_FWHM, name or path.stem, labels)
+    yield _library_spectrum(path, wave_air, flux, MILES, name or path.stem, labels)
 
 
 @register("stelib", _claims_stelib)
@@ -53,9 +51,7 @@ def read_stelib(path: Path) -> Iterator[Spectrum]:
     wave_air, flux, header = _read_1d(path)
     # The file name carries the star name in the spelling MILES uses (OBJECT does not always).
     name = path.stem.split("_")[-1] if "_" in path.stem else header.get("OBJECT", path.stem)
-    yield _library_spectrum(
-        path, wave_air, flux, "STELIB", STELIB_FWHM, clean_star_name(str(name)), {}
-    )
+    yield _library_spectrum(path, wave_air, flux, STELIB, clean_star_name(str(name)), {})
 
 
 def _read_1d(path: Path):
@@ -66,22 +62,22 @@ def _read_1d(path: Path):
 
 
 def _library_spectrum(
-    path: Path, wave_air, flux, instrument: str, fwhm: float, star: str, labels
+    path: Path, wave_air, flux, instrument: Instrument, star: str, labels
 ) -> Spectrum:
-    wave = air_to_vacuum(wave_air)
+    wave = instrument.to_vacuum(wave_air)
     return Spectrum(
         wave=wave,
         flux=flux,
         ivar=noise_ivar(flux, covered=flux > 0),
-        instrument=instrument,
-        resolving_power=wave / fwhm,
+        instrument=instrument.name,
+        resolving_power=instrument.resolving_power_at(wave),
         frame="rest",
         normalised=False,
         source=str(path),
         star_id=star,
         labels=dict(labels),
         has_errors=False,
-        flux_unit="erg / (s cm2 Angstrom)" if instrument == "STELIB" else "",
+        flux_unit="erg / (s cm2 Angstrom)" if instrument is STELIB else "",
     )
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
-from stargon.surveys.spectrum import Spectrum, SpectrumReadError
+from stargon.core.spectrum import Spectrum, SpectrumReadError
 
 SPECTRUM_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz", ".fts", ".npz", ".csv")
 

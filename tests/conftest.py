@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+
+from stargon.core import paths
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def data_dir() -> Path:
-    return Path(os.environ.get("STARGON_DATA", REPO.parent / "shared" / "data")).resolve()
+    return paths.data_dir().resolve()
 
 
 @pytest.fixture(scope="session")

@@ -9,13 +9,13 @@ import pytest
 import torch
 from astropy.io import fits
 
+from stargon.core.physics import C_KMS
+from stargon.core.spectrum import SpectrumReadError
 from stargon.explorer import plots
 from stargon.explorer.app import ExplorerApp
 from stargon.explorer.state import Explorer
-from stargon.model.physics import C_KMS
 from stargon.surveys import read_file
 from stargon.surveys.fetch import FetchError, lamost_spectrum
-from stargon.surveys.spectrum import SpectrumReadError
 from tests.archive_server import ArchiveServer
 
 LAMOST = "lamost_dr1/SampleFits/spec-55862-B6212_sp06-003.fits"
@@ -206,12 +206,12 @@ def test_sliders_are_whitened_and_the_fit_band_is_the_latent_covariance(explorer
     rng = np.random.default_rng(0)
     draws = rng.multivariate_normal(fit.z, fit.z_cov, 400)
     spectrum = view.observation.spectrum
-    basis = explorer.model.decoder.pixel_basis(
+    basis = explorer.model.observation_basis(
         torch.as_tensor(spectrum.wave[spectrum.valid]), fit.v_kms,
         torch.as_tensor(np.broadcast_to(spectrum.resolving_power, spectrum.wave.shape)[
             spectrum.valid].copy()), explorer.pyramid,
     )  # fmt: skip
     with torch.no_grad():
-        spread = explorer.model.decoder.decode(torch.as_tensor(draws).float(), basis).std(0)
+        spread = explorer.model.observe(torch.as_tensor(draws).float(), basis).std(0)
     ratio = np.median(spread.numpy() / band)
     assert 0.8 < ratio < 1.2, ratio

@@ -13,17 +13,17 @@ import pytest
 import torch
 from astropy.io import fits
 
+from stargon.core.physics import observed_to_rest
 from stargon.model.batch import make_batch
 from stargon.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from stargon.model.decoder import ModelConfig
 from stargon.model.fit import fit_spectrum
 from stargon.model.gon import StarGON
-from stargon.model.instruments import instrument
-from stargon.model.physics import observed_to_rest
 from stargon.model.prior import LatentPrior
+from stargon.model.sampling import sample_spectra
 from stargon.surveys import Spectrum
-from stargon.surveys.emulator import PayneEmulator
-from stargon.train.sampling import sample_spectra
+from stargon.surveys.instruments import instrument
+from stargon.train.emulator import PayneEmulator
 
 SMALL = ModelConfig(latent_dim=8, n_basis=8, hidden=32, wave_min=3500.0, wave_max=17000.0)
 
@@ -124,8 +124,8 @@ def test_radial_velocity_recovered_on_an_injected_shift(data, v_true):
     labels = torch.tensor([[4800.0, 4.5, 0.0, 0.1, 6.0]], dtype=torch.float64)
     (rest,) = emulator.spectra(labels)
     model = template_model(rest)
-    observed_wave = instrument("apogee").wave
-    rest_wave_seen = observed_to_rest(torch.as_tensor(observed_wave), v_true).numpy()
+    observed_wave = instrument("apogee").pixels()
+    rest_wave_seen = observed_to_rest(observed_wave, v_true)
     inside = (rest_wave_seen > rest.wave[0]) & (rest_wave_seen < rest.wave[-1])
     clean = np.interp(rest_wave_seen[inside], rest.wave, rest.flux)
     rng = np.random.default_rng(1)
@@ -156,18 +156,32 @@ def test_sampling_from_the_prior_on_an_instrument(spectra, tmp_path):
     prior = LatentPrior.fit(cloud, n_components=2)
     lamost = instrument("lamost")
     z, flux = sample_spectra(model, prior, lamost, n=7, v_kms=50.0)
-    assert z.shape == (7, SMALL.latent_dim) and flux.shape == (7, lamost.wave.size)
+    assert z.shape == (7, SMALL.latent_dim) and flux.shape == (7, lamost.pixels().size)
     assert np.all(np.isfinite(flux))
-    from stargon.train.sampling import sample_to_file
+    # the latents are the prior's: mixture mean and total variance, to sampling noise
+    many, _ = sample_spectra(model, prior, lamost, n=4000, seed=1)
+    mean = prior.weights @ prior.means
+    parts = zip(prior.weights, prior.means, prior.covariances, strict=True)
+    spread = sum(w * (c + np.outer(m - mean, m - mean)) for w, m, c in parts)
+    assert np.all(np.abs(many.mean(0) - mean) < 5 * np.sqrt(np.diag(spread) / 4000))
+    assert np.trace(np.cov(many.T)) == pytest.approx(np.trace(spread), rel=0.1)
+    from stargon.model.sampling import sample_to_file
 
     # The template bank is the prior's means: entries that share memory must still save.
     tensors = prior.to_tensors() | {"prototypes": torch.as_tensor(prior.means)}
     folder = save_checkpoint(tmp_path / "m", model, extra_tensors=tensors)
     out = sample_to_file(3, "galah", folder, tmp_path / "s.fits", 0.0, 0)
+    z_galah, flux_galah = sample_spectra(model, prior, instrument("galah"), n=3, seed=0)
     with fits.open(out) as hdul:
         assert hdul["FLUX"].data.shape == (3, 4 * 4096)
+        np.testing.assert_allclose(hdul["FLUX"].data, flux_galah, rtol=1e-6)
+        np.testing.assert_allclose(hdul["LATENTS"].data, z_galah, rtol=1e-6)
+        np.testing.assert_allclose(hdul["WAVE"].data["wavelength"], instrument("galah").pixels())
         assert hdul["WAVE"].columns["wavelength"].unit == "Angstrom"
-        assert hdul[0].header["SYNTHETIC"]
+        header = hdul[0].header
+        assert header["OBJECT"] == "synthetic" and header["ORIGIN"].startswith("StarGON")
+        assert not any(card.keyword.startswith("HIERARCH") or len(card.keyword) > 8
+                       for hdu in hdul for card in hdu.header.cards)  # fmt: skip
 
 
 def test_fit_command_writes_one_row_per_spectrum_and_reports_bad_files(data, spectra, tmp_path):

@@ -86,15 +86,16 @@ def test_telluric_and_sky_pixels_get_zero_ivar(spectra):
 
 def test_latent_uncertainty_matches_the_scatter_over_noise_realisations(model, spectra):
     """A spectrum made by the model itself at S/N 250, refitted for 40 noise draws: the Laplace
-    σ_z agrees with the spread of the fitted z (median over latents, within 20 %)."""
+    σ_z agrees with the spread of the fitted z (median over latents, within 20 %), and the
+    fits' χ²/dof is 1."""
     miles = spectra[0]
     truth = model.encode(make_batch([miles]))
-    basis = model.decoder.pixel_basis(torch.as_tensor(miles.wave), 0.0, miles.resolving_power)
+    basis = model.observation_basis(torch.as_tensor(miles.wave), 0.0, miles.resolving_power)
     with torch.no_grad():
-        flux = model.decoder.decode(truth, basis)[0].double().numpy()
+        flux = model.observe(truth, basis)[0].double().numpy()
     sigma = 0.004
     rng = np.random.default_rng(1)
-    fitted, errors = [], []
+    fitted, errors, chi2 = [], [], []
     for _ in range(40):
         noisy = Spectrum(
             wave=miles.wave, flux=flux + rng.normal(0, sigma, flux.size),
@@ -105,8 +106,11 @@ def test_latent_uncertainty_matches_the_scatter_over_noise_realisations(model, s
         result = fit_spectrum(model, noisy, fit_velocity=False)
         fitted.append(result.z)
         errors.append(result.z_err)
+        chi2.append(result.chi2_dof)
     ratio = np.std(fitted, axis=0, ddof=1) / np.median(errors, axis=0)
     assert 0.8 < np.median(ratio) < 1.2, ratio
+    # the model is perfect here: χ²/dof (as fits report it) is 1 to its noise (0.3 %)
+    assert np.mean(chi2) == pytest.approx(1.0, abs=0.02)
 
 
 def test_whitening_decorrelates_orders_and_round_trips():

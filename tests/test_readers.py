@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from stargon.model.physics import vacuum_to_air
+from stargon.core.physics import vacuum_to_air
 from stargon.surveys import read_file
 from stargon.surveys.check import check_folder
-from stargon.surveys.emulator import LABEL_NAMES, PayneEmulator
+from stargon.train.emulator import LABEL_NAMES, PayneEmulator
 
 
 @pytest.fixture(scope="module")
@@ -168,10 +168,19 @@ def test_payne_emulator_makes_synthetic_labelled_spectra(data):
     assert torch.all(drawn >= emulator.x_min) and torch.all(drawn <= emulator.x_max)
 
 
-def test_reading_a_folder_is_lazy(data):
-    """iter_spectra yields the first spectrum before touching the rest of a big folder."""
+def test_reading_a_folder_is_lazy(data, tmp_path):
+    """iter_spectra reads a file only when the stream reaches it: after the first spectrum is
+    taken, the second file is replaced by a broken one, and the stream must see the break (an
+    eager reader would already hold the good spectrum)."""
     from stargon.surveys import iter_spectra
 
-    stream = iter_spectra(data / "miles")
+    originals = sorted((data / "miles").glob("MILES*.fits"))[:2]
+    for original in originals:
+        (tmp_path / original.name).write_bytes(original.read_bytes())
+    errors: list[str] = []
+    stream = iter_spectra(tmp_path, on_error=lambda path, error: errors.append(path.name))
     first = next(stream)
-    assert Path(first.source).name.startswith("MILES")
+    assert Path(first.source).name == originals[0].name
+    (tmp_path / originals[1].name).write_bytes(b"SIMPLE  = not a FITS file any more")
+    assert list(stream) == []
+    assert errors == [originals[1].name]

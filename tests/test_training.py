@@ -19,7 +19,7 @@ from stargon.model.decoder import ModelConfig
 from stargon.model.gon import StarGON
 
 TINY = [
-    "--latent-dim", "4", "--n-basis", "4", "--pixels", "200", "--batch-size", "4",
+    "--latent-dim", "4", "--n-basis", "4", "--n-pixels", "200", "--batch-size", "4",
     "--checkpoint-every", "1", "--warmup-steps", "1000", "--no-package", "--device", "cpu",
 ]  # fmt: skip
 
@@ -108,3 +108,27 @@ def test_two_process_gloo_ddp_equals_one_process_on_the_same_global_batch(tiny_d
         # Adam's first step is ≈ lr·g/(|g| + ε): entries whose gradient is at round-off
         # level (|g| ~ ε) may differ with the order of the sum; 2 % of lr = 3e-3 bounds it.
         assert torch.allclose(a[name], b[name], rtol=1e-5, atol=6e-5), name
+
+
+def test_held_out_chi2_is_logged_for_the_weights_of_that_step(tiny_data, tmp_path):
+    """`--held-out-every 3`: records at steps 3 and 6 carry the held-out χ²/n, and the last one
+    is the mean χ²/n after the GON step of the final weights on held-out stars only."""
+    from stargon.train.dataset import load_training_set
+    from stargon.train.loop import TrainConfig, _held_out_sample, held_out_chi2
+
+    run = tmp_path / "run"
+    extra = ("--held-out-every", "3", "--held-out-fraction", "0.3", "--seed", "1")
+    subprocess.run(train_command(tiny_data, run, 6, *extra), check=True, capture_output=True)
+    logged = {r["step"]: r["held_out_chi2"] for r in metrics(run) if "held_out_chi2" in r}
+    assert sorted(logged) == [3, 6]
+    assert all(0 < value < 1e6 for value in logged.values())
+
+    config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+    dataset = load_training_set(config.data, None, config.held_out_fraction, progress=False)
+    chosen = _held_out_sample(config, dataset)
+    held = set(json.loads((run / "split.json").read_text())["held_out_star_ids"])
+    assert chosen.size > 0 and {dataset.spectra[i].star_id for i in chosen} <= held
+    model, _, extra_tensors = load_checkpoint(run / "checkpoints" / "step-0000006")
+    velocities = extra_tensors["velocities"].numpy()
+    again = held_out_chi2(model, dataset, chosen, velocities, config, rest_only=True)
+    assert again == pytest.approx(logged[6], rel=1e-5)

@@ -13,9 +13,9 @@ import math
 import numpy as np
 import torch
 
+from stargon.core.spectrum import Spectrum
 from stargon.model.decoder import ModelConfig
 from stargon.surveys.atmosphere import masked_ivar
-from stargon.surveys.spectrum import Spectrum
 
 BIN_WIDTH = 5e-4  # in ln λ: 150 km/s
 # The penalty blurs to HEADROOM × the supported R: a Gaussian blur also dents structure at its

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from stargon.surveys.emulator import PayneEmulator
+from stargon.core.spectrum import Spectrum
 from stargon.surveys.registry import scan
-from stargon.surveys.spectrum import Spectrum
+from stargon.train.emulator import PayneEmulator
 
 SYNTHETIC_SURVEY = "payne_synthetic"
 EMULATOR = Path("apogee_payne/neural_nets/NN_normalized_spectra.npz")

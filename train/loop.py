@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from stargon.core.records import to_json, write_json
 from stargon.model.batch import make_batch
 from stargon.model.checkpoint import load_checkpoint, save_checkpoint
 from stargon.model.decoder import ModelConfig
@@ -32,28 +33,35 @@ from stargon.train.dataset import TrainingSet, load_training_set
 
 @dataclass
 class TrainConfig:
-    data: str
-    out: str
-    surveys: list[str] | None = None
-    steps: int = 2000
-    batch_size: int = 64  # global, over all processes
-    n_pixels: int = 1000
-    lr: float = 3e-3
-    seed: int = 0
-    gon_steps: int = 1
-    error_floor: float = 0.01
-    warmup_steps: int = 200
-    rv_every: int = 500
-    checkpoint_every: int = 100
-    log_every: int = 10
-    held_out_fraction: float = 0.1
-    synthetic: int = 0  # Payne-emulator spectra added as the survey "payne_synthetic"
-    survey_balance: float = 0.5  # a survey's share of batches ∝ (its spectra)^balance
-    lr_decay_from: float = 0.6  # fraction of the steps after which lr falls (cosine) to 5 %
-    roughness: float = 100.0  # weight of the penalty on detail finer than the data support
-    coverage_count: int = 20  # a resolution is trusted where this many spectra reach it
-    roughness_cells: int = 2000  # rest wavelengths the penalty is evaluated at per step
-    device: str = "auto"
+    """Every training setting, written once: `stargon train` makes one option per field
+    (its help is the field's annotation), and the run's config.json stores them all."""
+
+    data: Annotated[str, "Data folder (default: $STARGON_DATA or ../shared/data)."]
+    out: Annotated[str, "Run folder: checkpoints, metrics.jsonl, split.json."]
+    surveys: Annotated[list[str] | None, "Comma-separated data subfolders to use."] = None
+    steps: Annotated[int, "Optimiser steps."] = 2000
+    batch_size: Annotated[int, "Global batch size, over all processes."] = 64
+    n_pixels: Annotated[int, "Pixels sampled per spectrum and step."] = 1000
+    lr: Annotated[float, "Adam learning rate."] = 3e-3
+    seed: Annotated[int, "Seed of every random choice (batches, pixels, split)."] = 0
+    gon_steps: Annotated[int, "GON inner steps from the origin."] = 1
+    error_floor: Annotated[float, "Fractional error added in quadrature (training only)."] = 0.01
+    warmup_steps: Annotated[int, "Steps on rest-frame spectra only."] = 200
+    rv_every: Annotated[int, "Steps between radial-velocity re-estimates."] = 500
+    checkpoint_every: Annotated[int, "Steps between checkpoints."] = 100
+    log_every: Annotated[int, "Steps between metrics.jsonl records."] = 10
+    held_out_every: Annotated[int, "Steps between held-out χ² evaluations (0: never)."] = 100
+    held_out_spectra: Annotated[int, "Held-out spectra in that evaluation."] = 64
+    held_out_fraction: Annotated[float, "Share of stars held out of training."] = 0.1
+    synthetic: Annotated[int, "Payne-emulator spectra added as survey payne_synthetic."] = 0
+    survey_balance: Annotated[float, "A survey's share of batches ∝ n_spectra^balance."] = 0.5
+    lr_decay_from: Annotated[float, "Fraction of steps after which lr falls (cosine) to 5 %."] = 0.6
+    roughness: Annotated[float, "Weight of the penalty on detail finer than the data teach."] = (
+        100.0
+    )
+    coverage_count: Annotated[int, "Spectra that must reach a resolution to trust it."] = 20
+    roughness_cells: Annotated[int, "Rest wavelengths the penalty is evaluated at per step."] = 2000
+    device: Annotated[str, "auto, cpu, cuda, cuda:1 …"] = "auto"
     model: ModelConfig = field(default_factory=ModelConfig)
 
     @classmethod
@@ -89,8 +97,8 @@ def _train(config, resume, dataset, context) -> Path:
     if resume and (run / "latest.json").exists():
         start, velocities = _restore(run, model, optimiser, context.device)
     elif context.is_main:
-        _write_json(run / "config.json", asdict(config))
-        _write_json(run / "split.json", _split_record(dataset))
+        write_json(run / "config.json", asdict(config))
+        write_json(run / "split.json", _split_record(dataset))
     wrapped = DistributedDataParallel(model) if context.world_size > 1 else model
     train_rest = dataset.indices(held_out=False, frame="rest")
     train_all = dataset.indices(held_out=False)
@@ -103,6 +111,8 @@ def _train(config, resume, dataset, context) -> Path:
         range(start, config.steps), initial=start, total=config.steps, disable=not context.is_main
     )
     clock = time.perf_counter()
+    watched = _held_out_sample(config, dataset)
+    held_out = None
     for step in bar:
         if step >= config.warmup_steps and (step - config.warmup_steps) % config.rv_every == 0:
             velocities = _refresh_velocities(model, dataset, velocities, context)
@@ -129,9 +139,15 @@ def _train(config, resume, dataset, context) -> Path:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimiser.step()
         done = step + 1
-        log_now = done % config.log_every == 0 or done == config.steps
+        check_now = config.held_out_every > 0 and (
+            done % config.held_out_every == 0 or done == config.steps
+        )
+        log_now = done % config.log_every == 0 or done == config.steps or check_now
         if log_now:
             loss = distributed.global_mean(loss, context)
+        if context.is_main and check_now:
+            rest_only = done <= config.warmup_steps
+            held_out = held_out_chi2(model, dataset, watched, velocities, config, rest_only)
         if context.is_main and log_now:
             elapsed = time.perf_counter() - clock
             clock = time.perf_counter()
@@ -141,11 +157,13 @@ def _train(config, resume, dataset, context) -> Path:
                 "mean_chi2": chi2.mean().item(),
                 "median_chi2": chi2.median().item(),
                 "roughness": roughness.item(),
+                **({"held_out_chi2": held_out} if check_now else {}),
                 "spectra_per_s": config.log_every * config.batch_size / max(elapsed, 1e-9),
                 "time": time.time(),
             }
             _append_jsonl(run / "metrics.jsonl", record)
-            bar.set_postfix(loss=f"{record['loss']:.3g}")
+            shown = {"loss": f"{record['loss']:.3g}"}
+            bar.set_postfix(shown | ({"held_out": f"{held_out:.3g}"} if held_out else {}))
         if context.is_main and (done % config.checkpoint_every == 0 or done == config.steps):
             _checkpoint(run, model, optimiser, done, velocities, config, dataset)
     return run
@@ -164,6 +182,35 @@ def _global_batch(
         pool, config.batch_size, replace=pool.size < config.batch_size, p=weights / weights.sum()
     )
     return np.sort(chosen)
+
+
+def _held_out_sample(config: TrainConfig, dataset: TrainingSet) -> np.ndarray:
+    """A fixed set of held-out spectra, the same at every evaluation so the curve compares."""
+    pool = dataset.indices(held_out=True)
+    rng = np.random.default_rng([config.seed, 7])
+    chosen = rng.choice(pool, min(config.held_out_spectra, pool.size), replace=False)
+    return np.sort(chosen)
+
+
+def held_out_chi2(model, dataset, chosen, velocities, config, rest_only: bool) -> float | None:
+    """Mean χ²/n after the GON step on held-out spectra — the training loss on stars the model
+    never trained on (rest-frame ones only during the warm-up, as in training)."""
+    if rest_only:
+        chosen = np.array([i for i in chosen if dataset.spectra[i].frame == "rest"], dtype=int)
+    if chosen.size == 0:
+        return None
+    batch = make_batch(
+        [dataset.spectra[i] for i in chosen],
+        v_kms=velocities[chosen],
+        n_pixels=config.n_pixels,
+        rngs=[np.random.default_rng([config.seed, int(i)]) for i in chosen],
+        error_floor=config.error_floor,
+    ).to(model.decoder.table.device)
+    with torch.no_grad():
+        basis = model.basis(batch)
+    z = model.encode(batch, basis, n_steps=config.gon_steps)
+    with torch.no_grad():
+        return model.chi2(z, basis, batch).mean().item()
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -215,7 +262,7 @@ def _checkpoint(run, model, optimiser, step, velocities, config, dataset) -> Non
     }
     name = f"checkpoints/step-{step:07d}"
     save_checkpoint(run / name, model, card=card, extra_tensors=tensors)
-    _write_json(run / "latest.json", {"step": step, "checkpoint": name})
+    write_json(run / "latest.json", {"step": step, "checkpoint": name})
 
 
 def _restore(run, model, optimiser, device):
@@ -249,21 +296,6 @@ def _split_record(dataset: TrainingSet) -> dict:
     }
 
 
-def _write_json(path: Path, value) -> None:
-    """Atomic: a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=1, default=_json_default))
-    os.replace(tmp, path)
-
-
 def _append_jsonl(path: Path, record: dict) -> None:
     with open(path, "a") as handle:
-        handle.write(json.dumps(record) + "\n")
-
-
-def _json_default(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"cannot write {type(value).__name__}")
+        handle.write(to_json(record, indent=None) + "\n")

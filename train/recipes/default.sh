@@ -6,7 +6,7 @@
 #   stargon release runs/default --out assets/default
 set -euo pipefail
 stargon train --data "${STARGON_DATA:-../shared/data}" --out "${1:-runs/default}" \
-  --steps 3000 --batch-size 64 --pixels 1000 --warmup-steps 300 --rv-every 1000 \
+  --steps 3000 --batch-size 64 --n-pixels 1000 --warmup-steps 300 --rv-every 1000 \
   --synthetic 1000 --survey-balance 0.5 --lr-decay-from 0.6 \
   --inner-step gauss_newton --prior-precision 1 --roughness 100 --coverage-count 20 \
   --checkpoint-every 100 --no-package --resume

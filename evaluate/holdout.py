@@ -17,12 +17,11 @@ import torch
 from sklearn.decomposition import PCA
 from tqdm import tqdm
 
+from stargon.core.spectrum import Spectrum
 from stargon.evaluate.metrics import fractional_rms
 from stargon.model.fit import FitResult, fit_spectrum, template_pyramid
 from stargon.model.gon import StarGON
-from stargon.model.physics import resample
 from stargon.surveys.atmosphere import masked_ivar
-from stargon.surveys.spectrum import Spectrum
 from stargon.train.dataset import TrainingSet
 
 
@@ -148,3 +147,43 @@ def on_grid(spectra: list[Spectrum], grid: np.ndarray) -> tuple[np.ndarray, np.n
         fluxes.append(flux.numpy())
         ivars.append(ivar.numpy())
     return np.array(fluxes), np.array(ivars)
+
+
+def resample(
+    wave_in: torch.Tensor,
+    flux_in: torch.Tensor,
+    ivar_in: torch.Tensor,
+    wave_out: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Linear interpolation onto `wave_out` with inverse variances propagated.
+
+    f_out = (1-t) f_a + t f_b, var_out = (1-t)² var_a + t² var_b. An output pixel is masked
+    (ivar 0) if it lies outside the input range or leans on a masked input pixel. Meant for
+    output grids no coarser than the input; convolve with the LSF first when degrading.
+    """
+    n = wave_in.shape[-1]
+    right = torch.searchsorted(wave_in.contiguous(), wave_out.contiguous()).clamp(1, n - 1)
+    left = right - 1
+    w_left = torch.gather(wave_in, -1, left)
+    w_right = torch.gather(wave_in, -1, right)
+    t = ((wave_out - w_left) / (w_right - w_left)).to(flux_in.dtype)
+    inside = (wave_out >= wave_in[..., :1]) & (wave_out <= wave_in[..., -1:])
+
+    f_left, f_right = _take(flux_in, left), _take(flux_in, right)
+    i_left, i_right = _take(ivar_in, left), _take(ivar_in, right)
+    flux_out = (1 - t) * f_left + t * f_right
+    usable = inside & ((i_left > 0) | (t >= 1)) & ((i_right > 0) | (t <= 0))
+    var = (1 - t) ** 2 * _safe_inverse(i_left) + t**2 * _safe_inverse(i_right)
+    ivar_out = torch.where(usable, _safe_inverse(var), torch.zeros_like(var))
+    return torch.where(inside, flux_out, torch.zeros_like(flux_out)), ivar_out
+
+
+def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Gather along the pixel axis, broadcasting a shared index over a batch of spectra."""
+    if index.ndim < values.ndim:
+        index = index.expand(*values.shape[:-1], index.shape[-1])
+    return torch.gather(values, -1, index)
+
+
+def _safe_inverse(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x > 0, 1.0 / x.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stargon.surveys.apogee import RESOLVING_POWER, _payne_wavelength
-from stargon.surveys.common import segments_from_gaps
-from stargon.surveys.spectrum import Spectrum, SpectrumReadError
+from stargon.core.spectrum import Spectrum, SpectrumReadError
+from stargon.surveys.apogee import _payne_wavelength
+from stargon.surveys.instruments import APOGEE
 
 LABEL_NAMES = ("teff", "logg", "fe_h", "alpha_fe", "vmacro")
 INSTRUMENT = "APOGEE (Payne emulator, synthetic)"
@@ -58,14 +58,14 @@ class PayneEmulator:
         if snr is not None:
             flux = flux + rng.normal(0.0, 1.0 / snr, flux.shape)
         ivar = np.full(flux.shape[1], snr**2 if snr is not None else 1e8)
-        segments = segments_from_gaps(self.wave)
+        segments = APOGEE.segments(self.wave)
         return [
             Spectrum(
                 wave=self.wave,
                 flux=row,
                 ivar=ivar,
                 instrument=INSTRUMENT,
-                resolving_power=RESOLVING_POWER,
+                resolving_power=APOGEE.resolving_power,
                 frame="rest",
                 normalised=True,
                 source=f"{self.path}[synthetic {i}]",

@@ -12,8 +12,8 @@ from astropy.table import Table
 from stargon import __version__
 from stargon.model.checkpoint import load_checkpoint, resolve_checkpoint
 from stargon.model.gon import StarGON
-from stargon.model.instruments import Instrument, instrument
 from stargon.model.prior import LatentPrior
+from stargon.surveys.instruments import Instrument, instrument
 
 
 def sample_spectra(
@@ -21,10 +21,11 @@ def sample_spectra(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(latents (n, D), normalised flux (n, N)) drawn from the prior, seen by `inst`."""
     z = torch.as_tensor(prior.sample(n, seed), dtype=torch.float32)
-    wave = torch.as_tensor(inst.wave, dtype=torch.float32)
+    wave = inst.pixels()
+    resolving_power = torch.as_tensor(inst.resolving_power_at(wave))
     with torch.no_grad():
-        basis = model.decoder.pixel_basis(wave, v_kms, torch.as_tensor(inst.resolving_power))
-        flux = model.decoder.decode(z, basis)
+        basis = model.observation_basis(torch.as_tensor(wave), v_kms, resolving_power)
+        flux = model.observe(z, basis)
     return z.numpy(), flux.numpy()
 
 
@@ -39,17 +40,17 @@ def sample_to_file(
     inst = instrument(instrument_name)
     z, flux = sample_spectra(model, prior, inst, n, v_kms, seed)
     if out.suffix.lower() == ".csv":
-        columns = {"wavelength_vacuum_angstrom": inst.wave}
+        columns = {"wavelength_vacuum_angstrom": inst.pixels()}
         columns |= {f"flux_{i}": row for i, row in enumerate(flux)}
         Table(columns).write(out, format="ascii.csv", overwrite=True)
         return out
-    header = fits.Header()
-    header["INSTRUME"] = (inst.name, "pixels and resolution of this instrument")
-    header["RV"] = (v_kms, "radial velocity of the samples, km/s")
-    header["SYNTHETIC"] = (True, "drawn from the StarGON latent prior")
-    header["MODEL"] = (str(folder), "StarGON checkpoint")
-    header["STARGON"] = __version__
-    wave = Table({"wavelength": inst.wave}, meta={"EXTNAME": "WAVE"})
+    header = fits.Header()  # standard keywords and 8-character ones: no HIERARCH cards
+    header["ORIGIN"] = (f"StarGON {__version__}", "software that made this file")
+    header["OBJECT"] = ("synthetic", "StarGON latent-prior draw, not observed")
+    header["INSTRUME"] = (inst.name, "pixels and resolution of this one")
+    header["VRAD"] = (v_kms, "[km/s] radial velocity of the samples")
+    header["MODEL"] = (folder.name, "StarGON checkpoint folder")
+    wave = Table({"wavelength": inst.pixels()}, meta={"EXTNAME": "WAVE"})
     wave["wavelength"].unit = "Angstrom"
     hdus = [
         fits.PrimaryHDU(header=header),

@@ -10,12 +10,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from stargon.evaluate.holdout import evaluate_held_out, fit_held_out
 from stargon.model.batch import make_batch
 from stargon.model.checkpoint import load_checkpoint, save_checkpoint
 from stargon.model.prior import LatentPrior
 from stargon.model.whitening import Whitening
 from stargon.train.dataset import load_training_set
-from stargon.train.holdout import evaluate_held_out, fit_held_out
 from stargon.train.loop import TrainConfig
 
 

@@ -1,0 +1,45 @@
+"""The smooth multiplicative continuum C(λ): a Legendre polynomial per detector segment,
+solved in closed form by weighted least squares (differentiable, batched)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def legendre_design(
+    x: torch.Tensor, segment_id: torch.Tensor, n_segments: int, degree: int
+) -> torch.Tensor:
+    """Continuum design matrix (..., N, n_segments · (degree+1)): Legendre P_0…P_degree of x,
+    one block of columns per segment, zero outside it."""
+    polys = [torch.ones_like(x), x]
+    for order in range(1, degree):
+        polys.append(((2 * order + 1) * x * polys[-1] - order * polys[-2]) / (order + 1))
+    legendre = torch.stack(polys[: degree + 1], dim=-1)  # (..., N, degree+1)
+    one_hot = F.one_hot(segment_id, n_segments).to(x.dtype)  # (..., N, S)
+    return (one_hot.unsqueeze(-1) * legendre.unsqueeze(-2)).flatten(-2)
+
+
+def solve_continuum(
+    design: torch.Tensor,
+    flux: torch.Tensor,
+    ivar: torch.Tensor,
+    model: torch.Tensor,
+    ridge: float = 1e-9,
+) -> torch.Tensor:
+    """C = design · c with c = argmin Σ ivar (flux − model · design c)², in closed form.
+
+    The ridge is relative to the normal matrix's mean diagonal, so it does not depend on the
+    flux units; it keeps segments without valid pixels solvable (their C is then 0).
+    """
+    columns = model.unsqueeze(-1) * design
+    weighted = columns * ivar.unsqueeze(-1)
+    normal = weighted.transpose(-1, -2) @ columns
+    scale = normal.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-30)
+    eye = torch.eye(normal.shape[-1], dtype=normal.dtype, device=normal.device)
+    normal = normal + ridge * scale[..., None, None] * eye
+    rhs = (weighted * flux.unsqueeze(-1)).sum(-2)
+    coeffs = torch.linalg.solve(normal, rhs.unsqueeze(-1)).squeeze(-1)
+    if design.ndim < coeffs.ndim + 1:
+        design = design.expand(*coeffs.shape[:-1], *design.shape)
+    return (design @ coeffs.unsqueeze(-1)).squeeze(-1)
