@@ -34,12 +34,14 @@ def float64():
     torch.set_default_dtype(previous)
 
 
-def model_with_a_line(centre: float = H_ALPHA, sigma_ln: float = 5e-5) -> StarGON:
+def model_with_a_line(
+    centre: float = H_ALPHA, sigma_ln: float = 5e-5, config: ModelConfig = LINE_CONFIG
+) -> StarGON:
     """A StarGON whose mean spectrum T₀ is a flat continuum with one Gaussian absorption line
     (σ in ln λ) at `centre`: what it draws is the forward model acting on a known spectrum."""
-    model = StarGON(LINE_CONFIG)
-    ln_grid = math.log(LINE_CONFIG.wave_min) + LINE_CONFIG.ln_step * torch.arange(
-        LINE_CONFIG.n_table, dtype=torch.float64
+    model = StarGON(config)
+    ln_grid = math.log(config.wave_min) + config.ln_step * torch.arange(
+        config.n_table, dtype=torch.float64
     )
     line = 1 - 0.6 * torch.exp(-0.5 * ((ln_grid - math.log(centre)) / sigma_ln) ** 2)
     with torch.no_grad():
