@@ -57,6 +57,7 @@ def test_default_model_reproduces_its_recorded_held_out_fits(default, data):
         assert result.chi2_dof == pytest.approx(reference["chi2_dof"], rel=0.01), reference
 
 
+@pytest.mark.slow  # end to end: `stargon evaluate` on two surveys
 def test_evaluate_writes_a_report_of_measured_numbers(default, data, tmp_path):
     out = evaluate(None, data, tmp_path, max_per_survey=5, injection_trials=2,
                    surveys=["miles", "stelib"])  # fmt: skip

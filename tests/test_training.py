@@ -18,6 +18,8 @@ from stargon.model.checkpoint import load_checkpoint
 from stargon.model.decoder import ModelConfig
 from stargon.model.gon import StarGON
 
+pytestmark = pytest.mark.slow  # end to end: training subprocesses, kill -9, torchrun
+
 TINY = [
     "--latent-dim", "4", "--n-basis", "4", "--n-pixels", "200", "--batch-size", "4",
     "--checkpoint-every", "1", "--warmup-steps", "1000", "--no-package", "--device", "cpu",

@@ -18,6 +18,8 @@ import pytest
 from stargon.surveys.fetch import lamost_spectrum
 from tests.archive_server import ArchiveServer
 
+pytestmark = pytest.mark.slow  # end to end: a served app in Chromium
+
 playwright = pytest.importorskip("playwright.sync_api")
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
