@@ -107,6 +107,22 @@ class Spectrum:
         snr = np.abs(self.flux[self.valid]) * np.sqrt(self.ivar[self.valid])
         return float(np.median(snr))
 
+    def to_specutils(self):
+        """This spectrum as a specutils `Spectrum` (vacuum Å, inverse variance, mask; the
+        resolving power, frame and instrument in `meta`)."""
+        from stargon.core.interop import to_specutils
+
+        return to_specutils(self)
+
+    @classmethod
+    def from_specutils(cls, spectrum, source: str = "specutils", **settings) -> Spectrum:
+        """A `Spectrum` from a 1-D specutils spectrum; `settings` are `UserSettings` fields
+        (resolving_power=…, medium="air", frame="rest"), needed where the spectrum's `meta`
+        and header do not say."""
+        from stargon.core.interop import UserSettings, from_specutils
+
+        return from_specutils(spectrum, source, UserSettings(**settings))
+
     @property
     def flux_quantity(self) -> u.Quantity:
         """Flux with its unit (dimensionless when normalised or relative)."""
@@ -128,3 +144,14 @@ def der_snr_noise(flux: np.ndarray) -> float:
         flux=f * u.dimensionless_unscaled, spectral_axis=np.arange(f.size) * u.pix
     )
     return signal / float(snr_derived(spectrum))
+
+
+def noise_ivar(flux: np.ndarray, covered: np.ndarray | None = None) -> np.ndarray:
+    """Constant ivar from the DER_SNR noise, for sources that publish no uncertainties.
+
+    `covered` marks the pixels that hold data (libraries pad partial coverage with zeros);
+    the noise is estimated there only and ivar is 0 elsewhere.
+    """
+    covered = np.isfinite(flux) if covered is None else covered & np.isfinite(flux)
+    sigma = der_snr_noise(flux[covered])
+    return np.where(covered, 1.0 / sigma**2 if sigma > 0 else 0.0, 0.0)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from stargon.core.interop import UserSettings
 from stargon.model.checkpoint import load_checkpoint, resolve_checkpoint
 from stargon.model.fit import fit_spectrum, template_pyramid
 from stargon.surveys.registry import scan
@@ -16,9 +17,14 @@ COLUMNS = ["source", "star_id", "instrument", "frame", "rv_kms", "rv_err_kms", "
 
 
 def fit_paths(
-    paths: list[Path], checkpoint: Path | None, out: Path, device: str = "cpu"
+    paths: list[Path],
+    checkpoint: Path | None,
+    out: Path,
+    device: str = "cpu",
+    user: UserSettings | None = None,
 ) -> list[tuple[str, str]]:
-    """Write `out` (CSV) and return the files that were skipped, with the reason."""
+    """Write `out` (CSV) and return the files that were skipped, with the reason. Files of no
+    known survey are read with `user`'s settings (resolving power, medium, frame)."""
     model, _, extra = load_checkpoint(resolve_checkpoint(checkpoint), device)
     with torch.no_grad():
         pyramid = model.decoder.pyramid()
@@ -30,7 +36,7 @@ def fit_paths(
         writer = csv.DictWriter(handle, COLUMNS + latent_columns + error_columns)
         writer.writeheader()
         for path in paths:
-            for outcome in tqdm(scan(path), desc=f"fitting {path}", unit="file"):
+            for outcome in tqdm(scan(path, user=user), desc=f"fitting {path}", unit="file"):
                 if outcome.error:
                     failures.append((str(outcome.path), outcome.error))
                 for spectrum in outcome.spectra:

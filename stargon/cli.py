@@ -13,6 +13,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from stargon import __version__
+from stargon.core.interop import UserSettings
 from stargon.core.paths import data_dir
 from stargon.model.decoder import ModelConfig
 from stargon.options import split_settings, with_config_options
@@ -217,6 +218,7 @@ def train_command(
 
 
 @app.command("fit")
+@with_config_options(UserSettings)
 def fit_command(
     paths: Annotated[list[Path], typer.Argument(help="Spectrum files or folders.")],
     checkpoint: Annotated[
@@ -224,11 +226,20 @@ def fit_command(
     ] = None,
     out: Annotated[Path, typer.Option(help="CSV with one row per spectrum.")] = Path("fits.csv"),
     device: str = "cpu",
+    *,
+    settings: dict,
 ) -> None:
-    """Fit radial velocity, latents and continuum to every readable spectrum."""
+    """Fit radial velocity, latents and continuum to every readable spectrum: survey files,
+    or your own (any format specutils reads, CSV with wavelength, flux and optional error
+    columns; give --resolving-power when its header has none)."""
     from stargon.model.fit_files import fit_paths
 
-    failures = fit_paths(paths, checkpoint, out, device)
+    try:
+        user = UserSettings(**settings)
+    except ValueError as exc:
+        errors.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    failures = fit_paths(paths, checkpoint, out, device, user)
     for path, reason in failures:
         errors.print(f"[yellow]skipped[/] {path}: {reason}")
     console.print(f"[green]wrote[/] {out}")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from stargon.core.spectrum import SpectrumReadError, der_snr_noise
+from stargon.core.spectrum import SpectrumReadError
 
 
 def linear_axis(header: fits.Header, n: int, path: Path) -> np.ndarray:
@@ -65,17 +65,6 @@ def ivar_from_sigma(sigma: np.ndarray) -> np.ndarray:
     sigma = np.asarray(sigma, dtype=np.float64)
     good = np.isfinite(sigma) & (sigma > 0)
     return np.where(good, 1.0 / np.where(good, sigma, 1.0) ** 2, 0.0)
-
-
-def noise_ivar(flux: np.ndarray, covered: np.ndarray | None = None) -> np.ndarray:
-    """Constant ivar from the DER_SNR noise, for sources that publish no uncertainties.
-
-    `covered` marks the pixels that hold data (libraries pad partial coverage with zeros);
-    the noise is estimated there only and ivar is 0 elsewhere.
-    """
-    covered = np.isfinite(flux) if covered is None else covered & np.isfinite(flux)
-    sigma = der_snr_noise(flux[covered])
-    return np.where(covered, 1.0 / sigma**2 if sigma > 0 else 0.0, 0.0)
 
 
 def files_beside(path: Path, pattern: str, levels: int = 3) -> Iterator[Path]:

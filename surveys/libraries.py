@@ -11,13 +11,12 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from stargon.core.spectrum import Spectrum
+from stargon.core.spectrum import Spectrum, noise_ivar
 from stargon.surveys.common import (
     clean_star_name,
     files_beside,
     image_data,
     linear_axis,
-    noise_ivar,
 )
 from stargon.surveys.instruments import MILES, STELIB, Instrument
 from stargon.surveys.registry import Probe, open_fits, register

@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from stargon.core.spectrum import Spectrum
+from stargon.core.spectrum import Spectrum, noise_ivar
 from stargon.surveys.common import (
     clean_star_name,
     image_data,
     linear_axis,
-    noise_ivar,
 )
 from stargon.surveys.instruments import MIKE
 from stargon.surveys.registry import Probe, open_fits, register

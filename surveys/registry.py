@@ -8,8 +8,10 @@ wavelength grids, networks) are recognised as such and skipped, not reported as 
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import os
+import re
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
@@ -21,8 +23,9 @@ from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
 from stargon.core.spectrum import Spectrum, SpectrumReadError
+from stargon.surveys.user import TEXT_SUFFIXES, UserSettings, read_user_file
 
-SPECTRUM_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz", ".fts", ".npz", ".csv")
+SPECTRUM_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz", ".fts", ".npz", ".csv", ".ecsv")
 
 
 @dataclass
@@ -78,6 +81,8 @@ def probe_file(path: Path) -> Probe:
     if not path.is_file():
         raise SpectrumReadError(path, "not a regular file")
     name = path.name.lower()
+    if name.endswith(TEXT_SUFFIXES):
+        return Probe(path, "text")
     if name.endswith(".npz"):
         return _probe_npz(path)
     if name.endswith(".csv"):
@@ -103,7 +108,7 @@ def _probe_fits(path: Path) -> Probe:
 
 
 def _looks_spectral(columns: Iterable[str]) -> bool:
-    lowered = {c.lower() for c in columns}
+    lowered = {re.sub(r"\s*[\[(].*$", "", c).strip().lower() for c in columns}  # no "[unit]"
     return bool(lowered & {"flux", "sob", "spectrum"}) and bool(
         lowered & {"wave", "wavelength", "loglam", "lambda"}
     )
@@ -153,24 +158,32 @@ def find_reader(probe: Probe) -> Reader | None:
     return None
 
 
-def read_file(path: str | Path, survey: str | None = None) -> list[Spectrum]:
-    """All spectra in one file; `survey` forces a reader. Raises SpectrumReadError."""
+def read_file(
+    path: str | Path, survey: str | None = None, user: UserSettings | None = None
+) -> list[Spectrum]:
+    """All spectra in one file; `survey` forces a reader. A file of no known survey is read as
+    a user's spectrum with `user`'s settings (resolving power, medium, frame). Raises
+    SpectrumReadError."""
     probe = probe_file(Path(path))
-    return _read_with(resolve_reader(probe, survey), probe.path)
+    return _read_with(resolve_reader(probe, survey, user), probe.path)
 
 
-def resolve_reader(probe: Probe, survey: str | None = None) -> Reader:
-    """The reader for a probed file, or a SpectrumReadError that says why there is none."""
+def resolve_reader(
+    probe: Probe, survey: str | None = None, user: UserSettings | None = None
+) -> Reader:
+    """The reader for a probed file: a survey's, else the generic one for files that hold a
+    spectrum (`surveys.user`); a SpectrumReadError that says why there is none."""
     if survey is not None:
         reader = reader_named(survey)
         if not reader.claims(probe):
             raise SpectrumReadError(probe.path, f"not a {survey} file (its reader rejects it)")
         return reader
     reader = find_reader(probe)
-    if reader is None:
-        what = "holds no spectrum" if not probe.has_spectrum_data else "is of no known survey"
-        raise SpectrumReadError(probe.path, f"no reader recognises this file: it {what}")
-    return reader
+    if reader is not None:
+        return reader
+    if probe.has_spectrum_data or probe.kind in ("csv", "text"):  # the user reader says why
+        return Reader("user", lambda _: True, functools.partial(read_user_file, settings=user))
+    raise SpectrumReadError(probe.path, "no reader recognises this file: it holds no spectrum")
 
 
 def _read_with(reader: Reader, path: Path) -> list[Spectrum]:
@@ -215,15 +228,18 @@ def _excluded_folder(name: str) -> bool:
     return name.startswith((".", "_")) or name.lower() == "omit"
 
 
-def scan(root: str | Path, survey: str | None = None) -> Iterator[FileOutcome]:
-    """Read every file under `root`, one outcome per file; a bad file never stops the batch."""
+def scan(
+    root: str | Path, survey: str | None = None, user: UserSettings | None = None
+) -> Iterator[FileOutcome]:
+    """Read every file under `root`, one outcome per file; a bad file never stops the batch.
+    Files of no known survey are read with `user`'s settings."""
     for path in iter_files(root):
         try:
             probe = probe_file(path)
             if survey is None and not probe.has_spectrum_data and find_reader(probe) is None:
                 yield FileOutcome(path, skipped=True)
                 continue
-            reader = resolve_reader(probe, survey)
+            reader = resolve_reader(probe, survey, user)
             yield FileOutcome(path, spectra=_read_with(reader, path), reader=reader.name)
         except SpectrumReadError as exc:
             yield FileOutcome(path, error=exc.problem)

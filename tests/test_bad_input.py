@@ -84,7 +84,7 @@ CASES = {
     "all_nan.fits": (lambda d, o: edited_lamost(d, o, nan_flux), "no valid pixels"),
     "neg_ivar.fits": (lambda d, o: edited_lamost(d, o, negative_ivar), "negative inverse variance"),
     "shuffled.fits": (shuffled_dr8_wavelengths, "not strictly increasing (pixel 100"),
-    "unknown.fits": (unknown_instrument, "no reader recognises this file"),
+    "unknown.fits": (unknown_instrument, "no wavelength axis"),
     "broken.npz": (broken_npz, "not a readable npz archive"),
 }
 
