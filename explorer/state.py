@@ -11,6 +11,7 @@ per (instrument, v): a slider move is one small MLP and one matrix product.
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import tempfile
 from collections import OrderedDict
@@ -70,11 +71,16 @@ def archive_remote(kind: str, identifier: str) -> Remote:
     raise ValueError(f"{kind}: '{identifier}' is not an id of that kind ({ARCHIVE_IDS[kind]})")
 
 
+_SERIALS = itertools.count()
+
+
 @dataclass
 class Observation:
     spectrum: Spectrum
     fit: FitResult
     model_sigma: np.ndarray  # ±1σ of the normalised model from the latent covariance
+    # What caches key on: unique for the process's life (Python reuses the id() of freed objects).
+    serial: int = field(default_factory=_SERIALS.__next__, init=False)
 
     @property
     def residual_sigma(self) -> np.ndarray:
@@ -138,8 +144,14 @@ class Explorer:
         wave = self.instruments[view.instrument].pixels()
         return wave, self.instruments[view.instrument].resolving_power_at(wave)
 
+    def basis_key(self, view: View) -> tuple:
+        """What the view's pixel basis depends on: its observation (by serial) or instrument,
+        and its velocity."""
+        pixels = ("observation", view.observation.serial) if view.observation else view.instrument
+        return pixels, round(view.v_kms, 4)
+
     def _basis(self, view: View) -> torch.Tensor:
-        key = (id(view.observation) if view.observation else view.instrument, round(view.v_kms, 4))
+        key = self.basis_key(view)
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
