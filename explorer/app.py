@@ -343,11 +343,11 @@ class ExplorerApp(pn.viewable.Viewer):
 
     def _residual(self, revision: int = 0):
         view = self.view
+        x = self.explorer.axis(view)
+        xlim = ZOOMS[view.zoom] or plots.full_range(x)
         if view.observation is None:
-            return plots.residual_curve(np.array([]), np.array([]))
-        return plots.residual_curve(
-            self.explorer.axis(view), view.observation.residual_sigma, ZOOMS[view.zoom]
-        )
+            return plots.residual_curve(np.array([]), np.array([]), xlim)
+        return plots.residual_curve(x, view.observation.residual_sigma, xlim)
 
     def _strip(self, revision: int = 0):
         x = self.explorer.axis(self.view)
@@ -413,9 +413,10 @@ class ExplorerApp(pn.viewable.Viewer):
             self.status,
             self.fit_summary,
         )
-        teach = pn.Column(
-            "### Teaching view", self.teff, self.logg, self.fe_h, pn.pane.Markdown(TEACHING)
-        )
+        teach = pn.Column(  # stretched: a Markdown pane sized by its text runs off the page
+            "### Teaching view", self.teff, self.logg, self.fe_h,
+            pn.pane.Markdown(TEACHING, sizing_mode="stretch_width"), sizing_mode="stretch_width",
+        )  # fmt: skip
         map_panel = pn.Column(
             "### Latent map (click a star to fit it)",
             self.colour,

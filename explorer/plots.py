@@ -64,18 +64,22 @@ def spectrum_context(
     labelled. Always the same four layers, so a DynamicMap only swaps data; style with
     SPECTRUM_STYLE."""
     obs_x, obs_flux = observed if observed is not None else (np.array([]), np.array([]))
-    band = band if band is not None else (np.array([]), np.array([]), np.array([]))
+    band = with_gaps(*band) if band is not None else (np.array([]), np.array([]), np.array([]))
     rectangles = [(a, FLUX_RANGE[0], b, FLUX_RANGE[1]) for a, b in spans]
     label_rows = [(lx, 1.25, name) for lx, name in labels]
     observed_dim = hv.Dimension("observed", label="normalised flux")
-    xlim = xlim or _full_range(x)
+    xlim = xlim or full_range(x)
     return (
         hv.Rectangles(rectangles, kdims=[WAVELENGTH, "flux", "x1", "y1"]).opts(xlim=xlim)
         * hv.Spread(band, WAVELENGTH, [observed_dim, "sigma"], label="fit ± 1σ (latents)").opts(
             xlim=xlim
         )
         * hv.Curve(
-            (obs_x, obs_flux), WAVELENGTH, observed_dim, group="Observation", label="observation"
+            with_gaps(obs_x, obs_flux),
+            WAVELENGTH,
+            observed_dim,
+            group="Observation",
+            label="observation",
         ).opts(xlim=xlim)
         * hv.Labels(label_rows, [WAVELENGTH, "y"], "line").opts(xlim=xlim)
     )
@@ -84,20 +88,34 @@ def spectrum_context(
 def model_curve(x: np.ndarray, flux: np.ndarray, xlim=None) -> hv.Curve:
     """The model spectrum (red): the one layer redrawn on every slider move."""
     flux_dim = hv.Dimension("flux", label="normalised flux", range=FLUX_RANGE)
-    return hv.Curve((x, flux), WAVELENGTH, flux_dim, group="Model", label="model").opts(
-        xlim=xlim or _full_range(x)
+    return hv.Curve(with_gaps(x, flux), WAVELENGTH, flux_dim, group="Model", label="model").opts(
+        xlim=xlim or full_range(x)
     )
 
 
-def _full_range(x: np.ndarray) -> tuple[float | None, float | None]:
-    return (float(x.min()), float(x.max())) if x.size else (None, None)
+def full_range(x: np.ndarray) -> tuple[float | None, float | None]:
+    return (float(np.nanmin(x)), float(np.nanmax(x))) if x.size else (None, None)
+
+
+def with_gaps(x: np.ndarray, *ys: np.ndarray, factor: float = 20.0) -> tuple[np.ndarray, ...]:
+    """(x, *ys) with a NaN after every jump in x larger than `factor` median steps (between
+    GALAH's arms, APOGEE's chips, a masked stretch), so a line is broken there, not drawn
+    straight across."""
+    if x.size < 3:
+        return (x, *ys)
+    steps = np.diff(x)
+    cuts = np.flatnonzero(steps > factor * np.median(steps)) + 1
+    return tuple(np.insert(np.asarray(a, dtype=float), cuts, np.nan) for a in (x, *ys))
 
 
 def residual_curve(x: np.ndarray, residual: np.ndarray, xlim=None) -> hv.Curve:
-    """(observation − model)/σ under the spectrum."""
-    wavelength = hv.Dimension("wavelength", label="vacuum wavelength", unit="Å")
-    xlim = xlim or ((float(x.min()), float(x.max())) if x.size else (None, None))
-    return hv.Curve((x, residual), wavelength, hv.Dimension("residual", label="residual / σ")).opts(
+    """(observation − model)/σ under the spectrum. Give `xlim` even when there is nothing to
+    draw: Panel links this plot's wavelength axis to the spectrum's, and an empty range would
+    pull that axis to start at 0 Å."""
+    xlim = xlim or full_range(x)
+    return hv.Curve(
+        with_gaps(x, residual), WAVELENGTH, hv.Dimension("residual", label="residual / σ")
+    ).opts(
         responsive=True,
         height=150,
         color="#1f77b4",

@@ -239,3 +239,27 @@ def test_each_fitted_star_is_drawn_on_its_own_pixels(explorer, data):
     first, second = (explorer.fit(explorer.new_view(), star) for star in stars)
     assert explorer.basis_key(first) != explorer.basis_key(second)
     assert explorer.basis_key(first)[0] == ("observation", first.observation.serial)
+
+
+def test_the_first_view_spans_the_instruments_pixels_and_gaps_are_breaks(explorer):
+    """The page as Panel builds it: the spectrum's wavelength axis starts at the instrument's
+    first pixel (an empty residual plot, linked to it, once pulled it to 0 Å); in GALAH's four
+    arms the model curve is broken between arms, not drawn across."""
+    import bokeh.models
+    import panel as pn
+
+    app = ExplorerApp(explorer)
+    figures = pn.panel(app).get_root().select({"type": bokeh.models.Plot})
+    spectrum = next(f for f in figures if f.yaxis[0].axis_label == "normalised flux"
+                    and f.y_range.start == plots.FLUX_RANGE[0])  # fmt: skip
+    wave = explorer.instruments[app.view.instrument].pixels()
+    assert spectrum.x_range.start == pytest.approx(wave[0], abs=1.0)
+    assert spectrum.x_range.end == pytest.approx(wave[-1], abs=1.0)
+
+    app.view.instrument = "galah"
+    curve = app._model()
+    x = curve.dimension_values(0)
+    breaks = np.flatnonzero(np.isnan(x))
+    assert breaks.size == 3  # between the four arms
+    pieces = np.split(x, breaks)
+    assert all(np.nanmax(np.diff(p[~np.isnan(p)])) < 0.1 for p in pieces)  # Å: within an arm

@@ -168,3 +168,26 @@ def test_selecting_a_star_on_the_latent_map_fits_it(page):
     summary = page.get_by_text("χ²/dof")
     summary.wait_for(timeout=90_000)
     assert stars[index]["star_id"] in summary.inner_text()
+
+
+TEXT_PAST_RIGHT_EDGE = """() => {
+  const past = [], width = window.innerWidth;
+  function walk(root) {
+    for (const el of root.querySelectorAll('p, h1, h2, h3, label, span, li')) {
+      const box = el.getBoundingClientRect();
+      if (box.width > 0 && box.right > width + 1 && el.textContent.trim())
+        past.push([el.tagName, Math.round(box.right), el.textContent.trim().slice(0, 40)]);
+    }
+    for (const el of root.querySelectorAll('*')) if (el.shadowRoot) walk(el.shadowRoot);
+  }
+  walk(document);
+  return past;
+}"""
+
+
+def test_no_text_runs_off_the_right_edge_at_1600_px(page):
+    """The teaching view's text once ran past the window's right edge at 1,600 px."""
+    page.set_viewport_size({"width": 1600, "height": 1100})
+    page.get_by_text("What you see.").wait_for(timeout=30_000)
+    page.wait_for_timeout(1000)
+    assert page.evaluate(TEXT_PAST_RIGHT_EDGE) == []
