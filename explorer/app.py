@@ -10,6 +10,7 @@ import numpy as np
 import panel as pn
 from sklearn.decomposition import PCA
 
+from stargon.core.interop import UserSettings
 from stargon.core.spectrum import SpectrumReadError
 from stargon.explorer import plots
 from stargon.explorer.figure import view_png
@@ -81,7 +82,24 @@ class ExplorerApp(pn.viewable.Viewer):
         self.status = pn.pane.Alert("", alert_type="light", visible=False)
         self.title = pn.pane.Markdown(f"**{self._title()}**")
         self.fit_summary = pn.pane.Markdown("")
-        self.upload = pn.widgets.FileInput(accept=".fits,.fit,.fits.gz,.csv,.npz", multiple=False)
+        self.upload = pn.widgets.FileInput(
+            accept=".fits,.fit,.fits.gz,.csv,.ecsv,.txt,.dat,.npz", multiple=False
+        )
+        # What a file of no known survey does not say (`UserSettings`; survey files ignore it).
+        self.upload_instrument = pn.widgets.Select(
+            name="its instrument (if the file does not say)",
+            options=["R below", *ex.instruments],
+            value="R below",
+        )
+        self.upload_resolving_power = pn.widgets.FloatInput(
+            name="resolving power R = λ/FWHM", value=None, start=100, placeholder="e.g. 20000"
+        )
+        self.upload_medium = pn.widgets.RadioButtonGroup(
+            options=["λ as the file says", "vacuum", "air"], value="λ as the file says"
+        )
+        self.upload_frame = pn.widgets.RadioButtonGroup(
+            options=["observed", "rest"], value="observed"
+        )
         surveys = sorted({s["survey"] for s in ex.stars})
         self.survey_filter = pn.widgets.Select(label="survey", options=["all", *surveys])
         self._star_index = {self._star_label(i): i for i in range(len(ex.stars))}
@@ -199,10 +217,23 @@ class ExplorerApp(pn.viewable.Viewer):
             return
         name = self.upload.filename or "upload.fits"
         try:
-            spectrum = self.explorer.read_upload(name, self.upload.value)
+            spectrum = self.explorer.read_upload(name, self.upload.value, self._upload_settings())
             self._fit(spectrum, f"uploaded {name}")
         except SpectrumReadError as exc:
             self._message(f"Could not read {name}: {exc.problem}", "danger")
+
+    def _upload_settings(self) -> UserSettings:
+        """The upload panel's answers: an instrument preset's R, or the R typed in."""
+        preset = self.explorer.instruments.get(self.upload_instrument.value)
+        resolving_power = self.upload_resolving_power.value
+        if preset is not None:
+            resolving_power = float(np.median(preset.resolving_power_at(preset.pixels())))
+        return UserSettings(
+            resolving_power=resolving_power or None,
+            medium=None if self.upload_medium.value.startswith("λ") else self.upload_medium.value,
+            frame=self.upload_frame.value,
+            instrument=preset.name if preset is not None else "user spectrum",
+        )
 
     def _on_filter(self, _event) -> None:
         self.star_search.options = self._star_options()
@@ -408,8 +439,11 @@ class ExplorerApp(pn.viewable.Viewer):
             "or fetch one from its archive:",
             self.archive_kind,
             pn.Row(self.archive_id, self.archive_go),
-            "or upload a FITS / CSV spectrum:",
+            "or upload a FITS / CSV spectrum (wavelength, flux and optional error columns):",
             self.upload,
+            self.upload_instrument,
+            self.upload_resolving_power,
+            pn.Row(self.upload_medium, self.upload_frame),
             self.status,
             self.fit_summary,
         )

@@ -25,6 +25,7 @@ from astropy.io import fits
 from astropy.table import Table
 from sklearn.neighbors import NearestNeighbors
 
+from stargon.core.interop import UserSettings
 from stargon.core.physics import observed_to_rest
 from stargon.core.spectrum import Spectrum, SpectrumReadError
 from stargon.model.checkpoint import load_checkpoint, resolve_checkpoint
@@ -230,8 +231,9 @@ class Explorer:
         jacobian = self.model.decoder.latent_jacobian(z, basis)[0].double().cpu().numpy()
         return np.sqrt(np.einsum("pd,de,pe->p", jacobian, fit.z_cov, jacobian))
 
-    def read_upload(self, name: str, content: bytes) -> Spectrum:
-        """A spectrum from uploaded bytes; SpectrumReadError (naming the file) when it is not."""
+    def read_upload(self, name: str, content: bytes, user: UserSettings | None = None) -> Spectrum:
+        """A spectrum from uploaded bytes (a survey's file, or the user's own read with `user`'s
+        settings); SpectrumReadError (naming the file) when it is not."""
         if len(content) > MAX_UPLOAD_BYTES:
             raise SpectrumReadError(Path(name), f"larger than {MAX_UPLOAD_BYTES // 2**20} MiB")
         suffix = "".join(Path(name).suffixes[-2:]) or ".fits"
@@ -239,7 +241,7 @@ class Explorer:
             path = Path(folder) / f"upload{suffix}"
             path.write_bytes(content)
             try:
-                spectra = read_file(path)
+                spectra = read_file(path, user=user)
             except SpectrumReadError as exc:
                 raise SpectrumReadError(Path(name), exc.problem) from exc
         return spectra[0]

@@ -13,6 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from stargon.surveys.fetch import lamost_spectrum
@@ -191,3 +192,21 @@ def test_no_text_runs_off_the_right_edge_at_1600_px(page):
     page.get_by_text("What you see.").wait_for(timeout=30_000)
     page.wait_for_timeout(1000)
     assert page.evaluate(TEXT_PAST_RIGHT_EDGE) == []
+
+
+def test_upload_of_a_plain_csv_with_an_instrument_preset_shows_its_fit(page, data, tmp_path):
+    """A spectroscopist's own CSV (wavelength, flux, error; no header to say R): the upload
+    panel's instrument preset supplies R, and the page shows the fit."""
+    from stargon.surveys import read_file
+
+    star = read_file(data / LAMOST_DR8)[0]
+    path = tmp_path / "my_star.csv"
+    sigma = np.where(star.valid, star.uncertainty, np.nan)
+    rows = "\n".join(f"{w},{f},{e}" for w, f, e in zip(star.wave, star.flux, sigma, strict=True))
+    path.write_text("Wavelength,Flux,Error\n" + rows + "\n")
+    page.locator("select").filter(has_text="R below").select_option("lamost")
+    page.wait_for_timeout(500)
+    page.locator("input[type=file]").set_input_files(str(path))
+    page.get_by_text("χ²/dof").wait_for(timeout=90_000)
+    text = page.get_by_text("χ²/dof").inner_text()
+    assert "uploaded my_star.csv" in text and "km/s" in text
