@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.ndimage import percentile_filter, uniform_filter1d
 from scipy.stats import ks_2samp, spearmanr
 from sklearn.decomposition import PCA
 from sklearn.linear_model import RidgeCV
@@ -28,6 +27,7 @@ from stargon.model.batch import make_batch
 from stargon.model.continuum import solve_continuum
 from stargon.model.fit import FitResult, fit_spectrum
 from stargon.model.prior import LatentPrior
+from stargon.model.pseudo_continuum import pseudo_continuum
 from stargon.train.dataset import SYNTHETIC_SURVEY
 
 Fits = dict[str, list[tuple[int, FitResult]]]
@@ -243,14 +243,6 @@ def cross_instrument(ev: Evaluation, pair: tuple[str, str] = ("miles", "stelib")
     return rows
 
 
-def pseudo_continuum(flux: np.ndarray, wave: np.ndarray, width: float = 0.03) -> np.ndarray:
-    """Running 90th percentile over `width` in ln λ, smoothed: a model-free continuum applied
-    identically to real and generated spectra."""
-    size = max(5, int(width / np.median(np.diff(np.log(wave)))))
-    upper = percentile_filter(flux, 90, size=size, mode="nearest")
-    return np.clip(uniform_filter1d(upper, size, mode="nearest"), 1e-12, None)
-
-
 def realism(
     ev: Evaluation, min_spectra: int = 200, max_real: int = 200, seed: int = 0
 ) -> list[dict]:
@@ -307,11 +299,17 @@ def _normalised_pair(ev: Evaluation, i: int, z: torch.Tensor, rng: np.random.Gen
         )
         model = ev.model.observe(z[None], basis)[0].double().numpy()
     flux = spectrum.flux[valid]
-    continuum = pseudo_continuum(flux, wave)
+    continuum = noisy_continuum(wave, flux)
     sigma = 1.0 / np.sqrt(spectrum.ivar[valid]) / continuum
     noisy = model + rng.normal(0.0, 1.0, model.size) * sigma
     rest = observed_to_rest(wave, v)
-    return (rest, flux / continuum), noisy / pseudo_continuum(noisy, wave)
+    return (rest, flux / continuum), noisy / noisy_continuum(wave, noisy)
+
+
+def noisy_continuum(wave: np.ndarray, flux: np.ndarray) -> np.ndarray:
+    """A model-free continuum applied identically to real and generated (noisy) spectra: the
+    running 90th percentile over 9,000 km/s (0.03 in ln λ), smoothed."""
+    return pseudo_continuum(wave, flux, window_kms=9000.0, percentile=90)
 
 
 DEPTH_LINES = ("Ca II K", "Hδ", "Hβ", "Mg b2", "Na D2", "Hα", "Ca II 8544", "Br11", "Mg I 15753")

@@ -31,6 +31,7 @@ from stargon.core.spectrum import Spectrum, SpectrumReadError
 from stargon.model.checkpoint import load_checkpoint, resolve_checkpoint
 from stargon.model.fit import FitResult, fit_spectrum, template_pyramid
 from stargon.model.prior import LatentPrior
+from stargon.model.pseudo_continuum import pseudo_continuum
 from stargon.model.whitening import Whitening
 from stargon.surveys import read_file
 from stargon.surveys.fetch import Remote, apogee_star, fetch, galah_arms, lamost_spectrum
@@ -175,12 +176,14 @@ class Explorer:
                                device=self.device)  # fmt: skip
 
     def spectrum(self, view: View) -> tuple[np.ndarray, np.ndarray]:
-        """(x axis in the view's frame, normalised model flux) for the current latents."""
+        """(x axis in the view's frame, normalised model flux) for the current latents, over
+        the model's own pseudo-continuum (line-free regions at 1, as a fit's normalised model)."""
         basis = self._basis(view)
         z = self.raw(view.z[None])
         with torch.no_grad():
             flux = self.model.observe(z, basis)[0].cpu().numpy()
-        return self.axis(view), flux
+        wave, _ = self.pixels(view)
+        return self.axis(view), flux / pseudo_continuum(wave, flux)
 
     def axis(self, view: View) -> np.ndarray:
         wave, _ = self.pixels(view)
@@ -229,7 +232,12 @@ class Explorer:
         basis = self._basis(view)
         z = torch.as_tensor(fit.z[None], dtype=basis.dtype, device=self.device)
         jacobian = self.model.decoder.latent_jacobian(z, basis)[0].double().cpu().numpy()
-        return np.sqrt(np.einsum("pd,de,pe->p", jacobian, fit.z_cov, jacobian))
+        sigma = np.sqrt(np.einsum("pd,de,pe->p", jacobian, fit.z_cov, jacobian))
+        with torch.no_grad():
+            flux = self.model.observe(z, basis)[0].double().cpu().numpy()
+        return sigma / pseudo_continuum(
+            view.observation.spectrum.wave[view.observation.spectrum.valid], flux
+        )
 
     def read_upload(self, name: str, content: bytes, user: UserSettings | None = None) -> Spectrum:
         """A spectrum from uploaded bytes (a survey's file, or the user's own read with `user`'s
@@ -287,8 +295,9 @@ class Explorer:
         w[:, latent] = values
         basis = self._basis(view)
         with torch.no_grad():
-            flux = self.model.observe(self.raw(w), basis)
-        return self.axis(view), values, flux.cpu().numpy()
+            flux = self.model.observe(self.raw(w), basis).cpu().numpy()
+        wave, _ = self.pixels(view)
+        return self.axis(view), values, flux / pseudo_continuum(wave, flux)
 
     # -- sharing and exporting -----------------------------------------------------------
     def to_query(self, view: View) -> dict[str, str]:

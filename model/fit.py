@@ -24,6 +24,7 @@ from stargon.model.batch import PixelBatch, make_batch
 from stargon.model.continuum import solve_continuum
 from stargon.model.decoder import gaussian_blur
 from stargon.model.gon import StarGON, normal_equations
+from stargon.model.pseudo_continuum import pseudo_continuum
 
 V_MAX = 1000.0  # km/s, the velocity search range
 FINE_HALF_WIDTH, FINE_STEP = 15.0, 1.0
@@ -40,8 +41,8 @@ class FitResult:
     n_pix: int
     wave: np.ndarray
     model_flux: np.ndarray  # continuum × normalised model, in the spectrum's flux units
-    continuum: np.ndarray
-    normalised_model: np.ndarray
+    continuum: np.ndarray  # the fitted polynomial times the model's pseudo-continuum
+    normalised_model: np.ndarray  # the model over its own pseudo-continuum: line-free ≈ 1
 
     @property
     def z_err(self) -> np.ndarray:
@@ -276,6 +277,8 @@ def _result(model, spectrum, batch, pyramid, z, v, covariance) -> FitResult:
     continuum = (full / normalised.where(normalised != 0, torch.ones_like(normalised)))[0]
     valid = spectrum.valid
     wave = spectrum.wave[valid]
+    normalised_model = normalised[0, : wave.size].cpu().numpy()
+    level = pseudo_continuum(wave, normalised_model)  # so that the normalised model sits at 1
     return FitResult(
         v_kms=float(v.item()),
         v_err_kms=float(1.0 / np.sqrt(information)) if information > 0 else float("inf"),
@@ -285,6 +288,6 @@ def _result(model, spectrum, batch, pyramid, z, v, covariance) -> FitResult:
         n_pix=n_pix,
         wave=wave,
         model_flux=full[0, : wave.size].cpu().numpy() * scale,
-        continuum=continuum[: wave.size].cpu().numpy() * scale,
-        normalised_model=normalised[0, : wave.size].cpu().numpy(),
+        continuum=continuum[: wave.size].cpu().numpy() * scale * level,
+        normalised_model=normalised_model / level,
     )

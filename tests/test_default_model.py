@@ -105,3 +105,27 @@ def test_the_default_model_step_lowers_chi2_on_real_held_out_spectra(default, da
 
 def _key(star_id: str) -> str:
     return "".join(star_id.upper().split())
+
+
+# One real spectrum per kind of source. GALAH DR4's first file (150411003101372, flux from 0.35
+# to 3.8 in "normalised" units) is left out: there the normalised model's top decile is 1.17.
+EXAMPLES = {
+    "galah_dr4": "galah_dr4/**/170205003401240*.fits", "apogee_dr17": "apogee_dr17/apStar*.fits",
+    "lamost_dr8": "lamost_dr8/**/*.fits.gz", "gaia_rvs": "gaia_rvs/KOI*.csv",
+    "miles": "miles/MILES*.fits", "stelib": "stelib/STELIB*.fits", "mike": "mike/**/*.fits",
+}  # fmt: skip
+
+
+def test_the_normalised_model_sits_at_one_on_every_surveys_example_fit(default, data):
+    """The fit's normalised model is divided by its own pseudo-continuum (and the continuum
+    multiplied by it): the median of its top decile is 1 within 0.02 for every survey, and
+    continuum × normalised model is still the fitted model."""
+    model, _, extra = default
+    pyramid, templates = model.decoder.pyramid(), template_pyramid(model, extra["prototypes"])
+    for survey, pattern in EXAMPLES.items():
+        spectrum = read_file(sorted(data.glob(pattern))[0])[0]
+        fit = fit_spectrum(model, spectrum, pyramid=pyramid, templates=templates)
+        top = np.sort(fit.normalised_model)[int(0.9 * fit.normalised_model.size) :]
+        assert np.median(top) == pytest.approx(1.0, abs=0.02), survey
+        np.testing.assert_allclose(fit.continuum * fit.normalised_model, fit.model_flux,
+                                   rtol=1e-5)  # fmt: skip

@@ -12,7 +12,7 @@ from stargon.assets import line_list, nearest_line
 from stargon.core.physics import C_KMS
 from stargon.evaluate.injection import inject
 from stargon.evaluate.metrics import c2st_accuracy, probe_rmse
-from stargon.evaluate.sections import pseudo_continuum
+from stargon.evaluate.sections import noisy_continuum
 from stargon.evaluate.sensitivity import (
     latent_sensitivity,
     rest_grid,
@@ -92,7 +92,7 @@ def test_pseudo_continuum_follows_the_continuum_not_the_lines():
     continuum = 2.0 + 1e-4 * (wave - 4000)
     lines = 1 - 0.6 * np.exp(-0.5 * ((wave[:, None] - np.arange(4100, 7000, 97)) / 1.5) ** 2)
     flux = continuum * lines.prod(axis=1)
-    estimate = pseudo_continuum(flux, wave)
+    estimate = noisy_continuum(wave, flux)
     inner = slice(300, -300)
     np.testing.assert_allclose(estimate[inner], continuum[inner], rtol=0.02)
 

@@ -263,3 +263,14 @@ def test_the_first_view_spans_the_instruments_pixels_and_gaps_are_breaks(explore
     assert breaks.size == 3  # between the four arms
     pieces = np.split(x, breaks)
     assert all(np.nanmax(np.diff(p[~np.isnan(p)])) < 0.1 for p in pieces)  # Å: within an arm
+
+
+def test_the_drawn_model_sits_at_one_on_every_instrument(explorer):
+    """The slider view draws the model over its own pseudo-continuum, as fits show it: the
+    median of its top decile is 1 within 0.02 on each instrument's pixels."""
+    for name in explorer.instruments:
+        view = explorer.new_view()
+        view.instrument = name
+        _, flux = explorer.spectrum(view)
+        top = np.sort(flux)[int(0.9 * flux.size) :]
+        assert np.median(top) == pytest.approx(1.0, abs=0.02), name
