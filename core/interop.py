@@ -130,6 +130,11 @@ def spectrum_from_arrays(
     )
     has_errors = ivar is not None
     ivar = np.asarray(ivar)[order] if has_errors else noise_ivar(flux)
+    if not has_errors and not np.any(ivar > 0):
+        raise SpectrumReadError(
+            source, "no errors given, and DER_SNR finds no noise in the flux (a noiseless or "
+            "model spectrum?): add an error or ivar column",
+        )  # fmt: skip
     if air:
         wave = air_to_vacuum(wave)
     flux_unit = "" if flux_unit in ("", "dimensionless") else flux_unit

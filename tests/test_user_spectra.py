@@ -118,6 +118,10 @@ def test_what_cannot_be_read_says_what_was_found(lamost, tmp_path):
     path = write_csv(tmp_path / "star.csv", {"wavelength": lamost.wave, "flux": lamost.flux})
     with pytest.raises(SpectrumReadError, match=r"no resolving power.*--resolving-power"):
         read_file(path)
+    smooth = 1 - 0.5 * np.exp(-0.5 * ((lamost.wave - 6564.6) / 2.0) ** 2)  # no noise, no errors
+    path = write_csv(tmp_path / "model.csv", {"wavelength": lamost.wave, "flux": smooth})
+    with pytest.raises(SpectrumReadError, match="DER_SNR finds no noise"):
+        read_file(path, user=UserSettings(resolving_power=1800))
 
 
 def test_stargon_fit_fits_a_plain_csv_like_the_survey_file(lamost, tmp_path):
