@@ -12,7 +12,7 @@ from sklearn.decomposition import PCA
 
 from stargon.core.interop import UserSettings
 from stargon.core.spectrum import SpectrumReadError
-from stargon.explorer import plots
+from stargon.explorer import client, plots
 from stargon.explorer.figure import view_png
 from stargon.explorer.state import ARCHIVE_IDS, MAX_UPLOAD_BYTES, ZOOMS, Explorer, View
 from stargon.surveys.fetch import FetchError
@@ -143,7 +143,12 @@ class ExplorerApp(pn.viewable.Viewer):
             filename="stargon_spectrum.fits",
             label="Spectrum (FITS)",
         )
+        self._decoder_payload = client.decoder_payload(ex.model, ex.whitening)
+        self._client_columns: dict = {}
+        code, names = client.slider_callback(len(self.sliders))
         for slider in self.sliders:
+            # A move is drawn in the browser (explorer.client); the server redraws on release.
+            slider.jscallback(value=code, args=dict(zip(names, self.sliders, strict=True)))
             slider.param.watch(self._on_latent, "value")
             slider.param.watch(self._on_release, "value_throttled")
         self.rv.param.watch(self._on_setting, "value")
@@ -178,9 +183,10 @@ class ExplorerApp(pn.viewable.Viewer):
 
     # -- reacting ------------------------------------------------------------------------
     def _on_latent(self, _event) -> None:
+        """A slider moves: the browser redraws the curve itself; here only the state and URL."""
         if not self._syncing:
             self.view.z = np.array([s.value for s in self.sliders])
-            self._redraw()
+            self._update_location()
 
     def _on_setting(self, _event) -> None:
         if self._syncing:
@@ -258,7 +264,10 @@ class ExplorerApp(pn.viewable.Viewer):
         self._fit(spectrum, f"{kind.split()[0]} {identifier}")
 
     def _on_release(self, _event) -> None:
-        self._refresh_slow()
+        if not self._syncing:
+            self.view.z = np.array([s.value for s in self.sliders])
+            self._redraw()
+            self._refresh_slow()
 
     def _refresh_slow(self) -> None:
         """What follows a slider only when it is let go (or a setting changes): the sensitivity
@@ -317,11 +326,15 @@ class ExplorerApp(pn.viewable.Viewer):
         self.refresh.event(revision=self._revision)
         if self.heat.value:
             self.refresh_strip.event(revision=self._revision)
-        shown = (id(self.view.observation), self.view.zoom, self.view.frame, self.view.v_kms)
+        observation = self.view.observation.serial if self.view.observation else None
+        shown = (observation, self.view.zoom, self.view.frame, self.view.v_kms)
         if shown != self._residual_shown:
             self._residual_shown = shown
             self.refresh_fit.event(revision=self._revision)
         self.title.object = f"**{self._title()}**"
+        self._update_location()
+
+    def _update_location(self) -> None:
         if pn.state.location is not None:
             pn.state.location.update_query(**self.explorer.to_query(self.view))
 
@@ -358,8 +371,17 @@ class ExplorerApp(pn.viewable.Viewer):
         )  # fmt: skip
 
     def _model(self, revision: int = 0):
-        x, flux = self.explorer.spectrum(self.view)
-        return plots.model_curve(x, flux, ZOOMS[self.view.zoom])
+        x, raw, basis, continuum = self.explorer.drawing(self.view)
+        gapped = plots.with_gaps(x, *basis, continuum)
+        self._client_columns = client.basis_columns(np.array(gapped[1:-1]), gapped[-1])
+        return plots.model_curve(x, raw / continuum, ZOOMS[self.view.zoom])
+
+    def _attach_decoder(self, plot, element) -> None:
+        """Plot hook: the model curve's data source carries the basis and the decoder, so that
+        the sliders' JavaScript redraws the curve in the browser (`explorer.client`)."""
+        source = plot.handles["source"]
+        source.data.update(self._client_columns)
+        source.tags = [self._decoder_payload]
 
     def _png(self) -> bytes:
         observation = self.view.observation
@@ -397,7 +419,9 @@ class ExplorerApp(pn.viewable.Viewer):
 
     def __panel__(self):
         context = hv.DynamicMap(self._context, streams=[self.refresh_context])
-        model = hv.DynamicMap(self._model, streams=[self.refresh])
+        model = hv.DynamicMap(self._model, streams=[self.refresh]).opts(
+            hv.opts.Curve(hooks=[self._attach_decoder])
+        )
         spectrum = (context * model).opts(*plots.SPECTRUM_STYLE)
         residual = hv.DynamicMap(self._residual, streams=[self.refresh_fit])
         strip = pn.pane.HoloViews(

@@ -178,12 +178,18 @@ class Explorer:
     def spectrum(self, view: View) -> tuple[np.ndarray, np.ndarray]:
         """(x axis in the view's frame, normalised model flux) for the current latents, over
         the model's own pseudo-continuum (line-free regions at 1, as a fit's normalised model)."""
+        x, flux, _, continuum = self.drawing(view)
+        return x, flux / continuum
+
+    def drawing(self, view: View) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(x, the model before normalisation, the pixel basis (K+1, P), the pseudo-continuum):
+        what the page needs to redraw the curve itself as the sliders move."""
         basis = self._basis(view)
         z = self.raw(view.z[None])
         with torch.no_grad():
             flux = self.model.observe(z, basis)[0].cpu().numpy()
         wave, _ = self.pixels(view)
-        return self.axis(view), flux / pseudo_continuum(wave, flux)
+        return self.axis(view), flux, basis.cpu().numpy(), pseudo_continuum(wave, flux)
 
     def axis(self, view: View) -> np.ndarray:
         wave, _ = self.pixels(view)
@@ -193,7 +199,9 @@ class Explorer:
         """|∂f/∂w_k| at every pixel along every whitened direction (D, P): the small MLP's
         Jacobian times the cached basis. The Jacobian takes one backward pass: z repeated K
         times, row k keeping only output k (reverse mode, which unlike forward-mode AD is
-        thread-safe); ∂z/∂w is the whitening's matrix."""
+        thread-safe); ∂z/∂w is the whitening's matrix. Divided by the view's pseudo-continuum,
+        as the shown spectrum is (held fixed, as the page holds it while a slider moves)."""
+        _, _, _, continuum = self.drawing(view)
         basis = self._basis(view)
         n_basis = basis.shape[0] - 1
         rows = self.raw(view.z).expand(n_basis, -1).clone().requires_grad_(True)
@@ -202,7 +210,7 @@ class Explorer:
         directions = torch.as_tensor(self.whitening.matrix, dtype=jacobian.dtype)
         with torch.no_grad():
             along = torch.einsum("kp,kd,de->ep", basis[1:], jacobian, directions.to(self.device))
-            return along.abs().cpu().numpy()
+            return along.abs().cpu().numpy() / continuum
 
     # -- changing the state --------------------------------------------------------------
     def random_view(self, view: View, seed: int) -> View:

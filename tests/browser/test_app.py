@@ -210,3 +210,37 @@ def test_upload_of_a_plain_csv_with_an_instrument_preset_shows_its_fit(page, dat
     page.get_by_text("χ²/dof").wait_for(timeout=90_000)
     text = page.get_by_text("χ²/dof").inner_text()
     assert "uploaded my_star.csv" in text and "km/s" in text
+
+
+SET_SLIDER = """([index, value]) => {
+  const sliders = [];
+  for (const doc of Bokeh.documents)
+    for (const model of doc.all_models)
+      if (model.type === "Slider" && /^w\\d+$/.test(model.title)) sliders.push(model);
+  sliders.sort((a, b) => Number(a.title.slice(1)) - Number(b.title.slice(1)));
+  window.stargonTimes = [];
+  sliders[index].value = value;  // as a drag does: the JS callback redraws, no release
+  return sliders.map((s) => s.value);
+}"""
+DRAWN_FLUX = "() => Array.from(window.stargonSource.data.flux)"
+
+
+def test_a_slider_move_is_decoded_in_the_browser_as_torch_decodes_it(page, data):
+    """The page's own decoder (explorer.client): after a slider move, without the server, the
+    curve equals the torch model at those whitened latents over the pseudo-continuum the page
+    holds (the initial view's), to 1e-5, at three settings."""
+    from stargon.explorer.state import Explorer
+
+    explorer = Explorer(None, data)
+    start = explorer.new_view()
+    continuum = explorer.drawing(start)[3]
+    page.wait_for_function("() => window.Bokeh && [...Bokeh.documents[0].all_models].some("
+                           "(m) => m.tags && m.tags[0] && m.tags[0].stargon_decoder)")  # fmt: skip
+    for index, value in ((0, 1.5), (3, -0.8), (15, 0.4)):
+        w = page.evaluate(SET_SLIDER, [index, value])
+        page.wait_for_function("() => window.stargonTimes.length > 0")  # callbacks are async
+        view = explorer.new_view()
+        view.z = np.array(w)
+        assert view.z[index] == pytest.approx(value, abs=1e-6)
+        expected = explorer.drawing(view)[1] / continuum
+        np.testing.assert_allclose(np.array(page.evaluate(DRAWN_FLUX)), expected, atol=1e-5)
