@@ -8,6 +8,7 @@ from io import BytesIO
 import holoviews as hv
 import numpy as np
 import panel as pn
+from bokeh.models import ColumnDataSource
 from sklearn.decomposition import PCA
 
 from stargon.core.interop import UserSettings
@@ -379,9 +380,11 @@ class ExplorerApp(pn.viewable.Viewer):
     def _attach_decoder(self, plot, element) -> None:
         """Plot hook: the model curve's data source carries the basis and the decoder, so that
         the sliders' JavaScript redraws the curve in the browser (`explorer.client`)."""
-        source = plot.handles["source"]
-        source.data.update(self._client_columns)
-        source.tags = [self._decoder_payload]
+        basis = plot.handles.get("stargon_basis")
+        if basis is None:  # its own source: the curve's stays two columns, quick to redraw
+            basis = plot.handles["stargon_basis"] = ColumnDataSource()
+        basis.data = self._client_columns
+        plot.handles["source"].tags = [self._decoder_payload, basis]
 
     def _png(self) -> bytes:
         observation = self.view.observation

@@ -1,7 +1,7 @@
 """Decoding in the browser, so a slider move redraws the model curve without the server.
 
 The page gets, once per instrument/velocity/observation (with the model curve's data): the
-cached pixel basis (K+1 columns beside the curve's), the pseudo-continuum the server last
+cached pixel basis (K+1 columns of a data source of its own), the pseudo-continuum the server last
 divided by, and — once per session — the latent MLP's weights and the whitening. A slider's
 JavaScript callback then does what `Explorer.spectrum` does: z = mean + M w, h = MLP(z),
 f = (T₀ + Σ h_k T_k) / pseudo-continuum. On release the server redraws as before (and renews
@@ -85,14 +85,15 @@ for (const layer of net.layers) {
     x = x.map((v) => v / (1 + Math.exp(-v)));
   }
 }
-const data = curve.data;
-const continuum = data.pseudo_continuum;
-const flux = Float64Array.from(data.b0);
+const basis = curve.tags[1].data;  // a source of its own: the curve's holds x and flux only
+const continuum = basis.pseudo_continuum;
+const flux = Float64Array.from(basis.b0);
 for (let k = 0; k < x.length; k++) {
-  const row = data["b" + (k + 1)], weight = x[k];
+  const row = basis["b" + (k + 1)], weight = x[k];
   for (let p = 0; p < flux.length; p++) flux[p] += weight * row[p];
 }
 for (let p = 0; p < flux.length; p++) flux[p] /= continuum[p];
-curve.data = Object.assign({}, data, {flux: flux});
+curve.data.flux = flux;
+curve.change.emit();
 (window.stargonTimes = window.stargonTimes || []).push(performance.now() - start);
 """
