@@ -25,20 +25,18 @@ import numpy as np
 from playwright.sync_api import sync_playwright
 
 from benchmarks.common import table
+from stargon.explorer.client import MOVE_SLIDER_JS
 
-MOVE = """async ([index, value]) => {
-  const sliders = [];
-  for (const doc of Bokeh.documents)
-    for (const model of doc.all_models)
-      if (model.type === "Slider" && /^w\\d+$/.test(model.title)) sliders.push(model);
-  sliders.sort((a, b) => Number(a.title.slice(1)) - Number(b.title.slice(1)));
-  window.stargonTimes = [];
-  sliders[index].value = value;
+MOVE = (
+    "async ([index, value]) => {"
+    + MOVE_SLIDER_JS
+    + """
   while (window.stargonTimes.length === 0) await new Promise((r) => setTimeout(r, 0));
   const paint = await new Promise((resolve) =>
     requestAnimationFrame((frame) => resolve(performance.now() - frame)));
   return [window.stargonTimes[0], paint, window.stargonSource.data.flux.length];
 }"""
+)
 
 
 LOADED = """() => window.Bokeh && Bokeh.documents.length && [...Bokeh.documents[0].all_models]

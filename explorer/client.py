@@ -97,3 +97,15 @@ curve.data.flux = flux;
 curve.change.emit();
 (window.stargonTimes = window.stargonTimes || []).push(performance.now() - start);
 """
+
+# For tests and benchmarks driving a page: `MOVE_SLIDER_JS + "…"` is the body of a function of
+# ([index, value]) that sets latent slider `index` as a drag does (the decode runs async).
+MOVE_SLIDER_JS = """
+  const sliders = [];
+  for (const doc of Bokeh.documents)
+    for (const model of doc.all_models)
+      if (model.type === "Slider" && /^w\\d+$/.test(model.title)) sliders.push(model);
+  sliders.sort((a, b) => Number(a.title.slice(1)) - Number(b.title.slice(1)));
+  window.stargonTimes = [];
+  sliders[index].value = value;
+"""

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stargon.explorer.client import MOVE_SLIDER_JS
 from stargon.surveys.fetch import lamost_spectrum
 from tests.archive_server import ArchiveServer
 
@@ -212,16 +213,7 @@ def test_upload_of_a_plain_csv_with_an_instrument_preset_shows_its_fit(page, dat
     assert "uploaded my_star.csv" in text and "km/s" in text
 
 
-SET_SLIDER = """([index, value]) => {
-  const sliders = [];
-  for (const doc of Bokeh.documents)
-    for (const model of doc.all_models)
-      if (model.type === "Slider" && /^w\\d+$/.test(model.title)) sliders.push(model);
-  sliders.sort((a, b) => Number(a.title.slice(1)) - Number(b.title.slice(1)));
-  window.stargonTimes = [];
-  sliders[index].value = value;  // as a drag does: the JS callback redraws, no release
-  return sliders.map((s) => s.value);
-}"""
+SET_SLIDER = "([index, value]) => {" + MOVE_SLIDER_JS + "return sliders.map((s) => s.value); }"
 DRAWN_FLUX = "() => Array.from(window.stargonSource.data.flux)"
 
 
