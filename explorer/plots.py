@@ -40,6 +40,9 @@ SPECTRUM_STYLE = [  # applied once to the DynamicMap: per-redraw .opts calls cos
     hv.opts.Curve("Model", color="#d62728", line_width=1.2, framewise=True),
     hv.opts.Labels(text_font_size="9pt", text_color="#7a5c00", framewise=True),
     hv.opts.Overlay(
+        # Canvas, not Panel's default WebGL: a 16k-point line repainted ~200 ms per slider move
+        # in WebGL under Chromium's software GL, ~10× less on canvas (benchmarks/README.md).
+        backend_opts={"plot.output_backend": "canvas"},
         responsive=True,
         height=360,
         ylim=FLUX_RANGE,
