@@ -15,9 +15,10 @@ from typing import Annotated
 
 import numpy as np
 from astropy import units as u
+from astropy.nddata import InverseVariance
 
 from stargon.core.physics import air_to_vacuum
-from stargon.core.spectrum import Spectrum, SpectrumReadError, noise_ivar
+from stargon.core.spectrum import Spectrum, SpectrumReadError, noise_ivar, usable_ivar
 
 RESOLVING_POWER_KEYS = ("SPEC_RES", "RESOLVPW", "RESPOWER", "RESOLUTN", "R_POWER")
 
@@ -75,7 +76,6 @@ def from_specutils(
 def to_specutils(spectrum: Spectrum):
     """The record as a specutils spectrum: vacuum Å, flux with its unit, inverse variance,
     masked where ivar is 0, the frame and resolving power in `meta`."""
-    from astropy.nddata import InverseVariance
     from specutils import Spectrum as SpecutilsSpectrum
 
     unit = u.Unit(spectrum.flux_unit) if spectrum.flux_unit else u.dimensionless_unscaled
@@ -155,18 +155,11 @@ def spectrum_from_arrays(
 
 
 def _ivar_from_uncertainty(uncertainty) -> np.ndarray | None:
-    """Inverse variance from any astropy NDUncertainty (σ, variance or ivar)."""
+    """Inverse variance from any astropy NDUncertainty (σ, variance or ivar); 0 where unusable."""
     if uncertainty is None:
         return None
-    values = np.asarray(uncertainty.array, dtype=np.float64)
-    kind = type(uncertainty).__name__
-    good = np.isfinite(values) & (values > 0)
-    safe = np.where(good, values, 1.0)
-    if kind == "InverseVariance":
-        return np.where(good, values, 0.0)
-    if kind == "VarianceUncertainty":
-        return np.where(good, 1.0 / safe, 0.0)
-    return np.where(good, 1.0 / safe**2, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return usable_ivar(uncertainty.represent_as(InverseVariance).array)
 
 
 def _is_air(spectrum, header, settings: UserSettings) -> bool:

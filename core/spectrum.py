@@ -155,3 +155,16 @@ def noise_ivar(flux: np.ndarray, covered: np.ndarray | None = None) -> np.ndarra
     covered = np.isfinite(flux) if covered is None else covered & np.isfinite(flux)
     sigma = der_snr_noise(flux[covered])
     return np.where(covered, 1.0 / sigma**2 if sigma > 0 else 0.0, 0.0)
+
+
+def ivar_from_sigma(sigma: np.ndarray) -> np.ndarray:
+    """1/σ² where σ is finite and positive, else 0 (masked)."""
+    sigma = np.asarray(sigma, dtype=np.float64)
+    good = np.isfinite(sigma) & (sigma > 0)
+    return np.where(good, 1.0 / np.where(good, sigma, 1.0) ** 2, 0.0)
+
+
+def usable_ivar(ivar: np.ndarray) -> np.ndarray:
+    """ivar where finite and positive, else 0 (masked)."""
+    ivar = np.asarray(ivar, dtype=np.float64)
+    return np.where(np.isfinite(ivar) & (ivar > 0), ivar, 0.0)

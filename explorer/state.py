@@ -241,11 +241,7 @@ class Explorer:
         z = torch.as_tensor(fit.z[None], dtype=basis.dtype, device=self.device)
         jacobian = self.model.decoder.latent_jacobian(z, basis)[0].double().cpu().numpy()
         sigma = np.sqrt(np.einsum("pd,de,pe->p", jacobian, fit.z_cov, jacobian))
-        with torch.no_grad():
-            flux = self.model.observe(z, basis)[0].double().cpu().numpy()
-        return sigma / pseudo_continuum(
-            view.observation.spectrum.wave[view.observation.spectrum.valid], flux
-        )
+        return sigma / self.drawing(view)[3]  # over the pseudo-continuum, as the model is shown
 
     def read_upload(self, name: str, content: bytes, user: UserSettings | None = None) -> Spectrum:
         """A spectrum from uploaded bytes (a survey's file, or the user's own read with `user`'s

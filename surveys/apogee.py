@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from stargon.core.spectrum import Spectrum, SpectrumReadError
+from stargon.core.spectrum import Spectrum, SpectrumReadError, ivar_from_sigma
 from stargon.surveys.common import (
     files_beside,
     image_data,
-    ivar_from_sigma,
 )
 from stargon.surveys.instruments import APOGEE
 from stargon.surveys.registry import Probe, open_fits, register

@@ -60,13 +60,6 @@ def table_columns(
     return {n: np.asarray(data[present[n.lower()]], dtype=np.float64) for n in names}
 
 
-def ivar_from_sigma(sigma: np.ndarray) -> np.ndarray:
-    """1/σ² where σ is finite and positive, else 0 (masked)."""
-    sigma = np.asarray(sigma, dtype=np.float64)
-    good = np.isfinite(sigma) & (sigma > 0)
-    return np.where(good, 1.0 / np.where(good, sigma, 1.0) ** 2, 0.0)
-
-
 def files_beside(path: Path, pattern: str, levels: int = 3) -> Iterator[Path]:
     """Files matching `pattern` in the folders above `path` and their direct subfolders."""
     folder = path.resolve().parent

@@ -9,10 +9,7 @@ from pathlib import Path
 import numpy as np
 from astropy import units as u
 
-from stargon.core.spectrum import Spectrum, SpectrumReadError
-from stargon.surveys.common import (
-    ivar_from_sigma,
-)
+from stargon.core.spectrum import Spectrum, SpectrumReadError, ivar_from_sigma
 from stargon.surveys.instruments import GAIA_RVS
 from stargon.surveys.registry import Probe, register
 

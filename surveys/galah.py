@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
-from stargon.core.spectrum import Spectrum, SpectrumReadError
+from stargon.core.spectrum import Spectrum, SpectrumReadError, ivar_from_sigma
 from stargon.surveys.common import (
     files_beside,
     image_data,
-    ivar_from_sigma,
     linear_axis,
     table_columns,
 )

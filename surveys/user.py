@@ -18,7 +18,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from stargon.core.interop import UserSettings, from_specutils, spectrum_from_arrays
-from stargon.core.spectrum import Spectrum, SpectrumReadError
+from stargon.core.spectrum import Spectrum, SpectrumReadError, ivar_from_sigma, usable_ivar
 
 WAVELENGTH_NAMES = ("wavelength", "wave", "lambda", "lam", "wl", "wavelength_vacuum_angstrom")
 FLUX_NAMES = ("flux", "f", "intensity", "fnu", "flam", "counts", "spectrum")
@@ -35,7 +35,8 @@ def read_user_file(path: str | Path, settings: UserSettings | None = None) -> li
     if path.name.lower().endswith((".csv", *TEXT_SUFFIXES)):
         return [_from_table(_read_text_table(path), path, settings, header=None)]
     header = _primary_header(path)
-    if header.get("NAXIS", 0) >= 1 and "CRVAL1" not in header and _first_table(path) is None:
+    table_hdu = _first_table_hdu(path)
+    if header.get("NAXIS", 0) >= 1 and "CRVAL1" not in header and table_hdu is None:
         raise SpectrumReadError(
             path, "no wavelength axis: a 1-D image needs a WCS (CRVAL1, CDELT1 or CD1_1, CUNIT1)"
         )
@@ -46,9 +47,9 @@ def read_user_file(path: str | Path, settings: UserSettings | None = None) -> li
 
             spectrum = SpecutilsSpectrum.read(path)
     except Exception as exc:  # specutils raises many kinds for files it cannot identify
-        table = _first_table(path)
-        if table is None:
+        if table_hdu is None:
             raise SpectrumReadError(path, f"specutils cannot read it ({exc})") from exc
+        table = Table.read(path, hdu=table_hdu, unit_parse_strict="silent")  # with TUNITn
         return [_from_table(table, path, settings, header)]
     return [from_specutils(spectrum, str(path), settings, header)]
 
@@ -80,11 +81,8 @@ def _from_table(table: Table, path: Path, settings: UserSettings, header) -> Spe
     ivar = None
     if error_name is not None:
         values = np.asarray(table[error_name], dtype=float)
-        good = np.isfinite(values) & (values > 0)
-        if _bare_name(error_name) == "ivar":
-            ivar = np.where(good, values, 0.0)
-        else:
-            ivar = np.where(good, 1.0 / np.where(good, values, 1.0) ** 2, 0.0)
+        is_ivar = _bare_name(error_name) == "ivar"
+        ivar = usable_ivar(values) if is_ivar else ivar_from_sigma(values)
     unit = table[flux_name].unit or _unit_in_name(flux_name)
     return spectrum_from_arrays(
         path, wave, flux, ivar, settings, air=settings.medium == "air", flux_unit=str(unit or ""),
@@ -110,14 +108,13 @@ def _primary_header(path: Path):
         ) from exc
 
 
-def _first_table(path: Path) -> Table | None:
-    """The first table HDU, with its column units (TUNITn)."""
+def _first_table_hdu(path: Path) -> int | None:
+    """The index of the first table HDU, if any (headers only: no data read)."""
     with fits.open(path) as hdul:
-        index = next(
+        return next(
             (i for i, hdu in enumerate(hdul) if isinstance(hdu, fits.BinTableHDU | fits.TableHDU)),
             None,
         )
-    return None if index is None else Table.read(path, hdu=index, unit_parse_strict="silent")
 
 
 def _bare_name(name: str) -> str:
