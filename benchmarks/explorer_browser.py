@@ -1,12 +1,14 @@
 """Explorer latency in the browser: a slider move → the redrawn model curve, measured in Chromium
 with the performance API (the page decodes itself, `explorer/client.py`).
 
-A move sets a latent slider's value as a drag does; per move: the JavaScript callback's time
-(MLP, basis sum over the pixels, new curve data) and, in the next animation frame, Bokeh's
-repaint (from the frame's start to after Bokeh's own frame callback). Their sum is the busy
-time a move costs the page: within 16.7 ms it fits in one frame at 60 Hz. On the GALAH preset
-(16,384 pixels), with one page open and with five (moves in one of them). Baseline in the same
-run: the server-side path of the previous release (`python -m benchmarks.explorer`).
+A move sets a latent slider's value as a drag does. Per move: the JavaScript callback's time
+(MLP, basis sum over the pixels, the curve cut to the plot's pixel columns), the time of Bokeh's
+paint that follows (the plot view's own paint, timed from inside), their sum — the main thread's
+busy time a move costs, within 16.7 ms it fits in one frame at 60 Hz — and the latency from
+setting the value to the end of that paint (which includes waiting for the next frame). On the
+GALAH preset (16,387 pixels with gaps), with one page open and with five (moves in one of them).
+Baseline in the same run and page: the curve drawn as the previous release drew it, every pixel
+on Bokeh's primary layer.
 
     python -m benchmarks.explorer_browser          # starts `stargon serve` and Chromium
 """
@@ -27,17 +29,67 @@ from playwright.sync_api import sync_playwright
 from benchmarks.common import table
 from stargon.explorer.client import MOVE_SLIDER_JS
 
+# Instruments the spectrum plot's view: each of Bokeh's paints is timed. For the baseline, the
+# curve is drawn as the previous release did: every pixel (a plot "wider" than any column) on the
+# primary layer (with the axes, labels and legend). The source tags are changed in place, so
+# nothing is sent to the server.
+SETUP = """(baseline) => {
+  let curve = null;
+  for (const doc of Bokeh.documents)
+    for (const m of doc.all_models) if (m.tags && m.tags[0] && m.tags[0].stargon_decoder) curve = m;
+  const plot = curve.tags[2], view = Bokeh.index.find_one(plot);
+  const paint = view._actual_paint.bind(view);
+  window.stargonPaints = [];
+  view._actual_paint = () => {
+    const start = performance.now();
+    paint();
+    window.stargonPaints.push([start, performance.now()]);
+  };
+  if (baseline) {
+    curve.tags[3].level = "glyph";
+    curve.tags[2] = {x_range: plot.x_range, inner_width: 1e9};
+  }
+}"""
+
 MOVE = (
-    "async ([index, value]) => {"
+    "async ([index, value]) => { window.stargonPaints = []; const set = performance.now();"
     + MOVE_SLIDER_JS
     + """
-  while (window.stargonTimes.length === 0) await new Promise((r) => setTimeout(r, 0));
-  const paint = await new Promise((resolve) =>
-    requestAnimationFrame((frame) => resolve(performance.now() - frame)));
-  return [window.stargonTimes[0], paint, window.stargonSource.data.flux.length];
+  while (window.stargonPaints.length === 0) await new Promise((r) => setTimeout(r, 1));
+  const [start, end] = window.stargonPaints[0];
+  return [window.stargonTimes[0], end - start, end - set, window.stargonSource.data.flux.length];
 }"""
 )
 
+
+# A release after a move: the server sends the pseudo-continuum of the new latents and the page
+# redraws over it; times from setting value_throttled to that redraw and to its paint.
+RELEASE = (
+    "async ([index, value]) => {"
+    + MOVE_SLIDER_JS
+    + """
+  const wait = async (done) => {
+    const until = performance.now() + 10000;
+    while (!done() && performance.now() < until) await new Promise((r) => setTimeout(r, 1));
+  };
+  await wait(() => window.stargonTimes.length > 0);
+  const curve = window.stargonSource;
+  await new Promise((r) => setTimeout(r, 100));
+  const before = curve.stargonDrawn;
+  let redrawn = null;
+  const listener = () => { if (redrawn === null) redrawn = performance.now(); };
+  curve.change.connect(listener);
+  window.stargonPaints = [];
+  const set = performance.now();
+  sliders[index].value_throttled = value;
+  await wait(() => redrawn !== null && curve.stargonDrawn !== before);
+  await wait(() => window.stargonPaints.some(([start]) => start >= redrawn));
+  curve.change.disconnect(listener);
+  await new Promise((r) => setTimeout(r, 2500));  // what follows a release settles
+  const painted = window.stargonPaints.find(([start]) => start >= redrawn);
+  return [redrawn === null ? NaN : redrawn - set, painted ? painted[1] - set : NaN];
+}"""
+)
 
 LOADED = """() => window.Bokeh && Bokeh.documents.length && [...Bokeh.documents[0].all_models]
   .some((m) => m.tags && m.tags[0] && m.tags[0].stargon_decoder)"""
@@ -59,33 +111,52 @@ def serve() -> tuple[subprocess.Popen, str]:
     raise RuntimeError("stargon serve did not answer")
 
 
-def measure(browser, url: str, n_pages: int, n_moves: int) -> dict:
+def measure(
+    browser, url: str, n_pages: int, n_moves: int, n_releases: int, baseline: bool
+) -> tuple[dict, list[dict]]:
     pages = [browser.new_page(viewport={"width": 1500, "height": 1100}) for _ in range(n_pages)]
     for page in pages:
         page.goto(url)
         page.wait_for_function(LOADED, timeout=120_000)
     pages[0].wait_for_timeout(3000)
+    pages[0].evaluate(SETUP, baseline)
     rng = np.random.default_rng(0)
-    work, paint, pixels = [], [], 0
+    moves = []
     for _ in range(n_moves):
-        callback, repaint, pixels = pages[0].evaluate(
-            MOVE, [int(rng.integers(16)), float(rng.uniform(-2, 2))]
-        )
-        work.append(callback)
-        paint.append(repaint)
+        index, value = int(rng.integers(16)), float(rng.uniform(-2, 2))
+        moves.append(pages[0].evaluate(MOVE, [index, value]))
+        pages[0].wait_for_timeout(20)  # a drag's next event
+    releases = [] if baseline else [
+        pages[0].evaluate(RELEASE, [int(rng.integers(16)), float(rng.uniform(-2, 2))])
+        for _ in range(n_releases)
+    ]  # fmt: skip
     for page in pages:
         page.close()
-    busy = np.array(work) + np.array(paint)
-    return {
-        "pages open": n_pages, "pixels": pixels,
-        "callback p50 ms": float(np.median(work)), "repaint p50 ms": float(np.median(paint)),
-        "move p50 ms": float(np.median(busy)), "move p95 ms": float(np.percentile(busy, 95)),
+    callback, paint, latency, points = np.array(moves).T
+    busy = callback + paint
+    move_row = {
+        "drawing": "every pixel, primary layer" if baseline else "cut to columns, overlay layer",
+        "pages open": n_pages, "points drawn": int(points[-1]),
+        "callback p50": float(np.median(callback)), "paint p50": float(np.median(paint)),
+        "busy p50": float(np.median(busy)), "busy p95": float(np.percentile(busy, 95)),
+        "input→painted p50": float(np.median(latency)),
+        "input→painted p95": float(np.percentile(latency, 95)),
     }  # fmt: skip
+    if not releases:
+        return move_row, []
+    arrived, painted = np.array(releases).T
+    return move_row, [{
+        "pages open": n_pages, "releases": len(releases),
+        "release→curve redrawn p50": float(np.median(arrived)),
+        "release→curve painted p50": float(np.median(painted)),
+        "release→curve painted p95": float(np.percentile(painted, 95)),
+    }]  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--moves", type=int, default=100)
+    parser.add_argument("--releases", type=int, default=20)
     args = parser.parse_args()
     process, url = serve()
     try:
@@ -93,12 +164,20 @@ def main() -> None:
             browser = p.chromium.launch(
                 executable_path=shutil.which("chromium"), args=["--no-sandbox"]
             )
-            rows = [measure(browser, url, n, args.moves) for n in (1, 5)]
+            results = [
+                measure(browser, url, n, args.moves, args.releases, baseline)
+                for baseline in (True, False)
+                for n in (1, 5)
+            ]
             browser.close()
     finally:
         process.terminate()
     print("Slider move in the browser, GALAH preset (python -m benchmarks.explorer_browser)\n")
+    rows = [move for move, _ in results]
     print(table(rows, list(rows[0])))
+    releases = [row for _, rows in results for row in rows]
+    print("\nRelease → the server's redraw, in the same pages\n")
+    print(table(releases, list(releases[0])))
 
 
 if __name__ == "__main__":

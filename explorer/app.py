@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 from io import BytesIO
+from typing import ClassVar
 
 import holoviews as hv
 import numpy as np
 import panel as pn
-from bokeh.models import ColumnDataSource
+from bokeh.models import ColumnDataSource, CustomJS
 from sklearn.decomposition import PCA
 
 from stargon.core.interop import UserSettings
@@ -25,6 +26,13 @@ TEACHING = """**What you see.** Hot stars (Teff above ~7,500 K) show broad hydro
 (Hα, Hβ); as Teff falls, metal lines (Mg b, Na D, Fe) and, below ~4,000 K, molecular bands take
 over. Lower log g (giants) narrows the wings of strong lines; higher [Fe/H] deepens every metal
 line. Move a slider and watch the shaded regions: they are where the model's spectrum reacts."""
+
+
+class LatentSlider(pn.widgets.FloatSlider):
+    """A latent slider whose release the server handles at once: Panel otherwise waits 50 ms
+    (its debounce) before it handles a change from the page."""
+
+    _priority_changes: ClassVar[list[str]] = ["value_throttled"]
 
 
 class ExplorerApp(pn.viewable.Viewer):
@@ -51,7 +59,7 @@ class ExplorerApp(pn.viewable.Viewer):
     def _build_widgets(self) -> None:
         ex, view = self.explorer, self.view
         self.sliders = [
-            pn.widgets.FloatSlider(
+            LatentSlider(
                 label=f"w{k}",  # whitened direction k (largest training variance first)
                 start=float(min(ex.low[k], view.z[k])),
                 end=float(max(ex.high[k], view.z[k])),
@@ -146,6 +154,7 @@ class ExplorerApp(pn.viewable.Viewer):
         )
         self._decoder_payload = client.decoder_payload(ex.model, ex.whitening)
         self._client_columns: dict = {}
+        self._basis_source: ColumnDataSource | None = None  # the page's copy of the basis
         code, names = client.slider_callback(len(self.sliders))
         for slider in self.sliders:
             # A move is drawn in the browser (explorer.client); the server redraws on release.
@@ -184,10 +193,10 @@ class ExplorerApp(pn.viewable.Viewer):
 
     # -- reacting ------------------------------------------------------------------------
     def _on_latent(self, _event) -> None:
-        """A slider moves: the browser redraws the curve itself; here only the state and URL."""
+        """A slider moves: the browser redraws the curve itself; here only the state (the URL
+        follows on release: writing it on every move cost the page a message per move)."""
         if not self._syncing:
             self.view.z = np.array([s.value for s in self.sliders])
-            self._update_location()
 
     def _on_setting(self, _event) -> None:
         if self._syncing:
@@ -265,10 +274,38 @@ class ExplorerApp(pn.viewable.Viewer):
         self._fit(spectrum, f"{kind.split()[0]} {identifier}")
 
     def _on_release(self, _event) -> None:
-        if not self._syncing:
-            self.view.z = np.array([s.value for s in self.sliders])
-            self._redraw()
-            self._refresh_slow()
+        """A slider let go. The page already draws the curve (`explorer.client`); it gets the
+        pseudo-continuum of the new latents first, and what follows (shading, labels, line
+        response, title, URL) after, so that it does not hold the curve up."""
+        if self._syncing:
+            return
+        self.view.z = np.array([s.value for s in self.sliders])
+        self._soon(self._send_pseudo_continuum)
+
+    def _send_pseudo_continuum(self) -> None:
+        if self._basis_source is not None:
+            x, _, _, continuum = self.explorer.drawing(self.view)
+            gapped = plots.with_gaps(x, continuum)[1].astype(np.float32)
+            self._basis_source.data[client.CONTINUUM_COLUMN] = gapped
+        self._soon(self._after_release)  # its message goes out first
+
+    def _after_release(self) -> None:
+        self._revision += 1
+        if self.heat.value:
+            self.refresh_strip.event(revision=self._revision)
+        self.title.object = f"**{self._title()}**"
+        self._update_location()
+        self._refresh_slow()
+
+    @staticmethod
+    def _soon(callback) -> None:
+        """On the server's next tick, under the document's lock (a release is handled before
+        its lock is taken: `LatentSlider`); at once without a server."""
+        document = pn.state.curdoc
+        if document is None or document.session_context is None:
+            callback()
+        else:
+            document.add_next_tick_callback(callback)
 
     def _refresh_slow(self) -> None:
         """What follows a slider only when it is let go (or a setting changes): the sensitivity
@@ -374,17 +411,27 @@ class ExplorerApp(pn.viewable.Viewer):
     def _model(self, revision: int = 0):
         x, raw, basis, continuum = self.explorer.drawing(self.view)
         gapped = plots.with_gaps(x, *basis, continuum)
-        self._client_columns = client.basis_columns(np.array(gapped[1:-1]), gapped[-1])
+        self._client_columns = client.basis_columns(gapped[0], np.array(gapped[1:-1]), gapped[-1])
         return plots.model_curve(x, raw / continuum, ZOOMS[self.view.zoom])
 
     def _attach_decoder(self, plot, element) -> None:
         """Plot hook: the model curve's data source carries the basis and the decoder, so that
         the sliders' JavaScript redraws the curve in the browser (`explorer.client`)."""
+        source, x_range = plot.handles["source"], plot.handles["x_range"]
         basis = plot.handles.get("stargon_basis")
         if basis is None:  # its own source: the curve's stays two columns, quick to redraw
             basis = plot.handles["stargon_basis"] = ColumnDataSource()
+            basis.js_on_change("data", CustomJS(args={"curve": source}, code=client.BASIS_JS))
         basis.data = self._client_columns
-        plot.handles["source"].tags = [self._decoder_payload, basis]
+        self._basis_source = basis
+        renderer = plot.handles["glyph_renderer"]
+        renderer.level = "overlay"  # a move repaints this curve alone (explorer.client)
+        source.tags = [self._decoder_payload, basis, plot.state, renderer]
+        if plot.handles.get("stargon_range") is not x_range:
+            plot.handles["stargon_range"] = x_range
+            redraw = CustomJS(args={"curve": source}, code=client.RANGE_JS)
+            x_range.js_on_change("start", redraw)
+            x_range.js_on_change("end", redraw)
 
     def _png(self) -> bytes:
         observation = self.view.observation

@@ -1,11 +1,15 @@
 """Decoding in the browser, so a slider move redraws the model curve without the server.
 
+The curve the page draws is cut to the plot's pixel columns (the first, lowest, highest and
+last point of each, "M4"), which rasterises as the full curve does at a quarter of 16k points,
+and cut again when the wavelength range changes.
+
 The page gets, once per instrument/velocity/observation (with the model curve's data): the
 cached pixel basis (K+1 columns of a data source of its own), the pseudo-continuum the server last
 divided by, and — once per session — the latent MLP's weights and the whitening. A slider's
 JavaScript callback then does what `Explorer.spectrum` does: z = mean + M w, h = MLP(z),
-f = (T₀ + Σ h_k T_k) / pseudo-continuum. On release the server redraws as before (and renews
-the pseudo-continuum).
+f = (T₀ + Σ h_k T_k) / pseudo-continuum. On release the server sends only the pseudo-continuum
+of the new latents (one column), and the page redraws over it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from stargon.model.whitening import Whitening
 
 BASIS_COLUMN = "b{}"
 CONTINUUM_COLUMN = "pseudo_continuum"
+WAVELENGTH_COLUMN = "x"
 
 
 def decoder_payload(model: StarGON, whitening: Whitening) -> dict:
@@ -43,10 +48,10 @@ def decoder_payload(model: StarGON, whitening: Whitening) -> dict:
     }
 
 
-def basis_columns(basis: np.ndarray, continuum: np.ndarray) -> dict[str, np.ndarray]:
-    """The pixel basis (K+1, P) and the pseudo-continuum (P,) as curve-data columns."""
+def basis_columns(x: np.ndarray, basis: np.ndarray, continuum: np.ndarray) -> dict[str, np.ndarray]:
+    """The wavelengths (P,), pixel basis (K+1, P) and pseudo-continuum (P,) as data columns."""
     columns = {BASIS_COLUMN.format(k): row.astype(np.float32) for k, row in enumerate(basis)}
-    return columns | {CONTINUUM_COLUMN: continuum.astype(np.float32)}
+    return columns | {WAVELENGTH_COLUMN: x, CONTINUUM_COLUMN: continuum.astype(np.float32)}
 
 
 def slider_callback(n_sliders: int) -> tuple[str, list[str]]:
@@ -55,10 +60,105 @@ def slider_callback(n_sliders: int) -> tuple[str, list[str]]:
     return f"const sliders = [{', '.join(names)}];\n" + DECODE_JS, names
 
 
+# Draws the full curve `curve.stargonFull` (aligned with the basis source's wavelengths) cut to
+# the plot's pixel columns over its current wavelength range: per column its first, lowest,
+# highest and last point. The plot (curve.tags[2]) gives the range and its inner width in CSS
+# pixels. A gap (NaN) stays a break; the nearest point beyond each edge is kept so that the line
+# reaches the edge. The curve's renderer (curve.tags[3]) is on Bokeh's overlay layer, so a move
+# repaints the curve alone, not the axes, labels and observation beneath; Bokeh clips glyphs to
+# the frame on its lower layers only, so glyph views are told to clip (once per page).
+DRAW_JS = """
+function stargonDraw(curve) {
+  if (!window.stargonClipping) {
+    const view = Bokeh.index.find_one(curve.tags[3]);
+    if (view === null) return;
+    Object.defineProperty(Object.getPrototypeOf(view), "needs_clip", {get: () => true});
+    window.stargonClipping = true;
+  }
+  const plot = curve.tags[2], xs = curve.tags[1].data.x, ys = curve.stargonFull;
+  const start = plot.x_range.start, end = plot.x_range.end;
+  const scale = Math.ceil(plot.inner_width * (window.devicePixelRatio || 1)) / (end - start);
+  const outX = new Float64Array(xs.length), outY = new Float64Array(xs.length);
+  let n = 0, column = -1, first = -1, low = -1, high = -1, last = -1, before = -1;
+  const push = (p) => { outX[n] = xs[p]; outY[n] = ys[p]; n++; };
+  const flush = () => {
+    if (first < 0) return;
+    push(first);
+    const [a, b] = low < high ? [low, high] : [high, low];
+    if (a !== first) push(a);
+    if (b !== a && b !== first) push(b);
+    if (last !== b && last !== first) push(last);
+    first = -1;
+  };
+  for (let p = 0; p < xs.length; p++) {
+    const x = xs[p];
+    if (Number.isNaN(x)) { flush(); before = -1; outX[n] = outY[n] = NaN; n++; continue; }
+    if (x < start) { before = p; continue; }
+    if (before >= 0) { push(before); before = -1; }
+    if (x > end) { flush(); push(p); break; }
+    const c = Math.floor((x - start) * scale);
+    if (c !== column || first < 0) { flush(); column = c; first = low = high = p; }
+    if (ys[p] < ys[low]) low = p;
+    if (ys[p] > ys[high]) high = p;
+    last = p;
+  }
+  flush();
+  // in place, as Bokeh's streaming does: assigning `data` would also send it to the server
+  curve.data.wavelength = outX.slice(0, n);
+  curve.data.flux = curve.stargonDrawn = outY.slice(0, n);
+  curve.change.emit();
+}
+"""
+
+# The x-range callback (args: curve): a curve the page cut is cut again for the new range; a
+# curve the server sent since (full, on release) is left as it is.
+RANGE_JS = (
+    DRAW_JS
+    + """
+if (curve.stargonDrawn !== undefined && curve.data.flux === curve.stargonDrawn) stargonDraw(curve);
+"""
+)
+
+# Decodes the sliders' whitened latents into the full curve over the basis source's
+# pseudo-continuum and draws it; remembers the sliders for a renewed pseudo-continuum.
+DECODE_FN = """
+function stargonDecode(curve, sliders) {
+  curve.stargonSliders = sliders;
+  const net = curve.tags[0];
+  const w = sliders.map((s) => s.value);
+  let x = net.mean.map((m, i) => m + net.matrix[i].reduce((acc, v, j) => acc + v * w[j], 0));
+  for (const layer of net.layers) {
+    if (layer.kind === "linear") {
+      x = layer.bias.map((b, i) => layer.weight[i].reduce((acc, v, j) => acc + v * x[j], b));
+    } else if (layer.kind === "layernorm") {
+      const mean = x.reduce((a, v) => a + v, 0) / x.length;
+      const variance = x.reduce((a, v) => a + (v - mean) * (v - mean), 0) / x.length;
+      const scale = 1 / Math.sqrt(variance + layer.eps);
+      x = x.map((v, i) => (v - mean) * scale * layer.weight[i] + layer.bias[i]);
+    } else {
+      x = x.map((v) => v / (1 + Math.exp(-v)));
+    }
+  }
+  const basis = curve.tags[1].data;  // a source of its own: the curve's holds x and flux only
+  const continuum = basis.pseudo_continuum;
+  const flux = Float64Array.from(basis.b0);
+  for (let k = 0; k < x.length; k++) {
+    const row = basis["b" + (k + 1)], weight = x[k];
+    for (let p = 0; p < flux.length; p++) flux[p] += weight * row[p];
+  }
+  for (let p = 0; p < flux.length; p++) flux[p] /= continuum[p];
+  curve.stargonFull = flux;
+  stargonDraw(curve);
+}
+"""
+
 # The slider callback body: `sliders` are all latent sliders; the curve's data source (named
 # `curve`: Panel passes the slider itself as `source`) is the one whose tags carry the decoder.
 # Times go to window.stargonTimes (ms) for benchmarks.
-DECODE_JS = """
+DECODE_JS = (
+    DRAW_JS
+    + DECODE_FN
+    + """
 const start = performance.now();
 let curve = window.stargonSource;
 if (!curve || !curve.tags.length || !curve.tags[0].stargon_decoder) {
@@ -70,33 +170,20 @@ if (!curve || !curve.tags.length || !curve.tags[0].stargon_decoder) {
   window.stargonSource = curve;
 }
 if (curve === null) return;
-const net = curve.tags[0];
-const w = sliders.map((s) => s.value);
-let x = net.mean.map((m, i) => m + net.matrix[i].reduce((acc, v, j) => acc + v * w[j], 0));
-for (const layer of net.layers) {
-  if (layer.kind === "linear") {
-    x = layer.bias.map((b, i) => layer.weight[i].reduce((acc, v, j) => acc + v * x[j], b));
-  } else if (layer.kind === "layernorm") {
-    const mean = x.reduce((a, v) => a + v, 0) / x.length;
-    const variance = x.reduce((a, v) => a + (v - mean) * (v - mean), 0) / x.length;
-    const scale = 1 / Math.sqrt(variance + layer.eps);
-    x = x.map((v, i) => (v - mean) * scale * layer.weight[i] + layer.bias[i]);
-  } else {
-    x = x.map((v) => v / (1 + Math.exp(-v)));
-  }
-}
-const basis = curve.tags[1].data;  // a source of its own: the curve's holds x and flux only
-const continuum = basis.pseudo_continuum;
-const flux = Float64Array.from(basis.b0);
-for (let k = 0; k < x.length; k++) {
-  const row = basis["b" + (k + 1)], weight = x[k];
-  for (let p = 0; p < flux.length; p++) flux[p] += weight * row[p];
-}
-for (let p = 0; p < flux.length; p++) flux[p] /= continuum[p];
-curve.data.flux = flux;
-curve.change.emit();
+stargonDecode(curve, sliders);
 (window.stargonTimes = window.stargonTimes || []).push(performance.now() - start);
 """
+)
+
+# The basis source's change callback (args: curve): the server sent a new pseudo-continuum
+# (on release) or a new basis; the page redraws from the sliders it last decoded.
+BASIS_JS = (
+    DRAW_JS
+    + DECODE_FN
+    + """
+if (curve.stargonSliders !== undefined) stargonDecode(curve, curve.stargonSliders);
+"""
+)
 
 # For tests and benchmarks driving a page: `MOVE_SLIDER_JS + "…"` is the body of a function of
 # ([index, value]) that sets latent slider `index` as a drag does (the decode runs async).

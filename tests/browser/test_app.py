@@ -214,18 +214,36 @@ def test_upload_of_a_plain_csv_with_an_instrument_preset_shows_its_fit(page, dat
 
 
 SET_SLIDER = "([index, value]) => {" + MOVE_SLIDER_JS + "return sliders.map((s) => s.value); }"
-DRAWN_FLUX = "() => Array.from(window.stargonSource.data.flux)"
+DRAWN = """() => [Array.from(window.stargonSource.data.wavelength),
+                Array.from(window.stargonSource.data.flux)]"""
+ZOOM = """([start, end]) => {
+  const range = window.stargonSource.tags[2].x_range;
+  range.start = start;
+  range.end = end;
+}"""
+
+
+def _drawn_pixels(page, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pixels (indices into the full wavelength grid `x`) the page draws, and their flux;
+    each drawn wavelength must be one of the grid's."""
+    wavelength, flux = (np.array(v, dtype=float) for v in page.evaluate(DRAWN))
+    keep = np.isfinite(wavelength)
+    pixels = np.searchsorted(x, wavelength[keep])
+    np.testing.assert_array_equal(x[pixels], wavelength[keep])
+    return pixels, flux[keep]
 
 
 def test_a_slider_move_is_decoded_in_the_browser_as_torch_decodes_it(page, data):
     """The page's own decoder (explorer.client): after a slider move, without the server, the
     curve equals the torch model at those whitened latents over the pseudo-continuum the page
-    holds (the initial view's), to 1e-5, at three settings."""
+    holds (the initial view's), to 1e-5, at three settings. The page draws it cut to the plot's
+    pixel columns: fewer points, the same extremes; zoomed in so that columns are wider than
+    pixels, every pixel in the window."""
     from stargon.explorer.state import Explorer
 
     explorer = Explorer(None, data)
     start = explorer.new_view()
-    continuum = explorer.drawing(start)[3]
+    x, _, _, continuum = explorer.drawing(start)
     page.wait_for_function("() => window.Bokeh && [...Bokeh.documents[0].all_models].some("
                            "(m) => m.tags && m.tags[0] && m.tags[0].stargon_decoder)")  # fmt: skip
     for index, value in ((0, 1.5), (3, -0.8), (15, 0.4)):
@@ -235,4 +253,17 @@ def test_a_slider_move_is_decoded_in_the_browser_as_torch_decodes_it(page, data)
         view.z = np.array(w)
         assert view.z[index] == pytest.approx(value, abs=1e-6)
         expected = explorer.drawing(view)[1] / continuum
-        np.testing.assert_allclose(np.array(page.evaluate(DRAWN_FLUX)), expected, atol=1e-5)
+        pixels, flux = _drawn_pixels(page, x)
+        np.testing.assert_allclose(flux, expected[pixels], atol=1e-5)
+        columns = page.evaluate("() => window.stargonSource.tags[2].inner_width")
+        assert len(pixels) < len(x) and len(pixels) <= 4 * columns + 2
+        assert flux.max() == pytest.approx(expected.max(), abs=1e-5)
+        assert flux.min() == pytest.approx(expected.min(), abs=1e-5)
+    window = (x[len(x) // 3], x[len(x) // 3 + 200])
+    page.evaluate(ZOOM, list(map(float, window)))
+    page.wait_for_timeout(500)
+    pixels, flux = _drawn_pixels(page, x)
+    inside = (x >= window[0]) & (x <= window[1])
+    np.testing.assert_array_equal(pixels[(x[pixels] >= window[0]) & (x[pixels] <= window[1])],
+                                  np.flatnonzero(inside))  # fmt: skip
+    np.testing.assert_allclose(flux, expected[pixels], atol=1e-5)
