@@ -123,7 +123,7 @@ class Explorer:
         self.instruments = drawable()
         self.stars = self.card.get("stars", [])
         self.whitening = Whitening.from_tensors(extra, self.latent_dim)
-        raw = extra.get("star_latents", torch.zeros(0, self.latent_dim)).double().numpy()
+        raw = extra.get("star_latents", torch.zeros(0, self.latent_dim)).double().cpu().numpy()
         self.star_latents = self.whitening.whiten(raw)
         percentiles = self.card.get("whitened_percentiles", {})
         self.low = np.array(percentiles.get("1", [-3.0] * self.latent_dim))

@@ -45,6 +45,11 @@ class PixelBatch:
     def to(self, device: torch.device | str) -> PixelBatch:
         return PixelBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
+    def select(self, rows: Sequence[int] | torch.Tensor) -> PixelBatch:
+        """The spectra at `rows`, as a batch of their own (padding kept)."""
+        index = torch.as_tensor(rows, dtype=torch.long, device=self.flux.device)
+        return PixelBatch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
     def with_velocity(self, v_kms: torch.Tensor) -> PixelBatch:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         return PixelBatch(**(values | {"v_kms": v_kms}))

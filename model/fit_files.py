@@ -1,19 +1,45 @@
-"""`stargon fit`: fit every readable spectrum in files or folders, one CSV row each."""
+"""`stargon fit`: fit every readable spectrum in files or folders, one CSV row each.
+
+Files are read ahead (optionally in worker processes) while the model fits; spectra wait in
+one bucket per instrument (so a batch pads to similar lengths) and are fitted `batch_size` at a
+time (`fit_spectra`). Rows are appended and flushed batch by batch, so a killed run loses at
+most the batch in flight, and `resume` skips the spectra the output already holds.
+"""
 
 from __future__ import annotations
 
 import csv
+import functools
+import time
+from collections import defaultdict, deque
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from astropy.table import Table
 from tqdm import tqdm
 
 from stargon.core.interop import UserSettings
+from stargon.core.spectrum import Spectrum, SpectrumReadError
 from stargon.model.checkpoint import load_checkpoint, resolve_checkpoint
-from stargon.model.fit import fit_spectrum, template_pyramid
-from stargon.surveys.registry import scan
+from stargon.model.fit import FitResult, fit_spectra, template_pyramid
+from stargon.surveys.registry import FileOutcome, iter_files, scan
 
 COLUMNS = ["source", "star_id", "instrument", "frame", "rv_kms", "rv_err_kms", "chi2_dof", "n_pix"]
+
+
+@dataclass
+class FitRun:
+    """What a `fit_paths` run did: spectra fitted now, spectra the output already held, and
+    every file or spectrum that failed, with the reason."""
+
+    fitted: int = 0
+    already_done: int = 0
+    files: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
 
 
 def fit_paths(
@@ -22,39 +48,150 @@ def fit_paths(
     out: Path,
     device: str = "cpu",
     user: UserSettings | None = None,
-) -> list[tuple[str, str]]:
-    """Write `out` (CSV) and return the files that were skipped, with the reason. Files of no
-    known survey are read with `user`'s settings (resolving power, medium, frame)."""
+    batch_size: int = 32,
+    workers: int = 0,
+    resume: bool = False,
+    fits_table: bool = False,
+    progress: bool = True,
+) -> FitRun:
+    """Fit every spectrum under `paths` into the CSV `out` (and `out` as a FITS table when
+    `fits_table`). Files of no known survey are read with `user`'s settings (resolving power,
+    medium, frame). A missing path or a bad file is a failure; the rest goes on."""
+    device = resolve_device(device)
     model, _, extra = load_checkpoint(resolve_checkpoint(checkpoint), device)
     with torch.no_grad():
         pyramid = model.decoder.pyramid()
-    templates = template_pyramid(model, extra.get("prototypes"))
-    latent_columns = [f"z_{k}" for k in range(model.config.latent_dim)]
-    error_columns = [f"z_err_{k}" for k in range(model.config.latent_dim)]
-    failures = []
-    with open(out, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, COLUMNS + latent_columns + error_columns)
-        writer.writeheader()
-        for path in paths:
-            for outcome in tqdm(scan(path, user=user), desc=f"fitting {path}", unit="file"):
-                if outcome.error:
-                    failures.append((str(outcome.path), outcome.error))
-                for spectrum in outcome.spectra:
-                    result = fit_spectrum(
-                        model, spectrum, device=device, pyramid=pyramid, templates=templates
-                    )
-                    row = {
-                        "source": spectrum.source,
-                        "star_id": spectrum.star_id,
-                        "instrument": spectrum.instrument,
-                        "frame": spectrum.frame,
-                        "rv_kms": f"{result.v_kms:.3f}",
-                        "rv_err_kms": f"{result.v_err_kms:.3f}",
-                        "chi2_dof": f"{result.chi2_dof:.4f}",
-                        "n_pix": result.n_pix,
-                    }
-                    row |= {c: f"{v:.5g}" for c, v in zip(latent_columns, result.z, strict=True)}
-                    row |= {c: f"{v:.5g}" for c, v in zip(error_columns, result.z_err, strict=True)}
-                    writer.writerow(row)
-                    handle.flush()
-    return failures
+        templates = template_pyramid(model, extra.get("prototypes"))
+    run = FitRun()
+    files = []
+    for path in paths:
+        try:
+            files.extend(iter_files(path))
+        except SpectrumReadError as exc:
+            run.failures.append((str(exc.path), exc.problem))
+    columns = COLUMNS + [f"{p}_{k}" for p in ("z", "z_err") for k in range(model.config.latent_dim)]
+    done = _rows_done(out, columns) if resume else set()
+    fit = functools.partial(fit_spectra, model, device=device, pyramid=pyramid, templates=templates)
+    with _csv_rows(out, columns, append=resume) as writer:
+        buckets: dict[str, list[Spectrum]] = defaultdict(list)
+        bar = tqdm(total=len(files), unit="file", desc="fitting", disable=not progress)
+        start = time.perf_counter()
+        for outcome in read_ahead(files, user, workers):
+            run.files += 1
+            bar.update()
+            if outcome.error is not None:
+                run.failures.append((str(outcome.path), outcome.error))
+            for spectrum in outcome.spectra:
+                if (spectrum.source, spectrum.star_id) in done:
+                    run.already_done += 1
+                    continue
+                bucket = buckets[spectrum.instrument]
+                bucket.append(spectrum)
+                if len(bucket) >= batch_size:
+                    _fit_bucket(fit, bucket, writer, run)
+                    bar.set_postfix(spectra=run.fitted, per_s=_rate(run.fitted, start))
+        for bucket in buckets.values():
+            _fit_bucket(fit, bucket, writer, run)
+        bar.set_postfix(spectra=run.fitted, per_s=_rate(run.fitted, start))
+        bar.close()
+    if fits_table:
+        Table.read(out, format="ascii.csv").write(out.with_suffix(".fits"), overwrite=True)
+    return run
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto`: the GPU when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def read_ahead(files: list[Path], user: UserSettings | None, workers: int) -> Iterator[FileOutcome]:
+    """One outcome per file, in order; with `workers` processes reading up to 2 × workers
+    files ahead of the fitting (bounded: memory does not grow with the number of files)."""
+    read = functools.partial(_read_one, user=user)
+    if workers <= 0:
+        yield from map(read, files)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        for path in files:
+            pending.append(pool.submit(read, path))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _read_one(path: Path, user: UserSettings | None) -> FileOutcome:
+    return next(scan(path, user=user))
+
+
+def _fit_bucket(fit, bucket: list[Spectrum], writer, run: FitRun) -> None:
+    """Fit and write a bucket, then empty it. A batch that fails is fitted spectrum by
+    spectrum, so that only the spectrum at fault is lost (and named)."""
+    if not bucket:
+        return
+    try:
+        pairs = list(zip(bucket, fit(bucket), strict=True))
+    except (RuntimeError, ValueError):
+        pairs = []
+        for spectrum in bucket:
+            try:
+                pairs.append((spectrum, fit([spectrum])[0]))
+            except (RuntimeError, ValueError) as exc:
+                run.failures.append((spectrum.source, f"fit failed: {exc}"))
+    for spectrum, result in pairs:
+        writer.writerow(_row(spectrum, result))
+    writer.handle.flush()
+    run.fitted += len(pairs)
+    bucket.clear()
+
+
+def _row(spectrum: Spectrum, result: FitResult) -> dict:
+    row = {
+        "source": spectrum.source,
+        "star_id": spectrum.star_id,
+        "instrument": spectrum.instrument,
+        "frame": spectrum.frame,
+        "rv_kms": f"{result.v_kms:.3f}",
+        "rv_err_kms": f"{result.v_err_kms:.3f}",
+        "chi2_dof": f"{result.chi2_dof:.4f}",
+        "n_pix": result.n_pix,
+    }
+    row |= {f"z_{k}": f"{v:.5g}" for k, v in enumerate(result.z)}
+    return row | {f"z_err_{k}": f"{v:.5g}" for k, v in enumerate(result.z_err)}
+
+
+def _rate(n: int, start: float) -> str:
+    return f"{n / max(time.perf_counter() - start, 1e-9):.1f}"
+
+
+def _rows_done(out: Path, columns: list[str]) -> set[tuple[str, str]]:
+    """(source, star_id) of the complete rows in an earlier output; a row cut short by a kill
+    is dropped from the file so that appending continues cleanly."""
+    if not out.exists():
+        return set()
+    text = out.read_text()
+    complete = text[: text.rfind("\n") + 1]
+    if len(complete) != len(text):
+        with open(out, "r+") as handle:
+            handle.truncate(len(complete.encode()))
+    rows = list(csv.reader(complete.splitlines()))
+    if not rows:
+        return set()
+    if rows[0] != columns:
+        raise SpectrumReadError(out, "cannot resume: its columns are not this model's")
+    return {(row[0], row[1]) for row in rows[1:] if len(row) == len(columns)}
+
+
+@contextmanager
+def _csv_rows(out: Path, columns: list[str], append: bool) -> Iterator[csv.DictWriter]:
+    """A CSV writer on `out` whose rows reach the disk at each `flush` (its `handle`)."""
+    append = append and out.exists() and out.stat().st_size > 0
+    with open(out, "a" if append else "w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.handle = handle
+        if not append:
+            writer.writeheader()
+        yield writer

@@ -25,7 +25,7 @@ fetch_app = typer.Typer(help="Download real spectra from the public archives int
 app.add_typer(data_app, name="data")
 data_app.add_typer(fetch_app, name="fetch")
 console = Console(width=None if Console().is_terminal else 160)
-errors = Console(stderr=True)
+errors = Console(stderr=True, soft_wrap=True)  # an error stays one line
 
 
 def default_data_dir() -> Path:
@@ -225,24 +225,37 @@ def fit_command(
         Path | None, typer.Option(help="Model folder (default: the embedded one).")
     ] = None,
     out: Annotated[Path, typer.Option(help="CSV with one row per spectrum.")] = Path("fits.csv"),
-    device: str = "cpu",
+    device: Annotated[str, typer.Option(help="auto (the GPU if any), cpu, cuda, …")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Spectra fitted at once.")] = 32,
+    workers: Annotated[int, typer.Option(help="Processes reading files ahead (0: none).")] = 0,
+    resume: Annotated[
+        bool, typer.Option(help="Keep OUT's rows; fit only what is missing.")
+    ] = False,
+    fits: Annotated[bool, typer.Option(help="Also write OUT as a FITS table (.fits).")] = False,
     *,
     settings: dict,
 ) -> None:
     """Fit radial velocity, latents and continuum to every readable spectrum: survey files,
     or your own (any format specutils reads, CSV with wavelength, flux and optional error
-    columns; give --resolving-power when its header has none)."""
+    columns; give --resolving-power when its header has none). Exits with status 1 when any
+    input failed (each is listed)."""
     from stargon.model.fit_files import fit_paths
 
     try:
         user = UserSettings(**settings)
-    except ValueError as exc:
+        run = fit_paths(paths, checkpoint, out, device, user, batch_size, workers, resume, fits)
+    except ValueError as exc:  # bad settings, or an output that cannot be resumed
         errors.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc
-    failures = fit_paths(paths, checkpoint, out, device, user)
-    for path, reason in failures:
-        errors.print(f"[yellow]skipped[/] {path}: {reason}")
-    console.print(f"[green]wrote[/] {out}")
+    for path, reason in run.failures:
+        errors.print(f"[yellow]failed[/] {path}: {reason}")
+    kept = f", {run.already_done} kept from before" if run.already_done else ""
+    console.print(
+        f"[green]wrote[/] {out}: {run.fitted} spectra fitted{kept} from {run.files} files"
+    )
+    if run.failures:
+        errors.print(f"[red]{len(run.failures)} inputs failed[/]")
+        raise typer.Exit(1)
 
 
 @app.command("sample")

@@ -1,0 +1,114 @@
+"""Fitting at survey scale: batched fits equal one-at-a-time fits, `stargon fit` resumes after a
+kill without writing a spectrum twice, and its exit status and errors say what failed."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from stargon.model.checkpoint import load_checkpoint, resolve_checkpoint
+from stargon.model.fit import fit_spectra, fit_spectrum, template_pyramid
+from stargon.surveys import read_file
+
+LAMOST_DR8 = "lamost_dr8/20220313_CCF_test_grouped_fits"
+MIXED = [
+    "lamost_dr1/SampleFits/spec-55862-B6212_sp06-003.fits",
+    "miles/MILES_res2.50_star_m0001V.fits",
+    "stelib/STELIB_v3.2_HD002857.fits",
+]
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    model, _, extra = load_checkpoint(resolve_checkpoint(None))
+    return model, model.decoder.pyramid(), template_pyramid(model, extra.get("prototypes"))
+
+
+def lamost_files(data, n: int) -> list:
+    return sorted((data / LAMOST_DR8).iterdir())[:n]
+
+
+def test_a_batch_fits_each_spectrum_as_it_is_fitted_alone(data, default_model):
+    """Observed-frame LAMOST DR8 stars (v fitted) with rest-frame MILES and STELIB stars (v
+    held) of other lengths, in one padded batch: RV within 0.1 σ_v, χ²/dof within 1 %, latents
+    within 0.1 σ_z of the spectrum fitted alone."""
+    model, pyramid, templates = default_model
+    spectra = [read_file(path)[0] for path in lamost_files(data, 6)]
+    spectra += [read_file(data / name)[0] for name in MIXED]
+    together = fit_spectra(model, spectra, pyramid=pyramid, templates=templates)
+    for spectrum, batched in zip(spectra, together, strict=True):
+        alone = fit_spectrum(model, spectrum, pyramid=pyramid, templates=templates)
+        assert abs(batched.v_kms - alone.v_kms) <= 0.1 * alone.v_err_kms, spectrum.source
+        assert batched.chi2_dof == pytest.approx(alone.chi2_dof, rel=0.01), spectrum.source
+        np.testing.assert_array_less(np.abs(batched.z - alone.z), 0.1 * alone.z_err + 1e-6)
+        assert batched.n_pix == alone.n_pix and batched.model_flux.shape == alone.model_flux.shape
+    assert all(r.v_kms == 0.0 for r, s in zip(together, spectra, strict=True) if s.frame == "rest")
+
+
+def _fit_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "stargon", "fit", *args]
+
+
+def _sources(out) -> list[str]:
+    return [row["source"] for row in csv.DictReader(out.open())]
+
+
+def test_fit_resumes_after_a_kill_and_writes_each_source_once(data, tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    files = lamost_files(data, 24)
+    for path in files:
+        (inputs / path.name).symlink_to(path)
+    out = tmp_path / "fits.csv"
+    command = _fit_command(str(inputs), "--out", str(out), "--batch-size", "4", "--device", "cpu")
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if out.exists() and len(out.read_text().splitlines()) >= 1 + 8:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    killed = _sources(out)
+    assert 8 <= len(killed) < len(files)
+    finished = subprocess.run([*command, "--resume"], capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr
+    counts = Counter(_sources(out))
+    assert set(counts) == {str(inputs / path.name) for path in files}
+    assert set(counts.values()) == {1}
+    assert f"{len(killed)} kept from before" in " ".join(finished.stdout.split())
+
+
+def test_fit_exits_non_zero_and_names_each_input_that_failed(data, tmp_path):
+    broken = tmp_path / "broken.fits"
+    broken.write_bytes(b"SIMPLE  = T" + b" " * 100)
+    missing = tmp_path / "nowhere.fits"
+    good = lamost_files(data, 1)[0]
+    out = tmp_path / "fits.csv"
+    result = subprocess.run(
+        _fit_command(str(missing), str(broken), str(good), "--out", str(out), "--device", "cpu"),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if "failed" in line]
+    assert any(str(missing) in line and "no such file" in line for line in lines), lines
+    assert any(str(broken) in line for line in lines), lines
+    assert "2 inputs failed" in result.stderr
+    assert _sources(out) == [str(good)]
+    nothing = subprocess.run(
+        _fit_command(str(missing), "--out", str(tmp_path / "none.csv")),
+        capture_output=True,
+        text=True,
+    )
+    assert nothing.returncode == 1 and "Traceback" not in nothing.stderr
