@@ -51,10 +51,11 @@ def finish() -> None:
         dist.destroy_process_group()
 
 
-def broadcast(tensor: torch.Tensor, context: Context) -> torch.Tensor:
-    """Rank 0's values on every rank (e.g. radial velocities estimated once)."""
+def sum_over_ranks(tensor: torch.Tensor, context: Context) -> torch.Tensor:
+    """The sum of every rank's tensor, on every rank (e.g. radial velocities, each rank
+    filling its own share of a zero array)."""
     if context.world_size > 1:
-        dist.broadcast(tensor, src=0)
+        dist.all_reduce(tensor)
     return tensor
 
 

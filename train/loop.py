@@ -223,17 +223,22 @@ def learning_rate(config: TrainConfig, step: int) -> float:
 
 
 def _refresh_velocities(model, dataset, velocities, context):
-    """Radial velocities of observed-frame spectra from the current model (rank 0, broadcast)."""
-    observed = [i for i, s in enumerate(dataset.spectra) if s.frame == "observed"]
-    estimates = torch.as_tensor(velocities, dtype=torch.float64)
-    if context.is_main:
-        with torch.no_grad():
-            pyramid = model.decoder.pyramid()
-        templates = template_pyramid(model, _prototypes(model, dataset, context))
-        for i in tqdm(observed, desc="radial velocities", leave=False):
-            batch = make_batch([dataset.spectra[i]]).to(context.device)
-            estimates[i] = find_velocity(model, batch, pyramid, templates)
-    return distributed.broadcast(estimates.to(context.device), context).cpu().numpy()
+    """Radial velocities of observed-frame spectra from the current model: each rank fits its
+    share (one spectrum at a time, so a velocity never depends on how the work was split),
+    and one all-reduce (sum over disjoint shares) gives every rank all of them."""
+    observed = np.array([i for i, s in enumerate(dataset.spectra) if s.frame == "observed"])
+    mine = np.array_split(observed, context.world_size)[context.rank]
+    with torch.no_grad():
+        pyramid = model.decoder.pyramid()
+    templates = template_pyramid(model, _prototypes(model, dataset, context))
+    estimates = torch.zeros(len(velocities), dtype=torch.float64)
+    for i in tqdm(mine, desc="radial velocities", leave=False, disable=not context.is_main):
+        batch = make_batch([dataset.spectra[i]]).to(context.device)
+        estimates[i] = find_velocity(model, batch, pyramid, templates)
+    estimates = distributed.sum_over_ranks(estimates.to(context.device), context).cpu()
+    refreshed = np.asarray(velocities, dtype=float).copy()
+    refreshed[observed] = estimates.numpy()[observed]
+    return refreshed
 
 
 def _prototypes(model, dataset, context, per_survey: int = 2) -> torch.Tensor:
