@@ -258,6 +258,31 @@ def fit_command(
         raise typer.Exit(1)
 
 
+@app.command("pack")
+def pack_command(
+    data: Annotated[Path, typer.Argument(help="Data folder with one folder per survey.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the shards and manifest.json.")],
+    shard_size: Annotated[int, typer.Option(help="Spectra per Parquet shard.")] = 2000,
+    surveys: Annotated[
+        str | None, typer.Option(help="Comma-separated survey folders (default: all).")
+    ] = None,
+    held_out_fraction: Annotated[float, typer.Option(help="Stars held out, by star.")] = 0.1,
+) -> None:
+    """Pack survey folders into Parquet shards of spectra with a manifest (counts per survey,
+    held-out split by star), for streaming."""
+    from stargon.train.shards import pack
+
+    if not data.is_dir():
+        errors.print(f"[red]error:[/] {data}: no such folder")
+        raise typer.Exit(2)
+    chosen = surveys.split(",") if surveys else None
+    manifest = pack(data, out, shard_size, chosen, held_out_fraction)
+    for failure in manifest["failures"]:
+        errors.print(f"[yellow]failed[/] {failure['file']}: {failure['reason']}")
+    console.print(f"[green]packed[/] {manifest['spectra']} spectra into {len(manifest['shards'])} "
+                  f"shards in {out}")  # fmt: skip
+
+
 @app.command("sample")
 def sample_command(
     n: Annotated[int, typer.Option("-n", help="How many spectra.")] = 10,
