@@ -88,6 +88,17 @@ def test_fit_resumes_after_a_kill_and_writes_each_source_once(data, tmp_path):
     assert f"{len(killed)} kept from before" in " ".join(finished.stdout.split())
 
 
+def test_reading_in_worker_processes_gives_the_same_rows(data, tmp_path):
+    files = [str(path) for path in lamost_files(data, 3)]
+    rows = {}
+    for workers in ("0", "1"):
+        out = tmp_path / f"fits_{workers}.csv"
+        command = _fit_command(*files, "--out", str(out), "--device", "cpu", "--workers", workers)
+        subprocess.run(command, check=True, capture_output=True)
+        rows[workers] = list(csv.DictReader(out.open()))
+    assert len(rows["0"]) == 3 and rows["1"] == rows["0"]
+
+
 def test_fit_exits_non_zero_and_names_each_input_that_failed(data, tmp_path):
     broken = tmp_path / "broken.fits"
     broken.write_bytes(b"SIMPLE  = T" + b" " * 100)
