@@ -289,12 +289,44 @@ def _refine(model, batch, pyramid, z, v, moving, steps, rounds: int = 2):
     return z, v, covariance
 
 
+@dataclass
+class _Linearised:
+    """Spectra with their basis linearised in v around v0 (no slope when no v is fitted) and
+    the prior's precision per parameter; `rows` takes some of them, for the ones still moving."""
+
+    batch: PixelBatch
+    basis0: torch.Tensor  # (K+1, B, P)
+    slope: torch.Tensor | None  # ∂basis/∂v, (K+1, B, P)
+    v0: torch.Tensor
+    penalty: torch.Tensor  # (B, D [+1])
+
+    def rows(self, index: torch.Tensor) -> _Linearised:
+        slope = None if self.slope is None else self.slope[:, index]
+        return _Linearised(self.batch.select(index), self.basis0[:, index], slope,
+                           self.v0[index], self.penalty[index])  # fmt: skip
+
+    def basis(self, v: torch.Tensor) -> torch.Tensor:
+        if self.slope is None:
+            return self.basis0
+        return self.basis0 + (v - self.v0).to(self.basis0.dtype)[:, None] * self.slope
+
+    def posterior(self, model: StarGON, z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """−2 ln posterior per spectrum: χ² + zᵀΛz."""
+        with torch.no_grad():
+            batch = self.batch.with_velocity(v)
+            return model.chi2(z, self.basis(v), batch) * batch.n_valid + model.prior_term(z)
+
+    def normal_equations(self, model: StarGON, z: torch.Tensor, v: torch.Tensor):
+        return _normal_equations(model, self.batch, z, v, self.basis(v), self.slope, self.penalty)
+
+
 def _refine_linearised(model, batch, pyramid, z, v0, moving, steps, tolerance=1e-2):
     """Gauss–Newton on −2 ln posterior = χ² + zᵀΛz over (z, v) with the continuum re-solved at
     every step; a step that does not lower it is halved (up to 8 times). Each spectrum stops
-    on its own (no gain, or a step that halving cannot save). Returns z, v and the Laplace
-    covariance of z (the z block of the joint inverse: v's uncertainty included). Spectra whose
-    v is held (`moving` false) get a zero v column and a unit v prior: their v stays put."""
+    on its own (no gain, or a step that halving cannot save) and is left out of the later
+    steps. Returns z, v and the Laplace covariance of z (the z block of the joint inverse: v's
+    uncertainty included). Spectra whose v is held (`moving` false) get a zero v column and a
+    unit v prior: their v stays put."""
 
     def basis_at(velocity):
         return model.basis(batch.with_velocity(velocity), pyramid)
@@ -314,43 +346,46 @@ def _refine_linearised(model, batch, pyramid, z, v0, moving, steps, tolerance=1e
     )
     if fit_velocity:
         penalty[:, -1] = (~moving).to(penalty.dtype)  # v has no prior; a held v stays put
-
-    def basis_of(v):
-        return basis0 if slope is None else basis0 + (v - v0).to(basis0.dtype)[:, None] * slope
-
-    def posterior(z, v):
-        with torch.no_grad():
-            chi2 = model.chi2(z, basis_of(v), batch.with_velocity(v)) * batch.n_valid
-            return chi2 + model.prior_term(z)
-
-    z, v = z.detach(), v0.clone()
-    current = posterior(z, v)
+    linearised = _Linearised(batch, basis0, slope, v0, penalty)
+    z, v = z.detach().clone(), v0.clone()
+    current = linearised.posterior(model, z, v)
     active = torch.ones(len(z), dtype=torch.bool, device=z.device)
     for _ in range(steps):
-        normal, rhs = _normal_equations(model, batch, z, v, basis_of(v), slope, penalty)
-        step = torch.linalg.solve(normal, rhs.unsqueeze(-1)).squeeze(-1)
-        accepted = ~active
-        new_z, new_v, new_posterior = z.clone(), v.clone(), current.clone()
-        for _ in range(8):
-            trial_z = z + step[:, :dim]
-            trial_v = v + step[:, dim] if fit_velocity else v
-            trial = posterior(trial_z, trial_v)
-            better = (trial <= current) & ~accepted
-            new_z[better], new_v[better], new_posterior[better] = (
-                trial_z[better], trial_v[better], trial[better]
-            )  # fmt: skip
-            accepted |= better
-            if bool(accepted.all()):
-                break
-            step = torch.where(accepted[:, None], step, step / 2)
-        gain = current - new_posterior
-        active &= accepted & (gain >= tolerance)  # unsaved or converged: this spectrum stops
-        z, v, current = new_z, new_v, new_posterior
+        rows = torch.nonzero(active).squeeze(-1)
+        part = linearised.rows(rows)
+        new_z, new_v, new_posterior, accepted = _damped_step(
+            model, part, z[rows], v[rows], current[rows], dim, fit_velocity
+        )
+        gain = current[rows] - new_posterior
+        z[rows], v[rows], current[rows] = new_z, new_v, new_posterior
+        active[rows] = accepted & (gain >= tolerance)  # unsaved or converged: it stops
         if not bool(active.any()):
             break
-    normal, _ = _normal_equations(model, batch, z, v, basis_of(v), slope, penalty)
+    normal, _ = linearised.normal_equations(model, z, v)
     covariance = torch.linalg.inv(normal.double())[:, :dim, :dim]
     return z, v, covariance
+
+
+def _damped_step(model, part: _Linearised, z, v, current, dim: int, fit_velocity: bool):
+    """One Gauss–Newton step for each spectrum of `part`, halved until it lowers that
+    spectrum's posterior (8 halvings at most): (z, v, posterior, accepted) per spectrum."""
+    normal, rhs = part.normal_equations(model, z, v)
+    step = torch.linalg.solve(normal, rhs.unsqueeze(-1)).squeeze(-1)
+    accepted = torch.zeros(len(z), dtype=torch.bool, device=z.device)
+    new_z, new_v, new_posterior = z.clone(), v.clone(), current.clone()
+    for _ in range(8):
+        trial_z = z + step[:, :dim]
+        trial_v = v + step[:, dim] if fit_velocity else v
+        trial = part.posterior(model, trial_z, trial_v)
+        better = (trial <= current) & ~accepted
+        new_z[better], new_v[better], new_posterior[better] = (
+            trial_z[better], trial_v[better], trial[better]
+        )  # fmt: skip
+        accepted |= better
+        if bool(accepted.all()):
+            break
+        step = torch.where(accepted[:, None], step, step / 2)
+    return new_z, new_v, new_posterior, accepted
 
 
 def _normal_equations(model, batch, z, v, basis, slope, penalty):
