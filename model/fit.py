@@ -257,10 +257,8 @@ def fit_spectra(
         rows = np.flatnonzero(moving)
         v0[rows] = find_velocities(model, batch.select(rows), pyramid, templates)
     v = torch.as_tensor(v0, dtype=batch.flux.dtype, device=device)
-    start = batch.with_velocity(v)
-    z = model.encode(start, model.basis(start, pyramid))
     moving_mask = torch.as_tensor(moving, device=device)
-    z, v, covariance = _refine(model, batch, pyramid, z, v, moving_mask, refine_steps)
+    z, v, covariance = _refine(model, batch, pyramid, None, v, moving_mask, refine_steps)
     return _results(model, spectra, batch, pyramid, z, v, covariance)
 
 
@@ -283,7 +281,8 @@ def _refine(model, batch, pyramid, z, v, moving, steps, rounds: int = 2):
     derivative) and re-linearised once, instead of being re-read from the table each step.
     Spectra with v held go through the rounds too (their steps simply continue), so that a
     spectrum gets the same steps whatever its batch holds: rest-frame MILES and STELIB stars
-    were still 1–4 σ_z from their optimum after one round of 20 steps."""
+    were still 1–4 σ_z from their optimum after one round of 20 steps. Without a z, the first
+    round starts from the encoder's step on its own basis."""
     for _ in range(rounds):
         z, v, covariance = _refine_linearised(model, batch, pyramid, z, v.detach(), moving, steps)
     return z, v, covariance
@@ -337,6 +336,8 @@ def _refine_linearised(model, batch, pyramid, z, v0, moving, steps, tolerance=1e
             basis0, slope = jvp(basis_at, (v0,), (moving.to(v0.dtype),))
         else:
             basis0, slope = basis_at(v0), None
+    if z is None:
+        z = model.encode(batch.with_velocity(v0), basis0)
     dim = z.shape[-1]
     penalty = torch.full(
         (len(z), dim + int(fit_velocity)),
@@ -408,14 +409,12 @@ def _normal_equations(model, batch, z, v, basis, slope, penalty):
 def _results(model, spectra, batch, pyramid, z, v, covariance) -> list[FitResult]:
     z, v = z.detach(), v.detach()
 
-    def model_at(velocity: torch.Tensor) -> torch.Tensor:
+    def model_at(velocity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         trial = batch.with_velocity(velocity)
-        return model.model_flux(z, model.basis(trial, pyramid), trial)[0]
+        return model.model_flux(z, model.basis(trial, pyramid), trial)
 
-    with torch.no_grad():
-        trial = batch.with_velocity(v)
-        full, normalised = model.model_flux(z, model.basis(trial, pyramid), trial)
-    _, dm_dv = jvp(model_at, (v,), (torch.ones_like(v),))  # each row moves with its own v
+    with torch.no_grad():  # the model and, by forward mode, its slope in v: one pass
+        (full, normalised), (dm_dv, _) = jvp(model_at, (v,), (torch.ones_like(v),))
     information = (batch.ivar * dm_dv.detach() ** 2).sum(-1).cpu().numpy()
     n_valid = (batch.ivar > 0).sum(-1).cpu().numpy()
     chi2 = (batch.ivar * (batch.flux - full) ** 2).sum(-1).cpu().numpy()
