@@ -68,6 +68,11 @@ def slider_callback(n_sliders: int) -> tuple[str, list[str]]:
 # repaints the curve alone, not the axes, labels and observation beneath; Bokeh clips glyphs to
 # the frame on its lower layers only, so glyph views are told to clip (once per page).
 DRAW_JS = """
+function stargonBuffer(curve, name, length) {  // reused between moves: no garbage per move
+  const buffers = curve.stargonBuffers = curve.stargonBuffers || {};
+  if (!buffers[name] || buffers[name].length !== length) buffers[name] = new Float64Array(length);
+  return buffers[name];
+}
 function stargonDraw(curve) {
   if (!window.stargonClipping) {
     const view = Bokeh.index.find_one(curve.tags[3]);
@@ -78,7 +83,8 @@ function stargonDraw(curve) {
   const plot = curve.tags[2], xs = curve.tags[1].data.x, ys = curve.stargonFull;
   const start = plot.x_range.start, end = plot.x_range.end;
   const scale = Math.ceil(plot.inner_width * (window.devicePixelRatio || 1)) / (end - start);
-  const outX = new Float64Array(xs.length), outY = new Float64Array(xs.length);
+  const outX = stargonBuffer(curve, "cutX", xs.length);
+  const outY = stargonBuffer(curve, "cutY", xs.length);
   let n = 0, column = -1, first = -1, low = -1, high = -1, last = -1, before = -1;
   const push = (p) => { outX[n] = xs[p]; outY[n] = ys[p]; n++; };
   const flush = () => {
@@ -104,8 +110,8 @@ function stargonDraw(curve) {
   }
   flush();
   // in place, as Bokeh's streaming does: assigning `data` would also send it to the server
-  curve.data.wavelength = outX.slice(0, n);
-  curve.data.flux = curve.stargonDrawn = outY.slice(0, n);
+  curve.data.wavelength = outX.subarray(0, n);
+  curve.data.flux = curve.stargonDrawn = outY.subarray(0, n);
   curve.change.emit();
 }
 """
@@ -141,7 +147,8 @@ function stargonDecode(curve, sliders) {
   }
   const basis = curve.tags[1].data;  // a source of its own: the curve's holds x and flux only
   const continuum = basis.pseudo_continuum;
-  const flux = Float64Array.from(basis.b0);
+  const flux = stargonBuffer(curve, "full", basis.b0.length);
+  flux.set(basis.b0);
   for (let k = 0; k < x.length; k++) {
     const row = basis["b" + (k + 1)], weight = x[k];
     for (let p = 0; p < flux.length; p++) flux[p] += weight * row[p];
