@@ -144,7 +144,9 @@ def latent_scan(
     grid's centre, and each velocity only gets a closed-form amplitude.
     """
     n_spectra, n_pix = batch.flux.shape
-    v_grid = np.broadcast_to(np.asarray(v_grid, dtype=float), (n_spectra, np.shape(v_grid)[-1]))
+    v_grid = np.array(
+        np.broadcast_to(np.asarray(v_grid, dtype=float), (n_spectra, np.shape(v_grid)[-1]))
+    )
     flux, ivar = batch.flux, batch.ivar
     device = flux.device
 
