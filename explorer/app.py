@@ -17,6 +17,7 @@ from stargon.core.spectrum import SpectrumReadError
 from stargon.explorer import client, plots
 from stargon.explorer.figure import view_png
 from stargon.explorer.state import ARCHIVE_IDS, MAX_UPLOAD_BYTES, ZOOMS, Explorer, View
+from stargon.model.pseudo_continuum import stretches
 from stargon.surveys.fetch import FetchError
 
 Refresh = hv.streams.Stream.define("Refresh", revision=0)
@@ -153,8 +154,7 @@ class ExplorerApp(pn.viewable.Viewer):
             label="Spectrum (FITS)",
         )
         self._decoder_payload = client.decoder_payload(ex.model, ex.whitening)
-        self._client_columns: dict = {}
-        self._basis_source: ColumnDataSource | None = None  # the page's copy of the basis
+        self._client_columns: tuple[dict, dict] = ({}, {})  # basis columns, continuum plan
         code, names = client.slider_callback(len(self.sliders))
         for slider in self.sliders:
             # A move is drawn in the browser (explorer.client); the server redraws on release.
@@ -274,20 +274,13 @@ class ExplorerApp(pn.viewable.Viewer):
         self._fit(spectrum, f"{kind.split()[0]} {identifier}")
 
     def _on_release(self, _event) -> None:
-        """A slider let go. The page already draws the curve (`explorer.client`); it gets the
-        pseudo-continuum of the new latents first, and what follows (shading, labels, line
-        response, title, URL) after, so that it does not hold the curve up."""
+        """A slider let go. The page already draws the curve, normalised (`explorer.client`);
+        what follows a release (shading, labels, line response, title, URL) is done here, on
+        the next tick, under the document's lock."""
         if self._syncing:
             return
         self.view.z = np.array([s.value for s in self.sliders])
-        self._soon(self._send_pseudo_continuum)
-
-    def _send_pseudo_continuum(self) -> None:
-        if self._basis_source is not None:
-            x, _, _, continuum = self.explorer.drawing(self.view)
-            gapped = plots.with_gaps(x, continuum)[1].astype(np.float32)
-            self._basis_source.data[client.CONTINUUM_COLUMN] = gapped
-        self._soon(self._after_release)  # its message goes out first
+        self._soon(self._after_release)
 
     def _after_release(self) -> None:
         self._revision += 1
@@ -328,7 +321,12 @@ class ExplorerApp(pn.viewable.Viewer):
         self._fit(spectrum, f"{star['star_id']} ({star['survey']})")
 
     def _fit(self, spectrum, what: str) -> None:
+        """Says what is being fitted, then fits on the next tick: the page shows the message
+        while the fit runs (this session's own busy sign; see `serve`)."""
         self._message(f"Fitting {what} …", "info")
+        self._soon(lambda: self._show_fit(spectrum, what))
+
+    def _show_fit(self, spectrum, what: str) -> None:
         view = self.explorer.fit(self.view, spectrum)
         result = view.observation.fit
         self.fit_summary.object = (
@@ -410,8 +408,8 @@ class ExplorerApp(pn.viewable.Viewer):
 
     def _model(self, revision: int = 0):
         x, raw, basis, continuum = self.explorer.drawing(self.view)
-        gapped = plots.with_gaps(x, *basis, continuum)
-        self._client_columns = client.basis_columns(gapped[0], np.array(gapped[1:-1]), gapped[-1])
+        wave, _ = self.explorer.pixels(self.view)
+        self._client_columns = client.basis_columns(x, basis, stretches(wave))
         return plots.model_curve(x, raw / continuum, ZOOMS[self.view.zoom])
 
     def _attach_decoder(self, plot, element) -> None:
@@ -422,8 +420,9 @@ class ExplorerApp(pn.viewable.Viewer):
         if basis is None:  # its own source: the curve's stays two columns, quick to redraw
             basis = plot.handles["stargon_basis"] = ColumnDataSource()
             basis.js_on_change("data", CustomJS(args={"curve": source}, code=client.BASIS_JS))
-        basis.data = self._client_columns
-        self._basis_source = basis
+        columns, plan = self._client_columns
+        basis.tags = [plan]  # before the data: its change redraws with this plan
+        basis.data = columns
         renderer = plot.handles["glyph_renderer"]
         renderer.level = "overlay"  # a move repaints this curve alone (explorer.client)
         source.tags = [self._decoder_payload, basis, plot.state, renderer]
@@ -548,8 +547,15 @@ def serve(explorer: Explorer, address: str = "127.0.0.1", port: int = 5006, show
     pn.extension(notifications=False)
 
     def session():
+        # No busy indicator: Panel's is one flag for the whole server, so every open page spun
+        # its animation whenever any session handled an event — each slider move of one user
+        # cost every other page paints (5 pages: move p95 20 → … ms, benchmarks/README.md).
+        # A session's own long work (a fit) says so in its status line instead.
         return pn.template.FastListTemplate(
-            title="StarGON explorer", main=[ExplorerApp(explorer)], theme_toggle=False
+            title="StarGON explorer",
+            main=[ExplorerApp(explorer)],
+            theme_toggle=False,
+            busy_indicator=None,
         )
 
     return pn.serve(

@@ -5,28 +5,33 @@ last point of each, "M4"), which rasterises as the full curve does at a quarter 
 and cut again when the wavelength range changes.
 
 The page gets, once per instrument/velocity/observation (with the model curve's data): the
-cached pixel basis (K+1 columns of a data source of its own), the pseudo-continuum the server last
-divided by, and — once per session — the latent MLP's weights and the whitening. A slider's
-JavaScript callback then does what `Explorer.spectrum` does: z = mean + M w, h = MLP(z),
-f = (T₀ + Σ h_k T_k) / pseudo-continuum. On release the server sends only the pseudo-continuum
-of the new latents (one column), and the page redraws over it.
+cached pixel basis (K+1 columns of a data source of its own) with the plan of the model's
+pseudo-continuum (its stretches and windows, `model.pseudo_continuum.stretches`), and — once
+per session — the latent MLP's weights and the whitening. A slider's JavaScript callback then
+does what `Explorer.spectrum` does: z = mean + M w, h = MLP(z), g = T₀ + Σ h_k T_k, and
+f = g / pseudo-continuum(g), so the curve is the normalised model at every slider setting, not
+only after a release; a release asks nothing of the server for the curve.
 """
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from torch import nn
 
+from stargon.model import pseudo_continuum
 from stargon.model.gon import StarGON
 from stargon.model.whitening import Whitening
 
 BASIS_COLUMN = "b{}"
-CONTINUUM_COLUMN = "pseudo_continuum"
 WAVELENGTH_COLUMN = "x"
 
 
 def decoder_payload(model: StarGON, whitening: Whitening) -> dict:
-    """The latent MLP as plain lists (layer by layer) and the whitening, JSON-ready."""
+    """The latent MLP (layer by layer) and the whitening as one JSON string: Bokeh walks every
+    list in a model's properties each time the document's models change (a release's plot
+    updates walked the ~10⁴ weights 3 times, ~70 ms); a string it passes over."""
     layers = []
     for module in model.decoder.h.net:
         if isinstance(module, nn.Linear):
@@ -40,18 +45,28 @@ def decoder_payload(model: StarGON, whitening: Whitening) -> dict:
             layers.append({"kind": "silu"})
         else:
             raise TypeError(f"the browser decoder has no {type(module).__name__} layer")
-    return {
-        "stargon_decoder": True,
-        "layers": layers,
-        "mean": whitening.mean.tolist(),
-        "matrix": whitening.matrix.tolist(),
+    net = {"layers": layers, "mean": whitening.mean.tolist(), "matrix": whitening.matrix.tolist()}
+    return {"stargon_decoder": True, "json": json.dumps(net)}
+
+
+def basis_columns(
+    x: np.ndarray, basis: np.ndarray, stretches: list[tuple[int, int, int]]
+) -> tuple[dict[str, np.ndarray], dict]:
+    """(data columns, pseudo-continuum plan): the wavelengths (P,) and pixel basis (K+1, P) with
+    a NaN between the stretches (a break in the drawn line), and the stretches in the indices of
+    those columns."""
+    cuts = [start for start, _, _ in stretches[1:]]
+    columns = {
+        BASIS_COLUMN.format(k): np.insert(row, cuts, np.nan).astype(np.float32)
+        for k, row in enumerate(basis)
     }
-
-
-def basis_columns(x: np.ndarray, basis: np.ndarray, continuum: np.ndarray) -> dict[str, np.ndarray]:
-    """The wavelengths (P,), pixel basis (K+1, P) and pseudo-continuum (P,) as data columns."""
-    columns = {BASIS_COLUMN.format(k): row.astype(np.float32) for k, row in enumerate(basis)}
-    return columns | {WAVELENGTH_COLUMN: x, CONTINUUM_COLUMN: continuum.astype(np.float32)}
+    columns[WAVELENGTH_COLUMN] = np.insert(np.asarray(x, dtype=float), cuts, np.nan)
+    plan = {
+        "stretches": [[start + k, stop + k, n] for k, (start, stop, n) in enumerate(stretches)],
+        "percentile": pseudo_continuum.PERCENTILE,
+        "blocks": pseudo_continuum.BLOCKS_PER_WINDOW,
+    }
+    return columns, plan
 
 
 def slider_callback(n_sliders: int) -> tuple[str, list[str]]:
@@ -125,12 +140,63 @@ if (curve.stargonDrawn !== undefined && curve.data.flux === curve.stargonDrawn) 
 """
 )
 
-# Decodes the sliders' whitened latents into the full curve over the basis source's
-# pseudo-continuum and draws it; remembers the sliders for a renewed pseudo-continuum.
-DECODE_FN = """
+# The model's pseudo-continuum of `flux` into `out`, as `model.pseudo_continuum` computes it:
+# per stretch of the plan (basis source's tags[0]), the 95th percentile of blocks, their running
+# median (the upper middle of an even window, as scipy's), linear interpolation to the pixels and
+# a running mean, both windows clamped at the stretch's ends ("nearest").
+ENVELOPE_FN = """
+function stargonEnvelope(flux, plan, out) {
+  for (const [start, stop, size] of plan.stretches) {
+    const n = stop - start;
+    if (size === 0) { for (let p = start; p < stop; p++) out[p] = flux[p]; continue; }
+    const block = Math.max(1, Math.floor(size / plan.blocks)), blocks = Math.ceil(n / block);
+    const values = new Float64Array(block), tops = new Float64Array(blocks);
+    const h = ((block - 1) * plan.percentile) / 100, low = Math.floor(h);
+    for (let b = 0; b < blocks; b++) {
+      for (let i = 0; i < block; i++) values[i] = flux[start + Math.min(b * block + i, n - 1)];
+      values.sort();
+      const below = values[low], above = low + 1 < block ? values[low + 1] : below;
+      tops[b] = below + (h - low) * (above - below);
+    }
+    const m = Math.max(1, Math.min(plan.blocks, blocks)), half = m >> 1;
+    const window = new Float64Array(m), smooth = new Float64Array(blocks);
+    for (let b = 0; b < blocks; b++) {
+      for (let j = 0; j < m; j++) window[j] = tops[Math.min(Math.max(b - half + j, 0), blocks - 1)];
+      window.sort();
+      smooth[b] = window[half];
+    }
+    const sums = new Float64Array(n + 1);
+    for (let p = 0; p < n; p++) {
+      const t = (p + 0.5) / block - 0.5, b = Math.floor(t);
+      const e = b < 0 ? smooth[0] : b >= blocks - 1 ? smooth[blocks - 1]
+        : smooth[b] + (t - b) * (smooth[b + 1] - smooth[b]);
+      sums[p + 1] = sums[p] + e;
+    }
+    const first = sums[1], last = sums[n] - sums[n - 1], reach = size >> 1;
+    for (let p = 0; p < n; p++) {
+      const a = p - reach, z = a + size - 1;
+      let total = sums[Math.min(z, n - 1) + 1] - sums[Math.max(a, 0)];
+      if (a < 0) total += -a * first;
+      if (z > n - 1) total += (z - n + 1) * last;
+      const value = total / size;
+      out[start + p] = value > 0 ? value : 1;
+    }
+  }
+}
+"""
+
+# Decodes the sliders' whitened latents into the full curve over its own pseudo-continuum and
+# draws it; remembers the sliders for a new basis.
+DECODE_FN = (
+    ENVELOPE_FN
+    + """
 function stargonDecode(curve, sliders) {
   curve.stargonSliders = sliders;
-  const net = curve.tags[0];
+  if (curve.stargonNetOf !== curve.tags[0]) {  // parsed once per payload
+    curve.stargonNet = JSON.parse(curve.tags[0].json);
+    curve.stargonNetOf = curve.tags[0];
+  }
+  const net = curve.stargonNet;
   const w = sliders.map((s) => s.value);
   let x = net.mean.map((m, i) => m + net.matrix[i].reduce((acc, v, j) => acc + v * w[j], 0));
   for (const layer of net.layers) {
@@ -146,18 +212,24 @@ function stargonDecode(curve, sliders) {
     }
   }
   const basis = curve.tags[1].data;  // a source of its own: the curve's holds x and flux only
-  const continuum = basis.pseudo_continuum;
-  const flux = stargonBuffer(curve, "full", basis.b0.length);
+  const plan = curve.tags[1].tags[0], length = basis.b0.length;
+  const last = plan.stretches[plan.stretches.length - 1];
+  if (last === undefined || last[1] !== length) return;  // a plan of another basis
+  const flux = stargonBuffer(curve, "full", length);
   flux.set(basis.b0);
   for (let k = 0; k < x.length; k++) {
     const row = basis["b" + (k + 1)], weight = x[k];
-    for (let p = 0; p < flux.length; p++) flux[p] += weight * row[p];
+    for (let p = 0; p < length; p++) flux[p] += weight * row[p];
   }
-  for (let p = 0; p < flux.length; p++) flux[p] /= continuum[p];
+  const continuum = stargonBuffer(curve, "continuum", length);
+  continuum.fill(1);
+  stargonEnvelope(flux, plan, continuum);
+  for (let p = 0; p < length; p++) flux[p] /= continuum[p];
   curve.stargonFull = flux;
   stargonDraw(curve);
 }
 """
+)
 
 # The slider callback body: `sliders` are all latent sliders; the curve's data source (named
 # `curve`: Panel passes the slider itself as `source`) is the one whose tags carry the decoder.
@@ -182,8 +254,8 @@ stargonDecode(curve, sliders);
 """
 )
 
-# The basis source's change callback (args: curve): the server sent a new pseudo-continuum
-# (on release) or a new basis; the page redraws from the sliders it last decoded.
+# The basis source's change callback (args: curve): the server sent a new basis (instrument,
+# velocity, observation); the page redraws from the sliders it last decoded.
 BASIS_JS = (
     DRAW_JS
     + DECODE_FN

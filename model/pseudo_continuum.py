@@ -12,6 +12,8 @@ count: ~1 ms for 16k pixels.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 from scipy.ndimage import median_filter, uniform_filter1d
 
@@ -19,27 +21,47 @@ from stargon.core.physics import velocity_of_factor
 
 WINDOW_KMS = 5000.0  # ≈ 100 Å at Hα: wider than most line wings, narrower than the SED's bends
 BLOCKS_PER_WINDOW = 8
+PERCENTILE = 95
 GAP_FACTOR = 20.0  # a jump of this many median pixel steps starts a new stretch
 
 
 def pseudo_continuum(
-    wave: np.ndarray, flux: np.ndarray, window_kms: float = WINDOW_KMS, percentile: float = 95
+    wave: np.ndarray,
+    flux: np.ndarray,
+    window_kms: float = WINDOW_KMS,
+    percentile: float = PERCENTILE,
 ) -> np.ndarray:
     """The upper envelope of `flux` (..., N) at increasing `wave` (N,); 1 where it is not
     positive."""
-    wave = np.asarray(wave, dtype=np.float64)
     flux = np.asarray(flux, dtype=np.float64)
     envelope = np.ones_like(flux)
+    for start, stop, size in stretches(wave, window_kms):
+        part = slice(start, stop)
+        envelope[..., part] = (
+            _envelope(flux[..., part], size, percentile) if size else flux[..., part]
+        )
+    return np.where(envelope > 0, envelope, 1.0)
+
+
+def stretches(wave: np.ndarray, window_kms: float = WINDOW_KMS) -> list[tuple[int, int, int]]:
+    """(start, stop, window in pixels) of each stretch between gaps; window 0 for a stretch too
+    short to smooth (its envelope is the flux). The explorer's page redoes the envelope from
+    these (`explorer.client`)."""
+    wave = np.asarray(wave, dtype=np.float64)
     steps = np.diff(wave)
     cuts = np.flatnonzero(steps > GAP_FACTOR * np.median(steps)) + 1 if wave.size > 2 else []
-    for part in np.split(np.arange(wave.size), cuts):
-        if part.size < 3:
-            envelope[..., part] = flux[..., part]
+    bounds = [0, *(int(c) for c in cuts), wave.size]
+    result = []
+    for start, stop in pairwise(bounds):
+        if stop - start < 3:
+            result.append((start, stop, 0))
             continue
-        step_kms = float(np.median(velocity_of_factor(wave[part][1:] / wave[part][:-1])))
-        size = int(np.clip(round(window_kms / max(step_kms, 1e-9)), 1, part.size))
-        envelope[..., part] = _envelope(flux[..., part], size, percentile)
-    return np.where(envelope > 0, envelope, 1.0)
+        step_kms = float(
+            np.median(velocity_of_factor(wave[start + 1 : stop] / wave[start : stop - 1]))
+        )
+        size = int(np.clip(round(window_kms / max(step_kms, 1e-9)), 1, stop - start))
+        result.append((start, stop, size))
+    return result
 
 
 def _envelope(flux: np.ndarray, size: int, percentile: float) -> np.ndarray:

@@ -235,15 +235,16 @@ def _drawn_pixels(page, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def test_a_slider_move_is_decoded_in_the_browser_as_torch_decodes_it(page, data):
     """The page's own decoder (explorer.client): after a slider move, without the server, the
-    curve equals the torch model at those whitened latents over the pseudo-continuum the page
-    holds (the initial view's), to 1e-5, at three settings. The page draws it cut to the plot's
+    curve equals the torch model at those whitened latents over its own pseudo-continuum
+    (`Explorer.spectrum`: the page redoes the envelope), to 1e-5, at three settings. The page
+    draws it cut to the plot's
     pixel columns: fewer points, the same extremes; zoomed in so that columns are wider than
     pixels, every pixel in the window."""
     from stargon.explorer.state import Explorer
 
     explorer = Explorer(None, data)
     start = explorer.new_view()
-    x, _, _, continuum = explorer.drawing(start)
+    x, _ = explorer.spectrum(start)
     page.wait_for_function("() => window.Bokeh && [...Bokeh.documents[0].all_models].some("
                            "(m) => m.tags && m.tags[0] && m.tags[0].stargon_decoder)")  # fmt: skip
     for index, value in ((0, 1.5), (3, -0.8), (15, 0.4)):
@@ -252,7 +253,7 @@ def test_a_slider_move_is_decoded_in_the_browser_as_torch_decodes_it(page, data)
         view = explorer.new_view()
         view.z = np.array(w)
         assert view.z[index] == pytest.approx(value, abs=1e-6)
-        expected = explorer.drawing(view)[1] / continuum
+        expected = explorer.spectrum(view)[1]
         pixels, flux = _drawn_pixels(page, x)
         np.testing.assert_allclose(flux, expected[pixels], atol=1e-5)
         columns = page.evaluate("() => window.stargonSource.tags[2].inner_width")
