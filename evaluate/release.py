@@ -24,10 +24,15 @@ def release(run: str | Path, out: str | Path | None = None, evaluate: bool = Tru
     latest = json.loads((run / "latest.json").read_text())
     model, document, extra = load_checkpoint(run / latest["checkpoint"])
     config = TrainConfig.from_dict(document["card"]["train_config"])
+    if config.shards:
+        raise ValueError(
+            f"{run}: trained from shards; packaging reads a data folder held in memory and does"
+            " not stream shards yet"
+        )
     dataset = load_training_set(
         config.data, config.surveys, config.held_out_fraction, synthetic=config.synthetic
     )
-    velocities = extra["velocities"].numpy()
+    velocities = extra["source.velocities"].numpy()
     every = encode_all(model, dataset, velocities, np.arange(len(dataset.spectra)))
     real = np.array([not s.synthetic for s in dataset.spectra])
     train = ~dataset.held_out

@@ -12,6 +12,7 @@ from collections import Counter
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from torch.utils.data import DataLoader
 
 from stargon.core.spectrum import Spectrum
@@ -43,7 +44,10 @@ def test_pack_then_stream_gives_every_spectrum_once_per_epoch_across_two_ranks(d
                     "--shard-size", "3", "--held-out-fraction", "0.3"], check=True)  # fmt: skip
     manifest = json.loads((shards / MANIFEST).read_text())
     originals = {(s.source, s.star_id): s for s in iter_spectra(raw)}
-    assert manifest["spectra"] == len(originals) == 15 and len(manifest["shards"]) == 5
+    assert manifest["spectra"] == len(originals) == 15 and len(manifest["shards"]) == 6
+    for shard in manifest["shards"]:  # one survey per shard (3 + 2 of each), as it says
+        surveys = pq.read_table(shards / shard["file"], columns=["survey"])["survey"].to_pylist()
+        assert set(surveys) == {shard["survey"]} and len(surveys) == shard["spectra"]
     for epoch in (0, 1):
         ranks = [streamed(shards, rank, 2, epoch=epoch) for rank in (0, 1)]
         assert all(ranks)

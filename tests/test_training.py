@@ -60,17 +60,14 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_kill_minus_9_then_resume_matches_an_uninterrupted_run(tiny_data, tmp_path):
-    steps = 8
-    straight = tmp_path / "straight"
-    subprocess.run(train_command(tiny_data, straight, steps, "--seed", "3"), check=True,
-                   capture_output=True)  # fmt: skip
-
-    killed = tmp_path / "killed"
+def assert_kill_and_resume_match(command, out: Path, steps: int) -> None:
+    """Run `command` straight, and again killed (-9) mid-run then resumed: same weights, loss
+    and one metrics record per logged step."""
+    straight, killed = out / "straight", out / "killed"
+    subprocess.run(command(straight), check=True, capture_output=True)
     process = subprocess.Popen(
-        train_command(tiny_data, killed, steps, "--seed", "3"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     while time.time() < deadline:
         latest = killed / "latest.json"
@@ -82,8 +79,7 @@ def test_kill_minus_9_then_resume_matches_an_uninterrupted_run(tiny_data, tmp_pa
     stopped_at = json.loads((killed / "latest.json").read_text())["step"]
     assert 3 <= stopped_at < steps, "the kill must land mid-run"
 
-    subprocess.run(train_command(tiny_data, killed, steps, "--seed", "3", "--resume"),
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run([*command(killed), "--resume"], check=True, capture_output=True)
     a, b = final_weights(straight), final_weights(killed)
     for name in a:
         assert torch.allclose(a[name], b[name], rtol=1e-5, atol=1e-7), name
@@ -92,31 +88,47 @@ def test_kill_minus_9_then_resume_matches_an_uninterrupted_run(tiny_data, tmp_pa
     assert metrics(killed)[-1]["loss"] == pytest.approx(metrics(straight)[-1]["loss"], rel=1e-5)
 
 
+def test_kill_minus_9_then_resume_matches_an_uninterrupted_run(tiny_data, tmp_path):
+    assert_kill_and_resume_match(
+        lambda out: train_command(tiny_data, out, 8, "--seed", "3"), tmp_path, 8
+    )
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc-per-node", "2", "--module", "stargon"]  # fmt: skip
+
+
 def test_two_process_gloo_ddp_equals_one_process_on_the_same_global_batch(tiny_data, tmp_path):
     single, double = tmp_path / "single", tmp_path / "ddp"
     subprocess.run(train_command(tiny_data, single, 1), check=True, capture_output=True)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc-per-node", "2", "--module", "stargon"]  # fmt: skip
     result = subprocess.run(
-        torchrun + train_command(tiny_data, double, 1)[3:], capture_output=True, text=True
+        TORCHRUN + train_command(tiny_data, double, 1)[3:], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert metrics(double)[-1]["loss"] == pytest.approx(metrics(single)[-1]["loss"], rel=1e-5)
+    assert_same_training(single, double, steps=1)
+
+
+def assert_same_training(single: Path, double: Path, steps: int) -> None:
+    """The same losses and weights (which moved from the initial ones) from 1 and 2 processes."""
+    assert [m["loss"] for m in metrics(double)] == pytest.approx(
+        [m["loss"] for m in metrics(single)], rel=1e-5
+    )
     a, b = final_weights(single), final_weights(double)
     torch.manual_seed(0)
     start = StarGON(ModelConfig(latent_dim=4, n_basis=4)).state_dict()
     for name in a:
         assert not torch.equal(a[name], start[name]), f"{name} did not train"
-        # Adam's first step is ≈ lr·g/(|g| + ε): entries whose gradient is at round-off
-        # level (|g| ~ ε) may differ with the order of the sum; 2 % of lr = 3e-3 bounds it.
-        assert torch.allclose(a[name], b[name], rtol=1e-5, atol=6e-5), name
+        # Adam's step is ≈ lr·g/(|g| + ε): entries whose gradient is at round-off level
+        # (|g| ~ ε) may differ with the order of the sum, by up to 2 % of lr = 3e-3 a step.
+        assert torch.allclose(a[name], b[name], rtol=1e-5, atol=6e-5 * steps), name
 
 
 def test_held_out_chi2_is_logged_for_the_weights_of_that_step(tiny_data, tmp_path):
     """`--held-out-every 3`: records at steps 3 and 6 carry the held-out χ²/n, and the last one
     is the mean χ²/n after the GON step of the final weights on held-out stars only."""
-    from stargon.train.dataset import load_training_set
-    from stargon.train.loop import TrainConfig, _held_out_sample, held_out_chi2
+    from stargon.train.distributed import Context
+    from stargon.train.loop import TrainConfig, held_out_chi2
+    from stargon.train.sources import MemorySource
 
     run = tmp_path / "run"
     extra = ("--held-out-every", "3", "--held-out-fraction", "0.3", "--seed", "1")
@@ -126,11 +138,57 @@ def test_held_out_chi2_is_logged_for_the_weights_of_that_step(tiny_data, tmp_pat
     assert all(0 < value < 1e6 for value in logged.values())
 
     config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
-    dataset = load_training_set(config.data, None, config.held_out_fraction, progress=False)
-    chosen = _held_out_sample(config, dataset)
+    source = MemorySource(config, Context(0, 1, torch.device("cpu")))
+    model, _, tensors = load_checkpoint(run / "checkpoints" / "step-0000006")
+    source.restore({"velocities": tensors["source.velocities"]}, {})
+    spectra, velocities, ids = source.held_out(model, rest_only=True)
     held = set(json.loads((run / "split.json").read_text())["held_out_star_ids"])
-    assert chosen.size > 0 and {dataset.spectra[i].star_id for i in chosen} <= held
-    model, _, extra_tensors = load_checkpoint(run / "checkpoints" / "step-0000006")
-    velocities = extra_tensors["velocities"].numpy()
-    again = held_out_chi2(model, dataset, chosen, velocities, config, rest_only=True)
+    assert spectra and {s.star_id for s in spectra} <= held
+    again = held_out_chi2(model, spectra, velocities, ids, config)
     assert again == pytest.approx(logged[6], rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def packed(data, tmp_path_factory) -> Path:
+    """Shards of 8 MILES (rest frame) and 6 LAMOST DR8 spectra (observed: velocities to find)."""
+    folder = tmp_path_factory.mktemp("packed")
+    for survey, pattern, n in (("miles", "MILES_*.fits", 8), ("lamost_dr8", "*/spec-*.fits.gz", 6)):
+        (folder / "data" / survey).mkdir(parents=True)
+        for path in sorted(data.glob(f"{survey}/{pattern}"))[:n]:
+            (folder / "data" / survey / path.name).symlink_to(path)
+    for name in ("paramsMILES_v9.1.txt", "MILES_params.db"):
+        (folder / "data/miles" / name).symlink_to(data / "miles" / name)
+    subprocess.run([sys.executable, "-m", "stargon", "pack", str(folder / "data"), "--out",
+                    str(folder / "shards"), "--shard-size", "4", "--held-out-fraction", "0.2"],
+                   check=True, capture_output=True)  # fmt: skip
+    return folder / "shards"
+
+
+def shard_command(shards: Path, out: Path, steps: int) -> list[str]:
+    """Streamed training whose velocities are found from step 2 on, in periods of 3 steps."""
+    tiny = [a for a in TINY if a not in ("--warmup-steps", "1000")]
+    return [sys.executable, "-m", "stargon", "train", "--shards", str(shards), "--out", str(out),
+            "--steps", str(steps), *tiny, "--warmup-steps", "2", "--rv-every", "3",
+            "--seed", "2", "--log-every", "1"]  # fmt: skip
+
+
+def test_streamed_training_on_two_processes_equals_one_process(packed, tmp_path):
+    single, double = tmp_path / "single", tmp_path / "ddp"
+    subprocess.run(shard_command(packed, single, 4), check=True, capture_output=True)
+    result = subprocess.run(
+        TORCHRUN + shard_command(packed, double, 4)[3:], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_training(single, double, steps=4)
+    found = [
+        load_checkpoint(run / "checkpoints/step-0000004")[1]["card"]["trainer"]["source"]["found"]
+        for run in (single, double)
+    ]
+    velocities = [{(lane, i): v for lane, pairs in f.items() for i, v in pairs} for f in found]
+    assert velocities[0] and velocities[0].keys() == velocities[1].keys()
+    for key, v in velocities[0].items():  # found by the step-2 model of each run
+        assert v == pytest.approx(velocities[1][key], abs=0.05), key
+
+
+def test_streamed_training_killed_and_resumed_matches_an_uninterrupted_run(packed, tmp_path):
+    assert_kill_and_resume_match(lambda out: shard_command(packed, out, 8), tmp_path, 8)

@@ -9,6 +9,7 @@ not like the noise of the six stars that happened to cover a wavelength.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -24,24 +25,50 @@ HEADROOM = 2.0
 
 
 def resolution_coverage(
-    spectra: list[Spectrum], config: ModelConfig, count: int = 20
+    spectra: Iterable[Spectrum], config: ModelConfig, count: int = 20
 ) -> tuple[np.ndarray, np.ndarray]:
     """(bin centres in Å, R reached by ≥ `count` spectra in each bin; 0 where fewer)."""
-    ln_min, ln_max = math.log(config.wave_min), math.log(config.wave_max)
-    n_bins = math.ceil((ln_max - ln_min) / BIN_WIDTH)
-    reached = np.zeros((len(spectra), n_bins), dtype=np.float32)
-    for row, spectrum in enumerate(spectra):
+    counter = CoverageCounter(config, count)
+    for spectrum in spectra:
+        counter.add(spectrum)
+    return counter.result()
+
+
+class CoverageCounter:
+    """The `count`-th highest R reached in each ln λ bin, over spectra added one at a time:
+    memory (count + chunk) × bins, whatever the number of spectra (a survey streamed from
+    shards)."""
+
+    def __init__(self, config: ModelConfig, count: int = 20, chunk: int = 256):
+        self.ln_min = math.log(config.wave_min)
+        self.n_bins = math.ceil((math.log(config.wave_max) - self.ln_min) / BIN_WIDTH)
+        self.count, self.chunk, self.seen = count, chunk, 0
+        self.top = np.zeros((count, self.n_bins), dtype=np.float32)  # the highest, unordered
+        self.pending: list[np.ndarray] = []
+
+    def add(self, spectrum: Spectrum) -> None:
+        reached = np.zeros(self.n_bins, dtype=np.float32)
         good = masked_ivar(spectrum) > 0
-        bins = ((np.log(spectrum.wave[good]) - ln_min) / BIN_WIDTH).astype(int)
-        keep = (bins >= 0) & (bins < n_bins)
+        bins = ((np.log(spectrum.wave[good]) - self.ln_min) / BIN_WIDTH).astype(int)
+        keep = (bins >= 0) & (bins < self.n_bins)
         power = np.broadcast_to(spectrum.resolving_power, spectrum.wave.shape)[good]
-        np.maximum.at(reached[row], bins[keep], power[keep])
-    if len(spectra) >= count:
-        covered = -np.partition(-reached, count - 1, axis=0)[count - 1]
-    else:
-        covered = np.zeros(n_bins, dtype=np.float32)
-    centres = np.exp(ln_min + BIN_WIDTH * (np.arange(n_bins) + 0.5))
-    return centres, covered
+        np.maximum.at(reached, bins[keep], power[keep])
+        self.pending.append(reached)
+        self.seen += 1
+        if len(self.pending) >= self.chunk:
+            self._merge()
+
+    def _merge(self) -> None:
+        if self.pending:
+            stacked = np.vstack([self.top, *self.pending])
+            self.top = -np.partition(-stacked, self.count - 1, axis=0)[: self.count]
+            self.pending.clear()
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        self._merge()
+        covered = self.top.min(axis=0) if self.seen >= self.count else np.zeros(self.n_bins)
+        centres = np.exp(self.ln_min + BIN_WIDTH * (np.arange(self.n_bins) + 0.5))
+        return centres, covered.astype(np.float32)
 
 
 def smoothness_cells(

@@ -66,3 +66,12 @@ def global_mean(value: torch.Tensor, context: Context) -> torch.Tensor:
         dist.all_reduce(value)
         value /= context.world_size
     return value
+
+
+def gather_objects(value: object, context: Context) -> list:
+    """Every rank's `value` (picklable), in rank order, on every rank."""
+    if context.world_size == 1:
+        return [value]
+    gathered: list = [None] * context.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered

@@ -1,9 +1,10 @@
 """`stargon train`: one straight loop over mixed-survey batches of randomly sampled pixels.
 
-Every random choice derives from (seed, step, spectrum index), so a run resumed from a
+Every random choice derives from (seed, step, spectrum id), so a run resumed from a
 checkpoint, or split over `torchrun` processes, sees exactly the batches of an uninterrupted
 single-process run. Observed-frame spectra join after a warm-up on rest-frame ones, once the
-model can estimate their radial velocities (refreshed every `rv_every` steps).
+model can estimate their radial velocities (refreshed every `rv_every` steps). The spectra come
+from a data folder held in memory or from packed shards streamed (`train.sources`).
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ from stargon.core.records import to_json, write_json
 from stargon.model.batch import make_batch
 from stargon.model.checkpoint import load_checkpoint, save_checkpoint
 from stargon.model.decoder import ModelConfig
-from stargon.model.fit import find_velocity, template_pyramid
 from stargon.model.gon import StarGON
 from stargon.train import distributed
 from stargon.train.coverage import resolution_coverage, smoothness_cells
-from stargon.train.dataset import TrainingSet, load_training_set
+from stargon.train.dataset import TrainingSet
+from stargon.train.sources import MemorySource, StreamSource
 
 
 @dataclass
@@ -39,6 +40,12 @@ class TrainConfig:
     data: Annotated[str, "Data folder (default: $STARGON_DATA or ../shared/data)."]
     out: Annotated[str, "Run folder: checkpoints, metrics.jsonl, split.json."]
     surveys: Annotated[list[str] | None, "Comma-separated data subfolders to use."] = None
+    shards: Annotated[str | None, "Packed shards to stream instead of --data (stargon pack)."] = (
+        None
+    )
+    stream_lanes: Annotated[int, "Streams a global batch is drawn from (a multiple of the "
+                            "processes; the batch a multiple of it)."] = 2  # fmt: skip
+    loader_workers: Annotated[int, "Processes reading shards ahead (0: in the trainer)."] = 1
     steps: Annotated[int, "Optimiser steps."] = 2000
     batch_size: Annotated[int, "Global batch size, over all processes."] = 64
     n_pixels: Annotated[int, "Pixels sampled per spectrum and step."] = 1000
@@ -82,50 +89,39 @@ def _train(config, resume, dataset, context) -> Path:
     run = Path(config.out)
     if context.is_main:
         run.mkdir(parents=True, exist_ok=True)
-    dataset = dataset or load_training_set(
-        config.data,
-        config.surveys,
-        config.held_out_fraction,
-        progress=context.is_main,
-        synthetic=config.synthetic,
-    )
+    if config.shards:
+        source = StreamSource(config, context)
+    else:
+        source = MemorySource(config, context, dataset)
     torch.manual_seed(config.seed)
     model = StarGON(config.model).to(context.device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
-    velocities = np.zeros(len(dataset.spectra))
     start = 0
     if resume and (run / "latest.json").exists():
-        start, velocities = _restore(run, model, optimiser, context.device)
+        start = _restore(run, model, optimiser, source, context.device)
     elif context.is_main:
         write_json(run / "config.json", asdict(config))
-        write_json(run / "split.json", _split_record(dataset))
+        write_json(run / "split.json", source.split_record())
     wrapped = DistributedDataParallel(model) if context.world_size > 1 else model
-    train_rest = dataset.indices(held_out=False, frame="rest")
-    train_all = dataset.indices(held_out=False)
     coverage = None
     if config.roughness > 0:  # the penalty's reference: what the training data resolve
-        coverage = resolution_coverage(
-            [dataset.spectra[i] for i in train_all], config.model, config.coverage_count
-        )
+        spectra = tqdm(source.coverage_spectra(), desc="coverage", disable=not context.is_main)
+        coverage = resolution_coverage(spectra, config.model, config.coverage_count)
     bar = tqdm(
         range(start, config.steps), initial=start, total=config.steps, disable=not context.is_main
     )
     clock = time.perf_counter()
-    watched = _held_out_sample(config, dataset)
     held_out = None
+    source.start(start)
     for step in bar:
-        if step >= config.warmup_steps and (step - config.warmup_steps) % config.rv_every == 0:
-            velocities = _refresh_velocities(model, dataset, velocities, context)
-        pool = train_rest if step < config.warmup_steps else train_all
-        chosen = _global_batch(config, step, pool, dataset.surveys)
+        spectra, velocities, ids = source.step(step, model)
         for group in optimiser.param_groups:
             group["lr"] = learning_rate(config, step)
-        mine = np.array_split(chosen, context.world_size)[context.rank]
         batch = make_batch(
-            [dataset.spectra[i] for i in mine],
-            v_kms=velocities[mine],
+            spectra,
+            v_kms=velocities,
             n_pixels=config.n_pixels,
-            rngs=[np.random.default_rng([config.seed, step, int(i)]) for i in mine],
+            rngs=[np.random.default_rng([config.seed, step, int(i)]) for i in ids],
             error_floor=config.error_floor,
         ).to(context.device)
         smoothness = None
@@ -147,7 +143,7 @@ def _train(config, resume, dataset, context) -> Path:
             loss = distributed.global_mean(loss, context)
         if context.is_main and check_now:
             rest_only = done <= config.warmup_steps
-            held_out = held_out_chi2(model, dataset, watched, velocities, config, rest_only)
+            held_out = held_out_chi2(model, *source.held_out(model, rest_only), config)
         if context.is_main and log_now:
             elapsed = time.perf_counter() - clock
             clock = time.perf_counter()
@@ -164,46 +160,23 @@ def _train(config, resume, dataset, context) -> Path:
             _append_jsonl(run / "metrics.jsonl", record)
             shown = {"loss": f"{record['loss']:.3g}"}
             bar.set_postfix(shown | ({"held_out": f"{held_out:.3g}"} if held_out else {}))
-        if context.is_main and (done % config.checkpoint_every == 0 or done == config.steps):
-            _checkpoint(run, model, optimiser, done, velocities, config, dataset)
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            state = source.state()  # every rank: a streamed source gathers its cursors
+            if context.is_main:
+                _checkpoint(run, model, optimiser, done, state, config, source.summary())
     return run
 
 
-def _global_batch(
-    config: TrainConfig, step: int, pool: np.ndarray, surveys: list[str]
-) -> np.ndarray:
-    """The step's spectra. Each survey gets a share ∝ n^balance of the batches, so MILES's
-    thousand stars do not drown the four APOGEE ones (balance 1: every spectrum alike)."""
-    names = np.array(surveys)[pool]
-    _, inverse, counts = np.unique(names, return_inverse=True, return_counts=True)
-    weights = counts[inverse] ** (config.survey_balance - 1.0)
-    rng = np.random.default_rng([config.seed, step])
-    chosen = rng.choice(
-        pool, config.batch_size, replace=pool.size < config.batch_size, p=weights / weights.sum()
-    )
-    return np.sort(chosen)
-
-
-def _held_out_sample(config: TrainConfig, dataset: TrainingSet) -> np.ndarray:
-    """A fixed set of held-out spectra, the same at every evaluation so the curve compares."""
-    pool = dataset.indices(held_out=True)
-    rng = np.random.default_rng([config.seed, 7])
-    chosen = rng.choice(pool, min(config.held_out_spectra, pool.size), replace=False)
-    return np.sort(chosen)
-
-
-def held_out_chi2(model, dataset, chosen, velocities, config, rest_only: bool) -> float | None:
+def held_out_chi2(model, spectra, velocities, ids, config) -> float | None:
     """Mean χ²/n after the GON step on held-out spectra — the training loss on stars the model
     never trained on (rest-frame ones only during the warm-up, as in training)."""
-    if rest_only:
-        chosen = np.array([i for i in chosen if dataset.spectra[i].frame == "rest"], dtype=int)
-    if chosen.size == 0:
+    if not spectra:
         return None
     batch = make_batch(
-        [dataset.spectra[i] for i in chosen],
-        v_kms=velocities[chosen],
+        spectra,
+        v_kms=velocities,
         n_pixels=config.n_pixels,
-        rngs=[np.random.default_rng([config.seed, int(i)]) for i in chosen],
+        rngs=[np.random.default_rng([config.seed, int(i)]) for i in ids],
         error_floor=config.error_floor,
     ).to(model.decoder.table.device)
     with torch.no_grad():
@@ -222,55 +195,24 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def _refresh_velocities(model, dataset, velocities, context):
-    """Radial velocities of observed-frame spectra from the current model: each rank fits its
-    share (one spectrum at a time, so a velocity never depends on how the work was split),
-    and one all-reduce (sum over disjoint shares) gives every rank all of them."""
-    observed = np.array([i for i, s in enumerate(dataset.spectra) if s.frame == "observed"])
-    mine = np.array_split(observed, context.world_size)[context.rank]
-    with torch.no_grad():
-        pyramid = model.decoder.pyramid()
-    templates = template_pyramid(model, _prototypes(model, dataset, context))
-    estimates = torch.zeros(len(velocities), dtype=torch.float64)
-    for i in tqdm(mine, desc="radial velocities", leave=False, disable=not context.is_main):
-        batch = make_batch([dataset.spectra[i]]).to(context.device)
-        estimates[i] = find_velocity(model, batch, pyramid, templates)
-    estimates = distributed.sum_over_ranks(estimates.to(context.device), context).cpu()
-    refreshed = np.asarray(velocities, dtype=float).copy()
-    refreshed[observed] = estimates.numpy()[observed]
-    return refreshed
-
-
-def _prototypes(model, dataset, context, per_survey: int = 2) -> torch.Tensor:
-    """Latents of a fixed few rest-frame training spectra of every survey: the template bank."""
-    pool = dataset.indices(held_out=False, frame="rest")
-    names = np.array(dataset.surveys)[pool]
-    rng = np.random.default_rng(0)
-    chosen = np.concatenate(
-        [rng.choice(members, min(per_survey, members.size), replace=False)
-         for members in (pool[names == name] for name in sorted(set(names)))]
-    )  # fmt: skip
-    batch = make_batch([dataset.spectra[i] for i in chosen], n_pixels=2000).to(context.device)
-    return model.encode(batch)
-
-
-def _checkpoint(run, model, optimiser, step, velocities, config, dataset) -> None:
+def _checkpoint(run, model, optimiser, step, source_state, config, summary) -> None:
     state = optimiser.state_dict()
-    tensors = {"velocities": torch.as_tensor(velocities)}
+    source_tensors, source_record = source_state
+    tensors = {f"source.{name}": value for name, value in source_tensors.items()}
     for index, values in state["state"].items():
         for key, value in values.items():
             tensors[f"optimiser.{index}.{key}"] = torch.as_tensor(value)
     card = {
-        "trainer": {"step": step, "param_groups": state["param_groups"]},
+        "trainer": {"step": step, "param_groups": state["param_groups"], "source": source_record},
         "train_config": asdict(config),
-        "data": dataset.summary(),
+        "data": summary,
     }
     name = f"checkpoints/step-{step:07d}"
     save_checkpoint(run / name, model, card=card, extra_tensors=tensors)
     write_json(run / "latest.json", {"step": step, "checkpoint": name})
 
 
-def _restore(run, model, optimiser, device):
+def _restore(run, model, optimiser, source, device) -> int:
     latest = json.loads((run / "latest.json").read_text())
     saved, document, extra = load_checkpoint(run / latest["checkpoint"], device)
     _truncate_metrics(run / "metrics.jsonl", latest["step"])
@@ -282,7 +224,10 @@ def _restore(run, model, optimiser, device):
             _, index, name = key.split(".", 2)
             state.setdefault(int(index), {})[name] = value
     optimiser.load_state_dict({"state": state, "param_groups": trainer["param_groups"]})
-    return trainer["step"], extra["velocities"].cpu().numpy()
+    prefix = "source."
+    source_tensors = {k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)}
+    source.restore(source_tensors, trainer.get("source", {}))
+    return trainer["step"]
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -290,15 +235,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if path.exists():
         kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
         path.write_text("".join(line + "\n" for line in kept))
-
-
-def _split_record(dataset: TrainingSet) -> dict:
-    held = sorted({s.star_id for s, h in zip(dataset.spectra, dataset.held_out, strict=True) if h})
-    return {
-        "held_out_star_ids": held,
-        "per_survey": dataset.summary(),
-        "failures": dataset.failures,
-    }
 
 
 def _append_jsonl(path: Path, record: dict) -> None:

@@ -7,6 +7,8 @@ row group, not by the survey); pyarrow is a well-kept library, and any tool (pan
 DuckDB) can open a shard. Wavelengths stay float64 (Doppler shifts are tiny), flux, ivar and R
 are stored as float32, the precision training uses. Each row carries its survey and its side of
 the held-out split (by star, `dataset.is_held_out`); `manifest.json` counts both per survey.
+A shard holds one survey, so that training can draw each survey at its own rate
+(`train.stream`) however the folders were ordered.
 """
 
 from __future__ import annotations
@@ -76,37 +78,43 @@ def from_row(row: dict) -> Spectrum:
 
 
 class ShardWriter:
-    """Appends spectra to `out/shard-NNNNN.parquet`, `shard_size` per shard; `close` writes
-    `manifest.json` (spectra per shard, train/held-out counts per survey, failures)."""
+    """Appends spectra to `out/shard-NNNNN.parquet`, up to `shard_size` of one survey per shard
+    (a buffer per survey); `close` writes `manifest.json` (per shard its survey, spectra and row
+    groups; train/held-out/rest-frame counts per survey; failures)."""
 
     def __init__(self, out: Path, shard_size: int = 2000, held_out_fraction: float = 0.1):
         self.out, self.shard_size, self.held_out_fraction = Path(out), shard_size, held_out_fraction
         self.out.mkdir(parents=True, exist_ok=True)
-        self.rows: list[dict] = []
+        self.rows: dict[str, list[dict]] = {}
         self.shards: list[dict] = []
         self.counts: dict[str, dict[str, int]] = {}
         self.failures: list[dict[str, str]] = []
 
     def add(self, spectrum: Spectrum, survey: str) -> None:
         held = is_held_out(spectrum.star_id, self.held_out_fraction)
-        entry = self.counts.setdefault(survey, {"train": 0, "held_out": 0})
+        entry = self.counts.setdefault(survey, {"train": 0, "held_out": 0, "rest": 0})
         entry["held_out" if held else "train"] += 1
-        self.rows.append(to_row(spectrum, survey, held))
-        if len(self.rows) >= self.shard_size:
-            self._flush()
+        entry["rest"] += spectrum.frame == "rest"
+        rows = self.rows.setdefault(survey, [])
+        rows.append(to_row(spectrum, survey, held))
+        if len(rows) >= self.shard_size:
+            self._flush(survey)
 
-    def _flush(self) -> None:
-        if self.rows:
+    def _flush(self, survey: str) -> None:
+        rows = self.rows.pop(survey, [])
+        if rows:
             path = self.out / f"shard-{len(self.shards):05d}.parquet"
-            table = pa.Table.from_pylist(self.rows, schema=SCHEMA)
+            table = pa.Table.from_pylist(rows, schema=SCHEMA)
             pq.write_table(table, path, row_group_size=ROWS_PER_GROUP)
-            self.shards.append({"file": path.name, "spectra": len(self.rows)})
-            self.rows.clear()
+            self.shards.append({"file": path.name, "survey": survey, "spectra": len(rows),
+                                "row_groups": -(-len(rows) // ROWS_PER_GROUP)})  # fmt: skip
 
     def close(self) -> dict:
-        self._flush()
+        for survey in sorted(self.rows):
+            self._flush(survey)
         manifest = {
-            "format": "stargon-shards/1", "held_out_fraction": self.held_out_fraction,
+            "format": "stargon-shards/2", "held_out_fraction": self.held_out_fraction,
+            "rows_per_group": ROWS_PER_GROUP,
             "spectra": sum(s["spectra"] for s in self.shards), "per_survey": self.counts,
             "shards": self.shards, "failures": self.failures,
         }  # fmt: skip
@@ -149,7 +157,7 @@ class ShardStream(IterableDataset):
             raise ValueError(f"split must be train, held_out or all, got {split!r}")
         self.folder, self.split = Path(folder), split
         self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
-        manifest = json.loads((self.folder / MANIFEST).read_text())
+        manifest = load_manifest(self.folder)
         self.shards = [entry["file"] for entry in manifest["shards"]]
 
     def set_epoch(self, epoch: int) -> None:
@@ -165,11 +173,25 @@ class ShardStream(IterableDataset):
         for name in self.my_shards():
             shard = pq.ParquetFile(self.folder / name)
             for group in range(shard.num_row_groups):
-                table = shard.read_row_group(group)
-                for i in range(table.num_rows):
-                    row = {name: _value(table.column(name)[i]) for name in table.column_names}
+                for row in read_rows(shard, group):
                     if self.split == "all" or row["held_out"] == (self.split == "held_out"):
                         yield from_row(row)
+
+
+def load_manifest(folder: Path) -> dict:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: no {MANIFEST} (make shards with `stargon pack`)")
+    return json.loads(path.read_text())
+
+
+def read_rows(shard: pq.ParquetFile, group: int) -> list[dict]:
+    """The rows of one row group as dicts (list cells as numpy arrays)."""
+    table = shard.read_row_group(group)
+    return [
+        {name: _value(table.column(name)[i]) for name in table.column_names}
+        for i in range(table.num_rows)
+    ]
 
 
 def _value(scalar: pa.Scalar):
