@@ -79,8 +79,8 @@ def from_row(row: dict) -> Spectrum:
 
 class ShardWriter:
     """Appends spectra to `out/shard-NNNNN.parquet`, up to `shard_size` of one survey per shard
-    (a buffer per survey); `close` writes `manifest.json` (per shard its survey, spectra and row
-    groups; train/held-out/rest-frame counts per survey; failures)."""
+    (a buffer per survey); `close` writes `manifest.json` (per shard its survey, spectra,
+    held-out and rest-frame ones, row groups; the same counts per survey; failures)."""
 
     def __init__(self, out: Path, shard_size: int = 2000, held_out_fraction: float = 0.1):
         self.out, self.shard_size, self.held_out_fraction = Path(out), shard_size, held_out_fraction
@@ -106,8 +106,12 @@ class ShardWriter:
             path = self.out / f"shard-{len(self.shards):05d}.parquet"
             table = pa.Table.from_pylist(rows, schema=SCHEMA)
             pq.write_table(table, path, row_group_size=ROWS_PER_GROUP)
-            self.shards.append({"file": path.name, "survey": survey, "spectra": len(rows),
-                                "row_groups": -(-len(rows) // ROWS_PER_GROUP)})  # fmt: skip
+            self.shards.append({
+                "file": path.name, "survey": survey, "spectra": len(rows),
+                "held_out": sum(row["held_out"] for row in rows),
+                "rest": sum(row["frame"] == "rest" for row in rows),
+                "row_groups": -(-len(rows) // ROWS_PER_GROUP),
+            })  # fmt: skip
 
     def close(self) -> dict:
         for survey in sorted(self.rows):
