@@ -45,7 +45,7 @@ class TrainConfig:
     )
     stream_lanes: Annotated[int, "Streams a global batch is drawn from (a multiple of the "
                             "processes; the batch a multiple of it)."] = 2  # fmt: skip
-    loader_workers: Annotated[int, "Processes reading shards ahead (0: in the trainer)."] = 1
+    loader_workers: Annotated[int, "A process reading shards ahead (1), or none (0)."] = 1
     steps: Annotated[int, "Optimiser steps."] = 2000
     batch_size: Annotated[int, "Global batch size, over all processes."] = 64
     n_pixels: Annotated[int, "Pixels sampled per spectrum and step."] = 1000

@@ -141,6 +141,8 @@ class StreamSource:
     are kept for the rest of the period, per lane; memory ∝ rv_every × batch, not survey size."""
 
     def __init__(self, config, context):
+        if config.loader_workers > 1:  # each would read (and hand over) every step's batch
+            raise ValueError("--loader-workers: 0 or 1 when streaming shards")
         self.config, self.context = config, context
         self.stream = TrainingStream(
             config.shards, config.batch_size, config.stream_lanes, config.seed,
