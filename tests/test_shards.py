@@ -7,17 +7,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tracemalloc
 from collections import Counter
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 from torch.utils.data import DataLoader
 
 from stargon.core.spectrum import Spectrum
 from stargon.surveys.registry import iter_spectra
 from stargon.train.shards import MANIFEST, ShardStream, ShardWriter
+from tests.memory import peak_bytes
 
 PICKS = {"miles": "MILES_*.fits", "stelib": "STELIB_*.fits", "lamost_dr8": "*/spec-*.fits.gz"}
 
@@ -73,17 +72,6 @@ def synthetic(i: int) -> Spectrum:
                     "rest", True, f"synthetic-{i}", f"S{i}", synthetic=True)  # fmt: skip
 
 
-def peak_while_streaming(folder) -> int:
-    """Peak of Python (numpy included) and Arrow allocations while one rank streams it all."""
-    tracemalloc.start()
-    arrow_peak = 0
-    for _ in ShardStream(folder, "all"):
-        arrow_peak = max(arrow_peak, pa.total_allocated_bytes())
-    python_peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return python_peak + arrow_peak
-
-
 def test_streaming_memory_does_not_grow_with_the_number_of_shards(tmp_path):
     peaks = {}
     for n_shards in (10, 100):
@@ -91,5 +79,5 @@ def test_streaming_memory_does_not_grow_with_the_number_of_shards(tmp_path):
         for i in range(4 * n_shards):
             writer.add(synthetic(i), "test")
         assert len(writer.close()["shards"]) == n_shards
-        peaks[n_shards] = peak_while_streaming(tmp_path / str(n_shards))
+        peaks[n_shards] = peak_bytes(ShardStream(tmp_path / str(n_shards), "all"))
     assert peaks[100] <= 1.2 * peaks[10], peaks

@@ -4,17 +4,16 @@ and memory that does not grow with the number of shards."""
 
 from __future__ import annotations
 
-import tracemalloc
 from collections import Counter
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from stargon.core.spectrum import Spectrum
 from stargon.train.dataset import is_held_out
 from stargon.train.shards import ShardWriter
 from stargon.train.stream import TrainingStream
+from tests.memory import peak_bytes
 
 SIZES = {"big": 90, "small": 10}  # spectra per survey
 
@@ -87,16 +86,11 @@ def test_a_batch_size_that_the_lanes_do_not_divide_is_refused(shards):
         TrainingStream(shards, 6, 4)
 
 
-def peak_while_drawing(folder, steps: int) -> int:
-    tracemalloc.start()
-    arrow_peak = 0
+def drawing(folder, steps: int):
+    """The stream's batches, the stream made inside (its units list counts too)."""
     stream = TrainingStream(folder, 8, 2)
     for step in range(steps):
-        stream.batch(step)
-        arrow_peak = max(arrow_peak, pa.total_allocated_bytes())
-    python_peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return python_peak + arrow_peak
+        yield stream.batch(step)
 
 
 def test_stream_memory_does_not_grow_with_the_number_of_shards(tmp_path):
@@ -106,5 +100,5 @@ def test_stream_memory_does_not_grow_with_the_number_of_shards(tmp_path):
         for i in range(8 * n_shards):
             writer.add(synthetic("big", i), "big")
         writer.close()
-        peaks[n_shards] = peak_while_drawing(tmp_path / str(n_shards), steps=n_shards)
+        peaks[n_shards] = peak_bytes(drawing(tmp_path / str(n_shards), steps=n_shards))
     assert peaks[100] <= 1.2 * peaks[10], peaks

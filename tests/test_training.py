@@ -98,14 +98,18 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone",
             "--nproc-per-node", "2", "--module", "stargon"]  # fmt: skip
 
 
-def test_two_process_gloo_ddp_equals_one_process_on_the_same_global_batch(tiny_data, tmp_path):
+def on_one_and_two_processes(command, tmp_path: Path) -> tuple[Path, Path]:
+    """Run folders of `command(out)` run plainly and under a 2-process torchrun (gloo)."""
     single, double = tmp_path / "single", tmp_path / "ddp"
-    subprocess.run(train_command(tiny_data, single, 1), check=True, capture_output=True)
-    result = subprocess.run(
-        TORCHRUN + train_command(tiny_data, double, 1)[3:], capture_output=True, text=True
-    )
+    subprocess.run(command(single), check=True, capture_output=True)
+    result = subprocess.run(TORCHRUN + command(double)[3:], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert_same_training(single, double, steps=1)
+    return single, double
+
+
+def test_two_process_gloo_ddp_equals_one_process_on_the_same_global_batch(tiny_data, tmp_path):
+    runs = on_one_and_two_processes(lambda out: train_command(tiny_data, out, 1), tmp_path)
+    assert_same_training(*runs, steps=1)
 
 
 def assert_same_training(single: Path, double: Path, steps: int) -> None:
@@ -173,12 +177,7 @@ def shard_command(shards: Path, out: Path, steps: int) -> list[str]:
 
 
 def test_streamed_training_on_two_processes_equals_one_process(packed, tmp_path):
-    single, double = tmp_path / "single", tmp_path / "ddp"
-    subprocess.run(shard_command(packed, single, 4), check=True, capture_output=True)
-    result = subprocess.run(
-        TORCHRUN + shard_command(packed, double, 4)[3:], capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    single, double = on_one_and_two_processes(lambda out: shard_command(packed, out, 4), tmp_path)
     assert_same_training(single, double, steps=4)
     found = [
         load_checkpoint(run / "checkpoints/step-0000004")[1]["card"]["trainer"]["source"]["found"]
