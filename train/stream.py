@@ -39,7 +39,7 @@ class SurveyLane:
     def __init__(self, folder: Path, units: list[Unit], lane: int, lanes: int, seed: list[int]):
         self.folder, self.units, self.lane, self.lanes, self.seed = folder, units, lane, lanes, seed
         self.epoch = self.position = self.row = 0
-        self._found_in_epoch = False
+        self._found_in_epoch = self._whole_epoch = False
         self._loaded: tuple[tuple[int, int], list[dict], np.ndarray] | None = None
 
     def state(self) -> list[int]:
@@ -47,7 +47,7 @@ class SurveyLane:
 
     def restore(self, state: list[int]) -> None:
         self.epoch, self.position, self.row = state
-        self._loaded = None
+        self._loaded, self._whole_epoch = None, False
 
     def _order(self) -> np.ndarray:
         order = np.random.default_rng([*self.seed, self.epoch]).permutation(len(self.units))
@@ -69,10 +69,10 @@ class SurveyLane:
         while True:
             order = self._order()
             if self.position >= len(order):
-                if not self._found_in_epoch and self.row == 0 and self.position > 0:
+                if self._whole_epoch and not self._found_in_epoch:
                     raise ValueError(f"{self.folder}: lane {self.lane} found no training rows")
                 self.epoch, self.position, self.row = self.epoch + 1, 0, 0
-                self._found_in_epoch = False
+                self._found_in_epoch, self._whole_epoch = False, True
                 continue
             rows, shuffle = self._rows(int(order[self.position]))
             if self.row >= len(rows):
