@@ -549,7 +549,7 @@ def serve(explorer: Explorer, address: str = "127.0.0.1", port: int = 5006, show
     def session():
         # No busy indicator: Panel's is one flag for the whole server, so every open page spun
         # its animation whenever any session handled an event — each slider move of one user
-        # cost every other page paints (5 pages: move p95 20 → … ms, benchmarks/README.md).
+        # cost every other page paints (five pages: move p95 21 → 14 ms, benchmarks/README.md).
         # A session's own long work (a fit) says so in its status line instead.
         return pn.template.FastListTemplate(
             title="StarGON explorer",

@@ -268,3 +268,23 @@ def test_a_slider_move_is_decoded_in_the_browser_as_torch_decodes_it(page, data)
     np.testing.assert_array_equal(pixels[(x[pixels] >= window[0]) & (x[pixels] <= window[1])],
                                   np.flatnonzero(inside))  # fmt: skip
     np.testing.assert_allclose(flux, expected[pixels], atol=1e-5)
+
+
+def test_another_users_slider_moves_send_this_page_nothing(page, browser, server):
+    """Sessions are independent: while one page's sliders move and are let go (the server
+    handles each), another open page receives no message — no shared busy spinner that
+    animates every page on any user's event."""
+    other = browser.new_page(viewport={"width": 1500, "height": 1100})
+    received: list[str] = []
+    other.on("websocket", lambda ws: ws.on("framereceived", lambda frame: received.append(frame)))
+    other.goto(server)
+    other.wait_for_function(f"({FLUX_SUMS})().length > 0", timeout=90_000)
+    other.wait_for_timeout(3000)  # its own first render settles
+    received.clear()
+    move = "([index, value]) => {" + MOVE_SLIDER_JS + "sliders[index].value_throttled = value; }"
+    for index, value in ((0, 1.0), (2, -0.5), (5, 0.7)):
+        page.evaluate(move, [index, value])
+        page.wait_for_timeout(1500)  # the release's shading and line response are sent
+    other.wait_for_timeout(500)
+    other.close()
+    assert received == []
