@@ -102,3 +102,24 @@ def test_stream_memory_does_not_grow_with_the_number_of_shards(tmp_path):
         writer.close()
         peaks[n_shards] = peak_bytes(drawing(tmp_path / str(n_shards), steps=n_shards))
     assert peaks[100] <= 1.2 * peaks[10], peaks
+
+
+def test_coverage_counted_in_shares_and_merged_equals_one_pass(data):
+    """What each DDP rank counts over its shards, merged, is the coverage of all of them."""
+    from stargon.model.decoder import ModelConfig
+    from stargon.surveys.registry import iter_spectra
+    from stargon.train.coverage import CoverageCounter, resolution_coverage
+
+    spectra = [s for folder in ("miles", "stelib", "lamost_dr1")
+               for s, _ in zip(iter_spectra(data / folder), range(6), strict=False)]  # fmt: skip
+    config = ModelConfig()
+    centres, whole = resolution_coverage(spectra, config, count=4)
+    shares = [CoverageCounter(config, count=4, chunk=2) for _ in range(3)]
+    for i, spectrum in enumerate(spectra):
+        shares[i % 3].add(spectrum)
+    for share in shares[1:]:
+        shares[0].absorb(share)
+    merged_centres, merged = shares[0].result()
+    assert (whole > 0).sum() > 100  # enough bins reached by 4 spectra to mean something
+    np.testing.assert_array_equal(merged, whole)
+    np.testing.assert_array_equal(merged_centres, centres)

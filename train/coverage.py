@@ -58,6 +58,13 @@ class CoverageCounter:
         if len(self.pending) >= self.chunk:
             self._merge()
 
+    def absorb(self, other: CoverageCounter) -> None:
+        """Count `other`'s spectra too (e.g. another rank's share)."""
+        other._merge()
+        self.pending.extend(other.top)
+        self.seen += other.seen
+        self._merge()
+
     def _merge(self) -> None:
         if self.pending:
             stacked = np.vstack([self.top, *self.pending])

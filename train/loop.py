@@ -27,7 +27,7 @@ from stargon.model.checkpoint import load_checkpoint, save_checkpoint
 from stargon.model.decoder import ModelConfig
 from stargon.model.gon import StarGON
 from stargon.train import distributed
-from stargon.train.coverage import resolution_coverage, smoothness_cells
+from stargon.train.coverage import smoothness_cells
 from stargon.train.dataset import TrainingSet
 from stargon.train.sources import MemorySource, StreamSource
 
@@ -96,17 +96,15 @@ def _train(config, resume, dataset, context) -> Path:
     torch.manual_seed(config.seed)
     model = StarGON(config.model).to(context.device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
-    start = 0
+    start, coverage = 0, None
     if resume and (run / "latest.json").exists():
-        start = _restore(run, model, optimiser, source, context.device)
+        start, coverage = _restore(run, model, optimiser, source, context.device)
     elif context.is_main:
         write_json(run / "config.json", asdict(config))
         write_json(run / "split.json", source.split_record())
     wrapped = DistributedDataParallel(model) if context.world_size > 1 else model
-    coverage = None
-    if config.roughness > 0:  # the penalty's reference: what the training data resolve
-        spectra = tqdm(source.coverage_spectra(), desc="coverage", disable=not context.is_main)
-        coverage = resolution_coverage(spectra, config.model, config.coverage_count)
+    if config.roughness > 0 and coverage is None:  # what the training data resolve
+        coverage = source.coverage()
     bar = tqdm(
         range(start, config.steps), initial=start, total=config.steps, disable=not context.is_main
     )
@@ -163,7 +161,7 @@ def _train(config, resume, dataset, context) -> Path:
         if done % config.checkpoint_every == 0 or done == config.steps:
             state = source.state()  # every rank: a streamed source gathers its cursors
             if context.is_main:
-                _checkpoint(run, model, optimiser, done, state, config, source.summary())
+                _checkpoint(run, model, optimiser, done, state, coverage, config, source.summary())
     return run
 
 
@@ -195,10 +193,14 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def _checkpoint(run, model, optimiser, step, source_state, config, summary) -> None:
+def _checkpoint(run, model, optimiser, step, source_state, coverage, config, summary) -> None:
+    """Weights, optimiser, where the data source stands, and the resolution coverage (a pass
+    over all the data: a resume reads it back instead)."""
     state = optimiser.state_dict()
     source_tensors, source_record = source_state
     tensors = {f"source.{name}": value for name, value in source_tensors.items()}
+    if coverage is not None:
+        tensors["coverage.centres"], tensors["coverage.covered"] = map(torch.as_tensor, coverage)
     for index, values in state["state"].items():
         for key, value in values.items():
             tensors[f"optimiser.{index}.{key}"] = torch.as_tensor(value)
@@ -212,7 +214,7 @@ def _checkpoint(run, model, optimiser, step, source_state, config, summary) -> N
     write_json(run / "latest.json", {"step": step, "checkpoint": name})
 
 
-def _restore(run, model, optimiser, source, device) -> int:
+def _restore(run, model, optimiser, source, device) -> tuple[int, tuple | None]:
     latest = json.loads((run / "latest.json").read_text())
     saved, document, extra = load_checkpoint(run / latest["checkpoint"], device)
     _truncate_metrics(run / "metrics.jsonl", latest["step"])
@@ -227,7 +229,10 @@ def _restore(run, model, optimiser, source, device) -> int:
     prefix = "source."
     source_tensors = {k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)}
     source.restore(source_tensors, trainer.get("source", {}))
-    return trainer["step"]
+    coverage = None
+    if "coverage.covered" in extra:
+        coverage = tuple(extra[f"coverage.{k}"].cpu().numpy() for k in ("centres", "covered"))
+    return trainer["step"], coverage
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -6,7 +6,6 @@ coverage, and what a checkpoint must hold to resume exactly."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
 from itertools import groupby
 
 import numpy as np
@@ -19,6 +18,7 @@ from stargon.model.batch import make_batch
 from stargon.model.fit import find_velocities, find_velocity, template_pyramid
 from stargon.model.gon import StarGON
 from stargon.train import distributed
+from stargon.train.coverage import CoverageCounter, resolution_coverage
 from stargon.train.dataset import load_training_set
 from stargon.train.stream import (
     StepBatches,
@@ -63,8 +63,10 @@ class MemorySource:
         return {"held_out_star_ids": held, "per_survey": data.summary(),
                 "failures": data.failures}  # fmt: skip
 
-    def coverage_spectra(self) -> Iterable[Spectrum]:
-        return [self.dataset.spectra[i] for i in self.train_all]
+    def coverage(self) -> tuple[np.ndarray, np.ndarray]:
+        """The resolution coverage of the training spectra (every rank holds them all)."""
+        spectra = [self.dataset.spectra[i] for i in self.train_all]
+        return resolution_coverage(spectra, self.config.model, self.config.coverage_count)
 
     def start(self, step: int) -> None:
         """Nothing to open: batches are drawn by index."""
@@ -160,8 +162,19 @@ class StreamSource:
     def split_record(self) -> dict:
         return {"shards": str(self.config.shards), "per_survey": self.stream.counts}
 
-    def coverage_spectra(self) -> Iterable[Spectrum]:
-        return training_spectra(self.config.shards)
+    def coverage(self) -> tuple[np.ndarray, np.ndarray]:
+        """The resolution coverage of every training spectrum: each rank counts the shards
+        rank, rank + W, … and the counts are merged (one pass over the data, split W ways)."""
+        config, context = self.config, self.context
+        counter = CoverageCounter(config.model, config.coverage_count)
+        shards = range(context.rank, self.stream.n_shards, context.world_size)
+        for spectrum in tqdm(training_spectra(config.shards, shards=shards), desc="coverage",
+                             disable=not context.is_main):  # fmt: skip
+            counter.add(spectrum)
+        parts = distributed.gather_objects(counter, context)
+        for part in parts[1:]:
+            parts[0].absorb(part)
+        return parts[0].result()
 
     def start(self, step: int) -> None:
         workers = self.config.loader_workers

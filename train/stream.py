@@ -12,7 +12,7 @@ size. Where each lane stands is a few integers per survey (`state`), saved in ch
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +116,7 @@ class TrainingStream:
         self.share = share / share.sum()
         self.rest = np.array([_all_rest(counts[name]) for name in self.surveys])
         units = _units(manifest)
+        self.n_shards = len(manifest["shards"])
         self.my_lanes = list(range(rank, lanes, world_size))
         self.readers = {
             (lane, name): SurveyLane(self.folder, units[name], lane, lanes, [seed, index])
@@ -188,11 +189,14 @@ def prototype_spectra(folder: str | Path, per_survey: int = 2) -> list[Spectrum]
     return chosen
 
 
-def training_spectra(folder: str | Path, survey: str | None = None) -> Iterator[Spectrum]:
-    """Every training spectrum (of one survey) once, in shard order: e.g. for the resolution
-    coverage, one row group in memory at a time."""
+def training_spectra(
+    folder: str | Path, survey: str | None = None, shards: Iterable[int] | None = None
+) -> Iterator[Spectrum]:
+    """Every training spectrum (of one survey; of some shards, by index) once, in shard order:
+    e.g. for the resolution coverage, one row group in memory at a time."""
     folder = Path(folder)
-    for shard in load_manifest(folder)["shards"]:
+    entries = load_manifest(folder)["shards"]
+    for shard in (entries[i] for i in shards) if shards is not None else entries:
         if survey is not None and shard["survey"] != survey:
             continue
         parquet = pq.ParquetFile(folder / shard["file"])
