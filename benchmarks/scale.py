@@ -3,7 +3,7 @@
 The spectra are synthetic, at APOGEE length: Payne-emulator spectra (7,214 pixels, R 22,500,
 labels drawn uniformly, noise at S/N 50–200) and, one in ten, a real MILES spectrum redrawn
 with new noise; all marked synthetic, written once into shards (`ShardWriter`) and reused. A
-size n trains on the first shards holding n spectra (a manifest of its own). Per n, a fresh
+size n trains on n of them, the surveys mixed as in the whole set (a manifest of its own). Per n, a fresh
 `stargon train --shards` process: the resolution-coverage pass over the spectra (once per run),
 steps/s after the first log record, and the peak resident memory of the trainer and its
 reader process together (sampled from /proc every 0.2 s). Baseline in the same run: the
@@ -76,25 +76,34 @@ def make_shards(folder: Path, n: int, seed: int = 0) -> Path:
 
 
 def subset(folder: Path, n: int, out: Path) -> Path:
-    """A manifest over the first shards that hold n spectra (links to the shard files)."""
+    """A manifest over n of the spectra with the surveys mixed as in the whole set: each
+    survey's first shards, the last one in part (its first row groups; links to the files)."""
     manifest = json.loads((folder / MANIFEST).read_text())
-    shards, total = [], 0
-    for shard in manifest["shards"]:
-        if total >= n:
-            break
-        shards.append(shard)
-        total += shard["spectra"]
+    per_group, total = manifest["rows_per_group"], manifest["spectra"]
     out.mkdir(parents=True, exist_ok=True)
-    counts: dict[str, dict[str, int]] = {}
-    for shard in shards:
-        entry = counts.setdefault(shard["survey"], {"train": 0, "held_out": 0, "rest": 0})
-        entry["train"] += shard["spectra"] - shard["held_out"]
-        entry["held_out"] += shard["held_out"]
-        entry["rest"] += shard["rest"]
-        link = out / shard["file"]
-        if not link.exists():
-            link.symlink_to(folder / shard["file"])
-    mine = manifest | {"shards": shards, "spectra": total, "per_survey": counts}
+    shards, counts = [], {}
+    for survey in sorted({shard["survey"] for shard in manifest["shards"]}):
+        mine = [shard for shard in manifest["shards"] if shard["survey"] == survey]
+        wanted = round(n * sum(shard["spectra"] for shard in mine) / total)
+        entry = counts.setdefault(survey, {"train": 0, "held_out": 0, "rest": 0})
+        for shard in mine:
+            if wanted <= 0:
+                break
+            groups = min(shard["row_groups"], -(-wanted // per_group))
+            taken = min(shard["spectra"], groups * per_group)
+            share = taken / shard["spectra"]
+            shards.append(shard | {"spectra": taken, "row_groups": groups,
+                                   "held_out": round(shard["held_out"] * share),
+                                   "rest": round(shard["rest"] * share)})  # fmt: skip
+            entry["held_out"] += shards[-1]["held_out"]
+            entry["train"] += taken - shards[-1]["held_out"]
+            entry["rest"] += shards[-1]["rest"]
+            wanted -= taken
+            link = out / shard["file"]
+            if not link.exists():
+                link.symlink_to(folder / shard["file"])
+    spectra = sum(shard["spectra"] for shard in shards)
+    mine = manifest | {"shards": shards, "spectra": spectra, "per_survey": counts}
     (out / MANIFEST).write_text(json.dumps(mine))
     return out
 

@@ -200,7 +200,7 @@ def training_spectra(
         if survey is not None and shard["survey"] != survey:
             continue
         parquet = pq.ParquetFile(folder / shard["file"])
-        for group in range(parquet.num_row_groups):
+        for group in range(shard["row_groups"]):  # the manifest's: it may list part of a file
             for row in read_rows(parquet, group):
                 if not row["held_out"]:
                     yield from_row(row)
