@@ -3,14 +3,14 @@
 The spectra are synthetic, at APOGEE length: Payne-emulator spectra (7,214 pixels, R 22,500,
 labels drawn uniformly, noise at S/N 50–200) and, one in ten, a real MILES spectrum redrawn
 with new noise; all marked synthetic, written once into shards (`ShardWriter`) and reused. A
-size n trains on n of them, the surveys mixed as in the whole set (a manifest of its own). Per n, a fresh
-`stargon train --shards` process: the resolution-coverage pass over the spectra (once per run),
+size n trains on n of them, the surveys mixed as in the whole set (a manifest of its own). Per
+n, a fresh `stargon train --shards` process: the resolution-coverage pass (once per run),
 steps/s after the first log record, and the peak resident memory of the trainer and its
 reader process together (sampled from /proc every 0.2 s). Baseline in the same run: the
 in-memory trainer (`--data`-style: every spectrum held) at the smallest n. Fitting: spectra/s
 of `fit_spectra` on 64 of the emulator spectra against batch size.
 
-    python -m benchmarks.scale --sizes 10000,50000,200000 --steps 60 --work /tmp/stargon-scale
+    python -m benchmarks.scale --sizes 10000,50000,200000 --steps 100 --work /tmp/stargon-scale
 """
 
 from __future__ import annotations
