@@ -6,7 +6,6 @@ coverage, and what a checkpoint must hold to resume exactly."""
 from __future__ import annotations
 
 import copy
-from itertools import groupby
 
 import numpy as np
 import torch
@@ -188,13 +187,15 @@ class StreamSource:
         assert got == step, (got, step)
         if _refresh_due(self.config, step):
             self.velocity_model, self._tools, self.found = copy.deepcopy(model), None, {}
-        spectra, velocities, ids = [], [], []
-        for lane, group in groupby(records, key=lambda record: record[0]):
-            _, lane_ids, lane_spectra = zip(*group, strict=True)
-            spectra += lane_spectra
-            ids += lane_ids
-            velocities += self._velocities(str(lane), list(lane_ids), list(lane_spectra))
-        return spectra, np.array(velocities), np.array(ids)
+        lanes = np.array([lane for lane, _, _ in records])
+        ids = np.array([i for _, i, _ in records])
+        spectra = [spectrum for _, _, spectrum in records]
+        velocities = np.zeros(len(records))
+        for lane in np.unique(lanes):  # a lane's spectra in one batched search
+            mine = np.flatnonzero(lanes == lane)
+            found = self._velocities(str(lane), ids[mine].tolist(), [spectra[k] for k in mine])
+            velocities[mine] = found
+        return spectra, velocities, ids
 
     def held_out(self, model: StarGON, rest_only: bool) -> Step:
         chosen = [s for s in self.watched if s.frame == "rest" or not rest_only]
