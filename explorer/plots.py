@@ -8,6 +8,7 @@ from scipy.ndimage import uniform_filter1d
 
 from stargon.assets import line_list, nearest_line
 from stargon.core.physics import velocity_of_factor
+from stargon.model.pseudo_continuum import gap_starts
 
 hv.extension("bokeh", logo=False)
 
@@ -100,14 +101,10 @@ def full_range(x: np.ndarray) -> tuple[float | None, float | None]:
     return (float(np.nanmin(x)), float(np.nanmax(x))) if x.size else (None, None)
 
 
-def with_gaps(x: np.ndarray, *ys: np.ndarray, factor: float = 20.0) -> tuple[np.ndarray, ...]:
-    """(x, *ys) with a NaN after every jump in x larger than `factor` median steps (between
-    GALAH's arms, APOGEE's chips, a masked stretch), so a line is broken there, not drawn
-    straight across."""
-    if x.size < 3:
-        return (x, *ys)
-    steps = np.diff(x)
-    cuts = np.flatnonzero(steps > factor * np.median(steps)) + 1
+def with_gaps(x: np.ndarray, *ys: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(x, *ys) with a NaN at every gap in x (`pseudo_continuum.gap_starts`), so a line is
+    broken there, not drawn straight across."""
+    cuts = gap_starts(np.asarray(x, dtype=float))
     return tuple(np.insert(np.asarray(a, dtype=float), cuts, np.nan) for a in (x, *ys))
 
 

@@ -12,7 +12,7 @@ import csv
 import functools
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +25,7 @@ from tqdm import tqdm
 from stargon.core.interop import UserSettings
 from stargon.core.spectrum import Spectrum, SpectrumReadError
 from stargon.model.checkpoint import load_checkpoint, resolve_checkpoint
+from stargon.model.devices import pick_device
 from stargon.model.fit import FitResult, fit_spectra, template_pyramid
 from stargon.surveys.registry import FileOutcome, iter_files, scan
 
@@ -57,7 +58,7 @@ def fit_paths(
     """Fit every spectrum under `paths` into the CSV `out` (and `out` as a FITS table when
     `fits_table`). Files of no known survey are read with `user`'s settings (resolving power,
     medium, frame). A missing path or a bad file is a failure; the rest goes on."""
-    device = resolve_device(device)
+    device = pick_device(device)
     model, _, extra = load_checkpoint(resolve_checkpoint(checkpoint), device)
     with torch.no_grad():
         pyramid = model.decoder.pyramid()
@@ -72,7 +73,7 @@ def fit_paths(
     columns = COLUMNS + [f"{p}_{k}" for p in ("z", "z_err") for k in range(model.config.latent_dim)]
     done = _rows_done(out, columns) if resume else set()
     fit = functools.partial(fit_spectra, model, device=device, pyramid=pyramid, templates=templates)
-    with _csv_rows(out, columns, append=resume) as writer:
+    with _csv_rows(out, columns, append=resume) as write_rows:
         buckets: dict[str, list[Spectrum]] = defaultdict(list)
         bar = tqdm(total=len(files), unit="file", desc="fitting", disable=not progress)
         start = time.perf_counter()
@@ -88,22 +89,15 @@ def fit_paths(
                 bucket = buckets[spectrum.instrument]
                 bucket.append(spectrum)
                 if len(bucket) >= batch_size:
-                    _fit_bucket(fit, bucket, writer, run)
+                    _fit_bucket(fit, bucket, write_rows, run)
                     bar.set_postfix(spectra=run.fitted, per_s=_rate(run.fitted, start))
         for bucket in buckets.values():
-            _fit_bucket(fit, bucket, writer, run)
+            _fit_bucket(fit, bucket, write_rows, run)
         bar.set_postfix(spectra=run.fitted, per_s=_rate(run.fitted, start))
         bar.close()
     if fits_table:
         Table.read(out, format="ascii.csv").write(out.with_suffix(".fits"), overwrite=True)
     return run
-
-
-def resolve_device(device: str) -> torch.device:
-    """`auto`: the GPU when there is one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def read_ahead(files: list[Path], user: UserSettings | None, workers: int) -> Iterator[FileOutcome]:
@@ -127,7 +121,7 @@ def _read_one(path: Path, user: UserSettings | None) -> FileOutcome:
     return next(scan(path, user=user))
 
 
-def _fit_bucket(fit, bucket: list[Spectrum], writer, run: FitRun) -> None:
+def _fit_bucket(fit, bucket: list[Spectrum], write_rows, run: FitRun) -> None:
     """Fit and write a bucket, then empty it. A batch that fails is fitted spectrum by
     spectrum, so that only the spectrum at fault is lost (and named)."""
     if not bucket:
@@ -141,9 +135,7 @@ def _fit_bucket(fit, bucket: list[Spectrum], writer, run: FitRun) -> None:
                 pairs.append((spectrum, fit([spectrum])[0]))
             except (RuntimeError, ValueError) as exc:
                 run.failures.append((spectrum.source, f"fit failed: {exc}"))
-    for spectrum, result in pairs:
-        writer.writerow(_row(spectrum, result))
-    writer.handle.flush()
+    write_rows([_row(spectrum, result) for spectrum, result in pairs])
     run.fitted += len(pairs)
     bucket.clear()
 
@@ -186,12 +178,16 @@ def _rows_done(out: Path, columns: list[str]) -> set[tuple[str, str]]:
 
 
 @contextmanager
-def _csv_rows(out: Path, columns: list[str], append: bool) -> Iterator[csv.DictWriter]:
-    """A CSV writer on `out` whose rows reach the disk at each `flush` (its `handle`)."""
+def _csv_rows(out: Path, columns: list[str], append: bool) -> Iterator[Callable[[list], None]]:
+    """A function writing rows to the CSV `out`, each call's rows on disk when it returns."""
     append = append and out.exists() and out.stat().st_size > 0
     with open(out, "a" if append else "w", newline="") as handle:
         writer = csv.DictWriter(handle, columns)
-        writer.handle = handle
         if not append:
             writer.writeheader()
-        yield writer
+
+        def write_rows(rows: list[dict]) -> None:
+            writer.writerows(rows)
+            handle.flush()
+
+        yield write_rows

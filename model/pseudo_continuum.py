@@ -48,9 +48,7 @@ def stretches(wave: np.ndarray, window_kms: float = WINDOW_KMS) -> list[tuple[in
     short to smooth (its envelope is the flux). The explorer's page redoes the envelope from
     these (`explorer.client`)."""
     wave = np.asarray(wave, dtype=np.float64)
-    steps = np.diff(wave)
-    cuts = np.flatnonzero(steps > GAP_FACTOR * np.median(steps)) + 1 if wave.size > 2 else []
-    bounds = [0, *(int(c) for c in cuts), wave.size]
+    bounds = [0, *gap_starts(wave), wave.size]
     result = []
     for start, stop in pairwise(bounds):
         if stop - start < 3:
@@ -62,6 +60,15 @@ def stretches(wave: np.ndarray, window_kms: float = WINDOW_KMS) -> list[tuple[in
         size = int(np.clip(round(window_kms / max(step_kms, 1e-9)), 1, stop - start))
         result.append((start, stop, size))
     return result
+
+
+def gap_starts(x: np.ndarray) -> list[int]:
+    """Indices that follow a jump in `x` of more than GAP_FACTOR median steps (between GALAH's
+    arms, APOGEE's chips, a masked stretch): where a new stretch starts."""
+    if x.size < 3:
+        return []
+    steps = np.diff(x)
+    return [int(c) for c in np.flatnonzero(steps > GAP_FACTOR * np.median(steps)) + 1]
 
 
 def _envelope(flux: np.ndarray, size: int, percentile: float) -> np.ndarray:

@@ -363,13 +363,11 @@ def serve_command(
     cache: CacheOption = None,
 ) -> None:
     """Open the explorer: latent and velocity sliders, instruments, fits of real stars."""
-    import torch
-
     from stargon.explorer.app import serve
     from stargon.explorer.state import Explorer
+    from stargon.model.devices import pick_device
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(pick_device(device))
     folder = data or default_data_dir()
     explorer = Explorer(checkpoint, folder if folder.exists() else None, device, archive_url, cache)
     console.print(

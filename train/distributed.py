@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from stargon.model.devices import pick_device
+
 
 @dataclass(frozen=True)
 class Context:
@@ -18,12 +20,6 @@ class Context:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def pick_device(request: str = "auto") -> torch.device:
-    if request == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(request)
 
 
 def setup(device_request: str = "auto") -> Context:

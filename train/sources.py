@@ -150,7 +150,7 @@ class StreamSource:
             config.survey_balance, config.warmup_steps, context.rank, context.world_size,
         )  # fmt: skip
         self.cursor: dict[str, list[int]] = self.stream.state()
-        self.watched = held_out_sample(config.shards, config.held_out_spectra)
+        self.watched: list[Spectrum] | None = None  # read when first asked (rank 0 only)
         self.found: dict[str, dict[int, float]] = {}  # per lane: row id → v, this period
         self.velocity_model: StarGON | None = None
         self._tools = None  # the velocity model's pyramid and template bank
@@ -198,6 +198,8 @@ class StreamSource:
         return spectra, velocities, ids
 
     def held_out(self, model: StarGON, rest_only: bool) -> Step:
+        if self.watched is None:
+            self.watched = held_out_sample(self.config.shards, self.config.held_out_spectra)
         chosen = [s for s in self.watched if s.frame == "rest" or not rest_only]
         ids = list(range(len(chosen)))
         return chosen, np.array(self._velocities("held_out", ids, chosen)), np.array(ids)
