@@ -59,7 +59,7 @@ def run_setting(model, pyramid, templates, kind, snr, trials, seed=0) -> dict:
         start = time.perf_counter()
         result = fit_spectrum(model, observed, pyramid=pyramid, templates=templates)
         seconds.append(time.perf_counter() - start)
-        v_grid, chi2 = template_scan(model, make_batch([observed]), templates)
+        [(v_grid, chi2)] = template_scan(model, make_batch([observed]), templates)
         delta_scan.append(v_grid[int(np.argmin(chi2.min(axis=0)))] - v_true)
         if star not in zero_points:
             unshifted = inject(pool[star], 0.0, NOISELESS_SNR, rng)

@@ -92,20 +92,23 @@ def make_batch(
     width = max(r[0].size for r in rows)
     degree = max(continuum_degree(s) for s in spectra)
     arrays = [np.zeros((len(rows), width)) for _ in range(6)]
-    arrays[0][:] = 1.0  # padding wavelength: any positive value
-    arrays[3][:] = 1.0
     scales = np.ones(len(rows))
     for b, (wave, flux, ivar, res, seg, x) in enumerate(rows):
         n = wave.size
         for array, values in zip(arrays, (wave, flux, ivar, res, seg, x), strict=True):
             array[b, :n] = values
-        arrays[0][b, n:] = wave[-1]
+        arrays[0][b, n:] = wave[-1]  # padding: any wavelength and R the spectrum has
+        arrays[3][b, n:] = res[-1]
         scales[b] = np.median(np.abs(flux[ivar > 0])) or 1.0
     wave, flux, ivar, res, seg, x = (torch.as_tensor(a) for a in arrays)
     flux = flux / torch.as_tensor(scales)[:, None]
     ivar = ivar * torch.as_tensor(scales)[:, None] ** 2
     design = legendre_design(x, seg.long(), MAX_SEGMENTS, degree)
-    design = design * _degree_mask(spectra, degree)[:, None, :]
+    mask = _degree_mask(spectra, degree)
+    segments = torch.as_tensor([min(len(s.segments), MAX_SEGMENTS) for s in spectra])
+    mask = mask * (torch.arange(MAX_SEGMENTS).repeat_interleave(degree + 1) < segments[:, None])
+    used = mask.any(0)  # the columns some spectrum uses
+    design = design[..., used] * mask[:, None, used]
     velocities = torch.as_tensor(np.zeros(len(rows)) if v_kms is None else np.asarray(v_kms))
     return PixelBatch(
         wave=wave.to(torch.float64),  # kept in double: Doppler shifts are tiny

@@ -29,16 +29,19 @@ def solve_continuum(
 ) -> torch.Tensor:
     """C = design · c with c = argmin Σ ivar (flux − model · design c)², in closed form.
 
-    The ridge is relative to the normal matrix's mean diagonal, so it does not depend on the
-    flux units; it keeps segments without valid pixels solvable (their C is then 0).
+    The ridge is relative to the mean of the normal matrix's non-zero diagonal, so it depends
+    neither on the flux units nor on columns no pixel uses; it keeps segments without valid
+    pixels solvable (their C is then 0).
     """
     columns = model.unsqueeze(-1) * design
     weighted = columns * ivar.unsqueeze(-1)
     normal = weighted.transpose(-1, -2) @ columns
-    scale = normal.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-30)
+    diagonal = normal.diagonal(dim1=-2, dim2=-1)
+    used = (diagonal > 0).sum(-1).clamp_min(1)
+    scale = (diagonal.sum(-1) / used).clamp_min(1e-30)
     eye = torch.eye(normal.shape[-1], dtype=normal.dtype, device=normal.device)
     normal = normal + ridge * scale[..., None, None] * eye
-    rhs = (weighted * flux.unsqueeze(-1)).sum(-2)
+    rhs = (weighted.transpose(-1, -2) @ flux.unsqueeze(-1)).squeeze(-1)
     coeffs = torch.linalg.solve(normal, rhs.unsqueeze(-1)).squeeze(-1)
     if design.ndim < coeffs.ndim + 1:
         design = design.expand(*coeffs.shape[:-1], *design.shape)

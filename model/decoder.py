@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stargon.core.physics import FWHM_PER_SIGMA, lsf_sigma, observed_to_rest
+from stargon.core.physics import C_KMS, FWHM_PER_SIGMA, lsf_sigma, observed_to_rest
 
 
 @dataclass
@@ -152,27 +152,93 @@ class BasisDecoder(nn.Module):
         `resolving_power` is a scalar or per pixel. Differentiable in the table, v and λ.
         """
         pyramid = self.pyramid() if pyramid is None else pyramid
-        # ln λ in float64: float32 would limit velocities to ε·c ≈ 0.3 km/s.
-        wave64 = wave_obs.to(torch.float64)
-        v = torch.as_tensor(v_kms, device=wave_obs.device).to(torch.float64)
-        if v.ndim > 0:
-            v = v.unsqueeze(-1)
-        ln_rest = torch.log(observed_to_rest(wave64, v))
-        resolving_power = torch.as_tensor(resolving_power, device=wave_obs.device)
+        v = torch.as_tensor(v_kms, device=wave_obs.device)
+        ln_rest = _ln_rest(wave_obs, v.unsqueeze(-1) if v.ndim > 0 else v)
+        return self._read(pyramid, ln_rest, resolving_power)[0]
+
+    def pixel_basis_and_slope(
+        self,
+        wave_obs: torch.Tensor,
+        v_kms: torch.Tensor,
+        resolving_power: torch.Tensor | float,
+        pyramid: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`pixel_basis` at v_kms (B,) and its derivative in v, in one pass (without graph):
+        linear interpolation's slope is the table's difference across the cell, and
+        ∂ ln λ_rest / ∂v = −1 / (c + v)."""
+        v = v_kms.to(torch.float64).unsqueeze(-1)
+        basis, slope = self._read(pyramid, _ln_rest(wave_obs, v), resolving_power, gradient=True)
+        return basis, slope * (-1.0 / (C_KMS + v)).to(slope.dtype)
+
+    def _read(self, pyramid, ln_rest, resolving_power, gradient: bool = False):
+        """The pyramid read at ln λ_rest through an LSF of resolving power R: (K+1, …) values
+        and, with `gradient`, their derivative in ln λ (zero beyond the table's ends).
+
+        Each level is read only at the pixels whose R it serves (two levels per pixel), so
+        per-pixel R costs two reads, not one per level it spans; a pixel's level weight and
+        interpolation weights are folded into one factor per table row read."""
+        rows, size = pyramid[0].shape[0], ln_rest.numel()
+        flat = ln_rest.reshape(-1)
+        basis = slope = None
+        for index, weight in self._level_weights(resolving_power, ln_rest.device):
+            table, step = pyramid[index], self.levels[index].step
+            weight = weight.expand(ln_rest.shape).reshape(-1).to(table.dtype)
+            where = torch.nonzero(weight > 0).squeeze(-1)
+            every = len(where) == size
+            position = (flat if every else flat[where]) - self.ln_min
+            position = position / step
+            left = position.detach().floor().clamp(0, table.shape[-1] - 2).long()
+            t = (position - left).clamp(0, 1).to(table.dtype)
+            w = weight if every else weight[where]
+            reads = [table.index_select(-1, left), table.index_select(-1, left + 1)]
+            factors = [w * (1 - t), w * t]
+            if gradient:
+                inside = (position >= 0) & (position <= table.shape[-1] - 1)
+                change = w * inside.to(table.dtype) / step
+                slope = _accumulate(slope, reads, [-change, change], where, (rows, size), every)
+            basis = _accumulate(basis, reads, factors, where, (rows, size), every)
+        unflat = (rows, *ln_rest.shape)
+        return basis.reshape(unflat), slope.reshape(unflat) if gradient else None
+
+    def pixel_model(
+        self,
+        z: torch.Tensor,
+        wave_obs: torch.Tensor,
+        v_kms: torch.Tensor,
+        resolving_power: torch.Tensor,
+        pyramid: list[torch.Tensor],
+    ) -> torch.Tensor:
+        """Normalised flux (B, V, P) of each star's latent z (B, D) at each of its velocities
+        v_kms (B, V), at pixels wave_obs (B, P) of resolving power (B, P): `decode` of
+        `pixel_basis`, but the star's own spectrum is summed on the table first (over the
+        stretch the pixels read), so each pixel reads one row instead of K+1."""
+        ln_rest = _ln_rest(wave_obs.unsqueeze(1), v_kms.unsqueeze(-1))  # (B, V, P)
+        weights = self.h(z)
+        model = torch.zeros(ln_rest.shape, dtype=self.table.dtype, device=wave_obs.device)
+        for index, weight in self._level_weights(resolving_power, wave_obs.device):
+            step, table = self.levels[index].step, pyramid[index]
+            position = (ln_rest - self.ln_min) / step
+            low = int(position.min().floor().clamp(0, table.shape[-1] - 2))
+            high = int(position.max().floor().clamp(0, table.shape[-1] - 2)) + 2
+            stars = table[0, low:high] + weights @ table[1:, low:high]  # (B, high − low)
+            values = _interpolate_rows(stars, position - low)
+            model = model + weight.unsqueeze(1).to(model.dtype) * values
+        return model
+
+    def _level_weights(self, resolving_power, device) -> list[tuple[int, torch.Tensor]]:
+        """The pyramid levels a resolving power (scalar or per pixel) reads, with their
+        weights: the two that bracket its LSF σ (`_bracketing_level`)."""
+        resolving_power = torch.as_tensor(resolving_power, device=device)
         # The LSF level weights depend on R only (not on v): computed at R's own shape.
         var = lsf_sigma(1.0, resolving_power.to(torch.float64)) ** 2  # in ln λ
         sigmas2 = torch.tensor([lv.sigma**2 for lv in self.levels], dtype=torch.float64)
         lower, t = _bracketing_level(var, sigmas2.to(var.device), self.config.lsf_mixing)
-        basis = torch.zeros(
-            (pyramid[0].shape[0], *ln_rest.shape), dtype=self.table.dtype, device=wave_obs.device
-        )
-        for index, level in enumerate(self.levels):
+        reads = []
+        for index in torch.unique(torch.cat([lower.reshape(-1), lower.reshape(-1) + 1])).tolist():
             weight = torch.where(lower == index, 1 - t, 0) + torch.where(lower + 1 == index, t, 0)
-            if not bool((weight > 0).any()):
-                continue
-            values = _interpolate(pyramid[index], ln_rest, self.ln_min, level.step)
-            basis = basis + weight.to(basis.dtype) * values
-        return basis
+            if bool((weight > 0).any()):
+                reads.append((index, weight))
+        return reads
 
     def templates(self, z: torch.Tensor) -> torch.Tensor:
         """Rest-frame spectra (M, n_table) on the table grid at intrinsic resolution."""
@@ -242,13 +308,28 @@ def _equal_fwhm_weight(lo: torch.Tensor, hi: torch.Tensor, var: torch.Tensor) ->
     return (a / (a - b).where(a != b, torch.ones_like(a))).clamp(0, 1)
 
 
-def _interpolate(table: torch.Tensor, ln_wave: torch.Tensor, ln_min: float, step: float):
-    """Linear interpolation of every row of `table` at ln λ; (K, *ln_wave.shape)."""
-    position = (ln_wave - ln_min) / step
-    n = table.shape[-1]
-    left = position.detach().floor().clamp(0, n - 2).long()
-    t = (position - left).clamp(0, 1).to(table.dtype)
-    flat_left = left.reshape(-1)
-    values_left = table[:, flat_left].reshape(table.shape[0], *ln_wave.shape)
-    values_right = table[:, flat_left + 1].reshape(table.shape[0], *ln_wave.shape)
-    return values_left + t * (values_right - values_left)
+def _ln_rest(wave_obs: torch.Tensor, v_kms: torch.Tensor) -> torch.Tensor:
+    """ln λ_rest of observed vacuum λ from a star at v, in float64: float32 would limit
+    velocities to ε·c ≈ 0.3 km/s."""
+    return torch.log(observed_to_rest(wave_obs.to(torch.float64), v_kms.to(torch.float64)))
+
+
+def _interpolate_rows(table: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """Row b of `table` (B, N) read by linear interpolation at fractional indices
+    position[b] (B, …)."""
+    flat = position.reshape(len(table), -1)
+    left = flat.floor().clamp(0, table.shape[-1] - 2).long()
+    t = (flat - left).clamp(0, 1).to(table.dtype)
+    values_left, values_right = table.gather(1, left), table.gather(1, left + 1)
+    return (values_left + t * (values_right - values_left)).reshape(position.shape)
+
+
+def _accumulate(total, reads, factors, where, shape, every: bool) -> torch.Tensor:
+    """total + Σ read·factor (rows read at `where`, factors per pixel), as few passes over
+    the (K+1, pixels) arrays as possible; total None is zero."""
+    if every:
+        for read, factor in zip(reads, factors, strict=True):
+            total = read * factor if total is None else torch.addcmul(total, read, factor)
+        return total
+    total = reads[0].new_zeros(shape) if total is None else total
+    return total.index_add(1, where, reads[0] * factors[0] + reads[1] * factors[1])

@@ -16,20 +16,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.fft
 import torch
-from torch.func import jvp
 
 from stargon.core.physics import C_KMS, FWHM_PER_SIGMA, doppler_factor, velocity_of_factor
 from stargon.core.spectrum import Spectrum
 from stargon.model.batch import PixelBatch, make_batch
 from stargon.model.continuum import solve_continuum
 from stargon.model.decoder import gaussian_blur
-from stargon.model.gon import StarGON, normal_equations
+from stargon.model.gon import StarGON, with_prior
 from stargon.model.pseudo_continuum import pseudo_continuum
 
 V_MAX = 1000.0  # km/s, the velocity search range
 FINE_HALF_WIDTH, FINE_STEP, FINE_STEPS_PER_FWHM = 15.0, 1.0, 20.0
 BASIS_BUDGET = 8_000_000  # floats per velocity chunk in the scan
+SCAN_SAMPLES_PER_SIGMA = 2.5  # the template scan's grid: the LSF σ over at least 2.5 steps
+GAIN_TOLERANCE, RELATIVE_GAIN_TOLERANCE = 1e-2, 1e-6  # a step gaining less in χ² ends the fit
+CONTINUUM_RIDGE = 1e-6  # relative; keeps the continuum's unused columns out of the projection
+RELINEARISE, MAX_ROUNDS = 0.002, 3  # re-linearise when v moved > 0.2 % of the FWHM
 
 
 @dataclass
@@ -53,39 +57,78 @@ class FitResult:
 
 def template_scan(
     model: StarGON, batch: PixelBatch, templates: list[torch.Tensor], v_max: float = V_MAX
-) -> tuple[np.ndarray, np.ndarray]:
-    """χ²/n (M, V) of M template spectra at every velocity within ±v_max that the template
-    table resolves, and those velocities (V,), by cross-correlation in ln λ.
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each spectrum of the batch: the velocities within ±v_max that the template table
+    resolves (V,) and χ²/n (M, V) of the M template spectra at each, by cross-correlation in
+    ln λ.
 
     A Doppler shift is a translation in ln λ and an LSF of constant R a fixed kernel there, so
-    the templates are blurred once to the spectrum's median R and every shift is one lag of a
-    correlation: with the continuum C solved once (v = 0) and a free amplitude per lag,
-    χ²(s) = Σ ivar f² − (Σ ivar f C T_s)² / Σ ivar C² T_s², both sums one FFT each.
-    The pixels are laid onto the table grid by the adjoint of linear interpolation.
+    the templates are blurred once to the spectrum's median R (on a 1 % grid) and every shift
+    is one lag of a correlation: with the continuum C solved once (v = 0) and a free amplitude
+    per lag, χ²(s) = Σ ivar f² − (Σ ivar f C T_s)² / Σ ivar C² T_s², both sums one FFT each.
+    The pixels are laid onto the table grid by the adjoint of linear interpolation. Spectra of
+    the same LSF width share the templates' transforms.
     """
-    decoder = model.decoder
-    flux, ivar, wave = (x[0].to(torch.float64) for x in (batch.flux, batch.ivar, batch.wave))
-    with torch.no_grad():
-        reference = model.observation_basis(wave, 0.0, batch.resolving_power[0], templates)[0]
-        continuum = solve_continuum(batch.design[0].double(), flux, ivar, reference.double())
-    good = ivar > 0
-    sigma = float((1.0 / (FWHM_PER_SIGMA * batch.resolving_power[0][good].double())).median())
-    level = max(i for i, lv in enumerate(decoder.levels) if lv.sigma <= sigma)
-    step = decoder.levels[level].step
-    extra = math.sqrt(max(sigma**2 - decoder.levels[level].sigma ** 2, 0.0)) / step
-    position = (torch.log(wave[good]) - decoder.ln_min) / step
-    cell = position.floor().long()
-    frac = position - cell
-    first, n_cells = int(cell.min()), int(cell.max() - cell.min()) + 2
-    weights = torch.stack([ivar * flux * continuum, ivar * continuum**2])[:, good]
-    laid = torch.zeros(2, n_cells, dtype=torch.float64, device=flux.device)
-    laid.index_add_(1, cell - first, weights * (1 - frac))
-    laid.index_add_(1, cell - first + 1, weights * frac)
-    lags = math.ceil(math.log(doppler_factor(v_max)) / step)
     if not isinstance(templates, TemplatePyramid):
         templates = TemplatePyramid(templates)
+    with torch.no_grad():
+        first = [level[:1] for level in templates]
+        reference = model.observation_basis(batch.wave, 0.0, batch.resolving_power, first)[0]
+        continuum = solve_continuum(
+            batch.design.double(), batch.flux.double(), batch.ivar.double(), reference.double()
+        )
+    widths = _scan_widths(batch)
+    scans: list = [None] * len(widths)
+    for width in np.unique(widths):
+        rows = np.flatnonzero(widths == width)
+        per_chunk = max(1, BASIS_BUDGET // (len(templates[0]) * 2 * len(batch.flux[0]) * 8))
+        for first in range(0, len(rows), per_chunk):
+            chunk = rows[first : first + per_chunk]
+            index = torch.as_tensor(chunk, device=batch.flux.device)
+            v_grid, chi2 = _scan_same_width(
+                model, batch.select(index), continuum[index], templates, float(width), v_max
+            )
+            for row, values in zip(chunk, chi2, strict=True):
+                scans[row] = (v_grid, values)
+    return scans
+
+
+def _scan_widths(batch: PixelBatch) -> np.ndarray:
+    """The LSF σ in ln λ the scan blurs each spectrum's templates to: its median R's, on a
+    1 % grid so that spectra of one instrument share it."""
+    resolving_power = batch.resolving_power.masked_fill(batch.ivar <= 0, float("nan"))
+    median = resolving_power.double().nanmedian(-1).values.cpu().numpy()
+    median = np.where(np.isfinite(median), median, np.inf)  # no valid pixel: no blur
+    sigma = 1.0 / (FWHM_PER_SIGMA * median)
+    with np.errstate(divide="ignore"):
+        return np.where(sigma > 0, np.exp(np.round(np.log(sigma) / 0.01) * 0.01), 0.0)
+
+
+def _scan_same_width(model, batch, continuum, templates, sigma, v_max):
+    """`template_scan` of spectra whose templates are blurred to one σ: (V,), (G, M, V)."""
+    decoder = model.decoder
+    flux, ivar, wave = batch.flux.double(), batch.ivar.double(), batch.wave
+    level = max(i for i, lv in enumerate(decoder.levels) if lv.sigma <= sigma)
+    extra = math.sqrt(max(sigma**2 - decoder.levels[level].sigma ** 2, 0.0))
+    extra /= decoder.levels[level].step
+    every = max(1, int(sigma / (SCAN_SAMPLES_PER_SIGMA * decoder.levels[level].step)))
+    step = every * decoder.levels[level].step  # the scan's grid: the level's, thinned
+    position = (torch.log(wave) - decoder.ln_min) / step
+    cell = position.floor().long()
+    frac = position - cell
+    good = ivar > 0
+    first = int(cell[good].min())
+    n_cells = int(cell[good].max()) - first + 2
+    cell = (cell - first).clamp(0, n_cells - 2)  # padding pixels (no weight) kept in range
+    weights = torch.stack([ivar * flux * continuum, ivar * continuum**2])  # (2, G, P)
+    offset = torch.arange(len(flux), device=flux.device)[:, None] * n_cells
+    laid = torch.zeros(2, len(flux) * n_cells, dtype=torch.float64, device=flux.device)
+    laid.index_add_(1, (cell + offset).reshape(-1), (weights * (1 - frac)).reshape(2, -1))
+    laid.index_add_(1, (cell + 1 + offset).reshape(-1), (weights * frac).reshape(2, -1))
+    laid = laid.reshape(2, len(flux), n_cells)
+    lags = math.ceil(math.log(doppler_factor(v_max)) / step)
     size = templates[level].shape[-1]
-    index = torch.arange(first - lags, first + n_cells + lags, device=flux.device)
+    index = torch.arange(first - lags, first + n_cells + lags, device=flux.device) * every
     index = index.clamp(0, size - 1)
     low, high = int(index[0]), int(index[-1]) + 1
     if extra > 0.1:
@@ -93,12 +136,13 @@ def template_scan(
     else:
         table = templates[level][:, low:high].detach().double()
     segment = table[:, index - low]
-    length = 1 << (segment.shape[-1] - 1).bit_length()  # a power of two: a fast FFT
-    spectra = torch.fft.rfft(torch.stack([segment, segment**2]), n=length)
-    kernels = torch.fft.rfft(laid, n=length).conj().unsqueeze(1)
-    cross, norm = torch.fft.irfft(spectra * kernels, n=length)[..., : 2 * lags + 1]
-    total = (ivar * flux**2).sum()
-    chi2 = (total - cross**2 / norm.clamp_min(1e-300)) / batch.n_valid[0].item()
+    length = scipy.fft.next_fast_len(segment.shape[-1], real=True)
+    spectra = torch.fft.rfft(torch.stack([segment, segment**2]), n=length)  # (2, M, F)
+    kernels = torch.fft.rfft(laid, n=length).conj()  # (2, G, F)
+    products = spectra.unsqueeze(1) * kernels.unsqueeze(2)  # (2, G, M, F)
+    cross, norm = torch.fft.irfft(products, n=length)[..., : 2 * lags + 1]
+    total = (ivar * flux**2).sum(-1)
+    chi2 = (total[:, None, None] - cross**2 / norm.clamp_min(1e-300)) / batch.n_valid[:, None, None]
     shifts = lags - np.arange(2 * lags + 1)
     return velocity_of_factor(np.exp(shifts[::-1] * step)), chi2.flip(-1).cpu().numpy()
 
@@ -143,43 +187,27 @@ def latent_scan(
     The continuum is smooth and hardly changes across a few km/s, so it is solved once, at each
     grid's centre, and each velocity only gets a closed-form amplitude.
     """
-    n_spectra, n_pix = batch.flux.shape
-    v_grid = np.array(
-        np.broadcast_to(np.asarray(v_grid, dtype=float), (n_spectra, np.shape(v_grid)[-1]))
-    )
+    n_spectra = len(batch.flux)
+    v_grid = np.broadcast_to(
+        np.asarray(v_grid, dtype=float), (n_spectra, np.shape(v_grid)[-1])
+    ).copy()
     flux, ivar = batch.flux, batch.ivar
     device = flux.device
-
-    def model_at(v: torch.Tensor) -> torch.Tensor:  # v (B, c) → models (B, c, P)
-        columns = v.shape[1]
-
-        def repeat(x: torch.Tensor) -> torch.Tensor:  # (B, …) → (B·c, …)
-            return x.repeat_interleave(columns, dim=0)
-
-        basis = model.observation_basis(
-            repeat(batch.wave), v.reshape(-1), repeat(batch.resolving_power), pyramid
-        )
-        return model.observe(repeat(z), basis).reshape(n_spectra, columns, n_pix)
-
     centre = torch.as_tensor(np.median(v_grid, axis=1), dtype=torch.float64, device=device)
-    chunk = max(1, BASIS_BUDGET // ((model.config.n_basis + 1) * n_pix * n_spectra))
-    chi2 = []
+    velocities = torch.as_tensor(v_grid, dtype=torch.float64, device=device)
     with torch.no_grad():
-        continuum = solve_continuum(batch.design, flux, ivar, model_at(centre[:, None])[:, 0])
-        for start in range(0, v_grid.shape[1], chunk):
-            v = torch.as_tensor(
-                v_grid[:, start : start + chunk], dtype=torch.float64, device=device
-            )
-            shape = continuum.unsqueeze(1) * model_at(v)
-            weighted = ivar.unsqueeze(1) * shape
-            amplitude = (weighted * flux.unsqueeze(1)).sum(-1) / (weighted * shape).sum(
-                -1
-            ).clamp_min(1e-30)
-            residual = (
-                ivar.unsqueeze(1) * (flux.unsqueeze(1) - amplitude.unsqueeze(-1) * shape) ** 2
-            )
-            chi2.append((residual.sum(-1) / batch.n_valid.unsqueeze(1)).cpu().numpy())
-    return np.concatenate(chi2, axis=1)
+        models = model.decoder.pixel_model(
+            z, batch.wave, torch.cat([centre[:, None], velocities], 1), batch.resolving_power,
+            pyramid,
+        )  # fmt: skip
+        continuum = solve_continuum(batch.design, flux, ivar, models[:, 0])
+        shape = continuum.unsqueeze(1) * models[:, 1:]
+        weighted = ivar.unsqueeze(1) * shape
+        amplitude = (weighted * flux.unsqueeze(1)).sum(-1) / (weighted * shape).sum(-1).clamp_min(
+            1e-30
+        )
+        residual = ivar.unsqueeze(1) * (flux.unsqueeze(1) - amplitude.unsqueeze(-1) * shape) ** 2
+        return (residual.sum(-1) / batch.n_valid.unsqueeze(1)).cpu().numpy()
 
 
 def template_pyramid(model: StarGON, prototypes: torch.Tensor | None = None) -> TemplatePyramid:
@@ -199,29 +227,31 @@ def find_velocities(model: StarGON, batch: PixelBatch, pyramid=None, templates=N
     templates = template_pyramid(model) if templates is None else templates
     n_spectra = len(batch.flux)
     best, half_width = np.zeros(n_spectra), np.zeros(n_spectra)
-    for i in range(n_spectra):
-        v_grid, chi2 = template_scan(model, batch.select([i]), templates)
-        best[i] = v_grid[int(np.argmin(chi2.min(axis=0)))]
+    for i, (v_grid, chi2) in enumerate(template_scan(model, batch, templates)):
+        closest = chi2[np.unravel_index(int(np.argmin(chi2)), chi2.shape)[0]]
+        best[i] = _parabola_minimum(v_grid, closest)
         half_width[i] = max(FINE_HALF_WIDTH, float(np.diff(v_grid).max()))
     trial = batch.with_velocity(
         torch.as_tensor(best, dtype=batch.flux.dtype, device=batch.flux.device)
     )
     z = model.encode(trial, model.basis(trial, pyramid))
-    resolving_power = batch.resolving_power.masked_fill(batch.ivar <= 0, float("nan"))
-    fwhm = C_KMS / resolving_power.double().nanmedian(-1).values.cpu().numpy()
+    fwhm = lsf_fwhm_kms(batch)
     step = np.maximum(FINE_STEP, fwhm / FINE_STEPS_PER_FWHM)
     reach = np.ceil(half_width / step)  # steps each side, per spectrum
     k = np.arange(-reach.max(), reach.max() + 1)
     fine = latent_scan(model, batch, pyramid, z, best[:, None] + k * step[:, None])
     fine[np.abs(k)[None, :] > reach[:, None]] = np.inf  # each spectrum its own window
-    velocities = np.empty(n_spectra)
-    for b, row in enumerate(fine):
-        i = int(np.clip(np.argmin(row), 1, len(row) - 2))
-        y0, y1, y2 = row[i - 1 : i + 2]
-        curvature = y0 - 2 * y1 + y2
-        offset = 0.5 * (y0 - y2) / curvature if np.isfinite(curvature) and curvature > 0 else 0.0
-        velocities[b] = best[b] + (k[i] + np.clip(offset, -1, 1)) * step[b]
-    return velocities
+    return np.array([_parabola_minimum(best[b] + k * step[b], row) for b, row in enumerate(fine)])
+
+
+def _parabola_minimum(grid: np.ndarray, values: np.ndarray) -> float:
+    """The minimum of `values` on an even `grid`, refined by a parabola through its
+    neighbours (kept within one step of the lowest point)."""
+    i = int(np.clip(np.argmin(values), 1, len(values) - 2))
+    y0, y1, y2 = values[i - 1 : i + 2]
+    curvature = y0 - 2 * y1 + y2
+    offset = 0.5 * (y0 - y2) / curvature if np.isfinite(curvature) and curvature > 0 else 0.0
+    return float(grid[i] + np.clip(offset, -1, 1) * (grid[1] - grid[0]))
 
 
 def find_velocity(model: StarGON, batch: PixelBatch, pyramid=None, templates=None) -> float:
@@ -260,8 +290,8 @@ def fit_spectra(
         v0[rows] = find_velocities(model, batch.select(rows), pyramid, templates)
     v = torch.as_tensor(v0, dtype=batch.flux.dtype, device=device)
     moving_mask = torch.as_tensor(moving, device=device)
-    z, v, covariance = _refine(model, batch, pyramid, None, v, moving_mask, refine_steps)
-    return _results(model, spectra, batch, pyramid, z, v, covariance)
+    z, v, covariance, linearised = _refine(model, batch, pyramid, v, moving_mask, refine_steps)
+    return _results(model, spectra, linearised, z, v, covariance)
 
 
 def fit_spectrum(
@@ -277,38 +307,55 @@ def fit_spectrum(
     return fit_spectra(model, [spectrum], fit_velocity, refine_steps, device, pyramid, templates)[0]
 
 
-def _refine(model, batch, pyramid, z, v, moving, steps, rounds: int = 2):
-    """Joint MAP (z, v) by damped Gauss–Newton. The basis is linear in v over the sub-km/s
-    steps left after the scan, so it is linearised around the current v (one forward-mode
-    derivative) and re-linearised once, instead of being re-read from the table each step.
-    Spectra with v held go through the rounds too (their steps simply continue), so that a
-    spectrum gets the same steps whatever its batch holds: rest-frame MILES and STELIB stars
-    were still 1–4 σ_z from their optimum after one round of 20 steps. Without a z, the first
-    round starts from the encoder's step on its own basis."""
-    for _ in range(rounds):
-        z, v, covariance = _refine_linearised(model, batch, pyramid, z, v.detach(), moving, steps)
-    return z, v, covariance
+def _refine(model, batch, pyramid, v, moving, steps):
+    """Joint MAP (z, v) by damped Gauss–Newton, from the encoder's step at the scan's v.
+
+    The basis is linear in v over the sub-km/s steps left after the scan, so it is linearised
+    around v (one forward-mode derivative) instead of being re-read from the table each step;
+    a spectrum whose v moved by more than RELINEARISE × its LSF's FWHM is linearised again
+    at its new v and refined once more (MAX_ROUNDS in all). Spectra with v held keep a zero v
+    column. Returns z, v, the Laplace covariance of z and the final linearisation."""
+    linearised = _linearise(model, batch, pyramid, v, moving)
+    z = model.encode(batch.with_velocity(v), linearised.basis0)
+    fwhm = torch.as_tensor(lsf_fwhm_kms(batch), dtype=v.dtype, device=v.device)
+    rows = torch.arange(len(v), device=v.device)
+    for round_ in range(MAX_ROUNDS):
+        part = linearised.rows(rows)
+        z[rows], v[rows] = _gauss_newton(model, part, z[rows], v[rows], steps)
+        moved = moving[rows] & ((v[rows] - part.v0).abs() > RELINEARISE * fwhm[rows])
+        rows = rows[moved]
+        if not len(rows) or round_ == MAX_ROUNDS - 1:
+            break
+        linearised.replace(rows, _linearise(model, batch.select(rows), pyramid, v[rows], True))
+    normal, _ = linearised.normal_equations(model, z, v)
+    covariance = torch.linalg.inv(normal)[:, : z.shape[-1], : z.shape[-1]]
+    return z, v, covariance, linearised
 
 
 @dataclass
 class _Linearised:
-    """Spectra with their basis linearised in v around v0 (no slope when no v is fitted) and
-    the prior's precision per parameter; `rows` takes some of them, for the ones still moving."""
+    """Spectra with their basis linearised in v around v0, the prior's precision per
+    parameter (z, v) and which spectra fit v; `rows` takes some of them."""
 
     batch: PixelBatch
     basis0: torch.Tensor  # (K+1, B, P)
-    slope: torch.Tensor | None  # ∂basis/∂v, (K+1, B, P)
+    slope: torch.Tensor  # ∂basis/∂v, (K+1, B, P)
     v0: torch.Tensor
-    penalty: torch.Tensor  # (B, D [+1])
+    penalty: torch.Tensor  # (B, D + 1)
+    moving: torch.Tensor  # (B,) bool
 
     def rows(self, index: torch.Tensor) -> _Linearised:
-        slope = None if self.slope is None else self.slope[:, index]
-        return _Linearised(self.batch.select(index), self.basis0[:, index], slope,
-                           self.v0[index], self.penalty[index])  # fmt: skip
+        if len(index) == len(self.v0):  # all of them, in order: no copy
+            return self
+        return _Linearised(self.batch.select(index), self.basis0[:, index], self.slope[:, index],
+                           self.v0[index], self.penalty[index], self.moving[index])  # fmt: skip
+
+    def replace(self, index: torch.Tensor, other: _Linearised) -> None:
+        """Take `other`'s linearisation for the spectra at `index`."""
+        self.basis0[:, index], self.slope[:, index] = other.basis0, other.slope
+        self.v0[index] = other.v0
 
     def basis(self, v: torch.Tensor) -> torch.Tensor:
-        if self.slope is None:
-            return self.basis0
         return self.basis0 + (v - self.v0).to(self.basis0.dtype)[:, None] * self.slope
 
     def posterior(self, model: StarGON, z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -317,110 +364,135 @@ class _Linearised:
             batch = self.batch.with_velocity(v)
             return model.chi2(z, self.basis(v), batch) * batch.n_valid + model.prior_term(z)
 
+    def flux_slope(self, model: StarGON, z: torch.Tensor) -> torch.Tensor:
+        """∂f/∂v (B, P) of the normalised model: S₀ + h(z)·S."""
+        with torch.no_grad():
+            return self.slope[0] + torch.einsum("bk,kbp->bp", model.decoder.h(z), self.slope[1:])
+
     def normal_equations(self, model: StarGON, z: torch.Tensor, v: torch.Tensor):
-        return _normal_equations(model, self.batch, z, v, self.basis(v), self.slope, self.penalty)
+        return _normal_equations(model, self, z, v)
 
 
-def _refine_linearised(model, batch, pyramid, z, v0, moving, steps, tolerance=1e-2):
+def _linearise(model, batch, pyramid, v, moving) -> _Linearised:
+    """The basis at v and its derivative in v, with the prior's precision."""
+    with torch.no_grad():
+        basis0, slope = model.decoder.pixel_basis_and_slope(
+            batch.wave, v, batch.resolving_power, pyramid
+        )
+    moving = torch.as_tensor(moving, device=v.device).expand(len(v))
+    penalty = torch.full(
+        (len(v), model.config.latent_dim + 1),
+        model.config.prior_precision,
+        dtype=torch.float64,
+        device=v.device,
+    )
+    penalty[:, -1] = (~moving).double()  # v has no prior; a held v stays put
+    return _Linearised(batch, basis0, slope, v.clone(), penalty, moving)
+
+
+def _gauss_newton(model, linearised: _Linearised, z, v, steps):
     """Gauss–Newton on −2 ln posterior = χ² + zᵀΛz over (z, v) with the continuum re-solved at
     every step; a step that does not lower it is halved (up to 8 times). Each spectrum stops
-    on its own (no gain, or a step that halving cannot save) and is left out of the later
-    steps. Returns z, v and the Laplace covariance of z (the z block of the joint inverse: v's
-    uncertainty included). Spectra whose v is held (`moving` false) get a zero v column and a
-    unit v prior: their v stays put."""
-
-    def basis_at(velocity):
-        return model.basis(batch.with_velocity(velocity), pyramid)
-
-    fit_velocity = bool(moving.any())
-    with torch.no_grad():
-        if fit_velocity:
-            basis0, slope = jvp(basis_at, (v0,), (moving.to(v0.dtype),))
-        else:
-            basis0, slope = basis_at(v0), None
-    if z is None:
-        z = model.encode(batch.with_velocity(v0), basis0)
-    dim = z.shape[-1]
-    penalty = torch.full(
-        (len(z), dim + int(fit_velocity)),
-        model.config.prior_precision,
-        dtype=basis0.dtype,
-        device=basis0.device,
-    )
-    if fit_velocity:
-        penalty[:, -1] = (~moving).to(penalty.dtype)  # v has no prior; a held v stays put
-    linearised = _Linearised(batch, basis0, slope, v0, penalty)
-    z, v = z.detach().clone(), v0.clone()
+    on its own — when its step promises less than its tolerance, gains less, or cannot be
+    saved by halving — and is left out of the later steps, so its result does not depend on
+    its batch-mates. The tolerance, GAIN_TOLERANCE of χ² (a tenth of σ), grows with χ² where
+    float32 sums of many pixels are noisier than that (~2×10⁻⁷ χ²)."""
+    z, v = z.detach().clone(), v.detach().clone()
     current = linearised.posterior(model, z, v)
+    tolerance = (RELATIVE_GAIN_TOLERANCE * current).clamp_min(GAIN_TOLERANCE)
     active = torch.ones(len(z), dtype=torch.bool, device=z.device)
     for _ in range(steps):
         rows = torch.nonzero(active).squeeze(-1)
         part = linearised.rows(rows)
         new_z, new_v, new_posterior, accepted = _damped_step(
-            model, part, z[rows], v[rows], current[rows], dim, fit_velocity
+            model, part, z[rows], v[rows], current[rows], tolerance[rows]
         )
         gain = current[rows] - new_posterior
         z[rows], v[rows], current[rows] = new_z, new_v, new_posterior
-        active[rows] = accepted & (gain >= tolerance)  # unsaved or converged: it stops
+        active[rows] = accepted & (gain >= tolerance[rows])  # unsaved or converged: it stops
         if not bool(active.any()):
             break
-    normal, _ = linearised.normal_equations(model, z, v)
-    covariance = torch.linalg.inv(normal.double())[:, :dim, :dim]
-    return z, v, covariance
+    return z, v
 
 
-def _damped_step(model, part: _Linearised, z, v, current, dim: int, fit_velocity: bool):
+def _damped_step(model, part: _Linearised, z, v, current, tolerance: torch.Tensor):
     """One Gauss–Newton step for each spectrum of `part`, halved until it lowers that
-    spectrum's posterior (8 halvings at most): (z, v, posterior, accepted) per spectrum."""
+    spectrum's posterior (8 halvings at most): (z, v, posterior, accepted) per spectrum. A
+    spectrum whose full step promises a gain below `tolerance` (the quadratic model's
+    rhsᵀ·step) has converged: it is not tried and not accepted."""
     normal, rhs = part.normal_equations(model, z, v)
     step = torch.linalg.solve(normal, rhs.unsqueeze(-1)).squeeze(-1)
+    promised = (rhs * step).sum(-1)
+    step = step.to(z.dtype)
+    dim = z.shape[-1]
     accepted = torch.zeros(len(z), dtype=torch.bool, device=z.device)
     new_z, new_v, new_posterior = z.clone(), v.clone(), current.clone()
+    if not bool((promised >= tolerance).any()):
+        return new_z, new_v, new_posterior, accepted
     for _ in range(8):
-        trial_z = z + step[:, :dim]
-        trial_v = v + step[:, dim] if fit_velocity else v
+        trial_z, trial_v = z + step[:, :dim], v + step[:, dim]
         trial = part.posterior(model, trial_z, trial_v)
-        better = (trial <= current) & ~accepted
+        better = (trial <= current) & ~accepted & (promised >= tolerance)
         new_z[better], new_v[better], new_posterior[better] = (
             trial_z[better], trial_v[better], trial[better]
         )  # fmt: skip
         accepted |= better
-        if bool(accepted.all()):
+        if bool((accepted | (promised < tolerance)).all()):
             break
         step = torch.where(accepted[:, None], step, step / 2)
     return new_z, new_v, new_posterior, accepted
 
 
-def _normal_equations(model, batch, z, v, basis, slope, penalty):
-    """JᵀWJ + Λ and JᵀW r − Λθ for θ = (z, [v]), the continuum held at its solution."""
-    with torch.enable_grad():
-        flux, continuum, jacobian = model.linearise(z, basis, batch)
-    if slope is not None:  # ∂m/∂v through the linearised basis: C (S₀ + h(z)·S)
-        with torch.no_grad():
-            weights = model.decoder.h(z)
-            dfdv = slope[0] + torch.einsum("bk,kbp->bp", weights, slope[1:])
-        jacobian = torch.cat([jacobian, (continuum * dfdv).unsqueeze(-1)], dim=-1)
-        theta = torch.cat([z, v.to(z.dtype).unsqueeze(-1)], dim=-1)
-    else:
-        theta = z
-    return normal_equations(
-        jacobian.detach(), batch.ivar, (batch.flux - flux).detach(), penalty, theta
-    )
+def _normal_equations(model, linearised: _Linearised, z, v):
+    """JᵀWJ + Λ and JᵀW r − Λθ for θ = (z, v) with the continuum free, in float64: the
+    Gauss–Newton system of (θ, continuum coefficients) reduced to θ. Holding the continuum in
+    J would ignore that a broad change of f(z) is partly taken up by the continuum, and the
+    steps would converge only linearly, ~15 % per step.
+
+    The reduction projects W^½J off the continuum's columns W^½A by a QR factorisation of A
+    (stacked on a tiny ridge, so that a column no pixel uses removes nothing), in float32:
+    forming JᵀWJ − JᵀWA (AᵀWA)⁻¹AᵀWJ instead would cancel digits and need float64."""
+    batch, basis = linearised.batch, linearised.basis(v)
+    with torch.no_grad():
+        normalised = model.observe(z, basis)
+        continuum = solve_continuum(batch.design, batch.flux, batch.ivar, normalised)
+    dfdz = model.decoder.latent_jacobian(z, basis).detach()
+    dfdv = (linearised.flux_slope(model, z) * linearised.moving[:, None]).unsqueeze(-1)
+    root = batch.ivar.clamp_min(0).sqrt()
+    jacobian = torch.cat([dfdz, dfdv], -1) * (continuum * root).unsqueeze(-1)  # W^½ J
+    columns = batch.design * (normalised * root).unsqueeze(-1)  # W^½ ∂m/∂(continuum coeffs)
+    residual = ((batch.flux - continuum * normalised) * root).unsqueeze(-1)
+    size = (columns**2).sum(1)  # (B, C)
+    ridge = CONTINUUM_RIDGE * size.sum(-1) / (size > 0).sum(-1).clamp_min(1)
+    eye = torch.eye(columns.shape[-1], dtype=columns.dtype, device=columns.device)
+    stacked = torch.cat([columns, ridge.sqrt()[:, None, None] * eye], dim=1)
+    q = torch.linalg.qr(stacked).Q[:, : columns.shape[1]]
+    projected = torch.baddbmm(jacobian, q, q.transpose(1, 2) @ jacobian, alpha=-1)
+    theta = torch.cat([z, v.to(z.dtype).unsqueeze(-1)], dim=-1).double()
+    normal = (projected.transpose(1, 2) @ projected).double()
+    gradient = (projected.transpose(1, 2) @ residual).squeeze(-1).double()
+    return with_prior(normal, gradient, linearised.penalty, theta)
 
 
-def _results(model, spectra, batch, pyramid, z, v, covariance) -> list[FitResult]:
-    z, v = z.detach(), v.detach()
+def lsf_fwhm_kms(batch: PixelBatch) -> np.ndarray:
+    """The LSF's FWHM in km/s of every spectrum (B,): c over its valid pixels' median R."""
+    resolving_power = batch.resolving_power.masked_fill(batch.ivar <= 0, float("nan"))
+    return C_KMS / resolving_power.double().nanmedian(-1).values.cpu().numpy()
 
-    def model_at(velocity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        trial = batch.with_velocity(velocity)
-        return model.model_flux(z, model.basis(trial, pyramid), trial)
 
-    with torch.no_grad():  # the model and, by forward mode, its slope in v: one pass
-        (full, normalised), (dm_dv, _) = jvp(model_at, (v,), (torch.ones_like(v),))
-    information = (batch.ivar * dm_dv.detach() ** 2).sum(-1).cpu().numpy()
+def _results(model, spectra, linearised: _Linearised, z, v, covariance) -> list[FitResult]:
+    """Per-spectrum results. The model is drawn from the final linearisation: v is within
+    RELINEARISE × FWHM of where the basis was linearised, so it differs from the basis read
+    at v by far less than the noise; ∂m/∂v = C ∂f/∂v is its slope."""
+    batch, z, v = linearised.batch, z.detach(), v.detach()
+    with torch.no_grad():
+        full, normalised = model.model_flux(z, linearised.basis(v), batch)
+        continuum = full / normalised.where(normalised != 0, torch.ones_like(normalised))
+        dm_dv = continuum * linearised.flux_slope(model, z)
+    information = (batch.ivar * dm_dv**2).sum(-1).cpu().numpy()
     n_valid = (batch.ivar > 0).sum(-1).cpu().numpy()
     chi2 = (batch.ivar * (batch.flux - full) ** 2).sum(-1).cpu().numpy()
-    continuum = (full / normalised.where(normalised != 0, torch.ones_like(normalised))).cpu()
+    continuum = continuum.cpu()
     full, normalised = full.cpu().numpy(), normalised.cpu().numpy()
     scale, z, v = batch.scale.cpu().numpy(), z.cpu().numpy(), v.cpu().numpy()
     covariance = covariance.cpu().numpy()

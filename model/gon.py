@@ -164,8 +164,14 @@ def normal_equations(
     without the prior, and leaves the step unchanged when ivar is scaled."""
     weighted = jacobian * ivar.unsqueeze(-1)  # (B, P, N)
     normal = weighted.transpose(1, 2) @ jacobian
+    return with_prior(normal, (weighted * residual.unsqueeze(-1)).sum(1), penalty, theta)
+
+
+def with_prior(
+    normal: torch.Tensor, gradient: torch.Tensor, penalty: torch.Tensor, theta: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(JᵀWJ + diag(penalty) + ridge, JᵀW r − penalty·θ) from the data's JᵀWJ and JᵀW r."""
     scale = normal.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-30)
     eye = torch.eye(normal.shape[-1], dtype=normal.dtype, device=normal.device)
     normal = normal + torch.diag_embed(penalty.expand_as(theta)) + 1e-9 * scale[:, None, None] * eye
-    rhs = (weighted * residual.unsqueeze(-1)).sum(1) - penalty * theta
-    return normal, rhs
+    return normal, gradient - penalty * theta

@@ -1,4 +1,5 @@
-"""The one `stargon` command: data (check, fetch) now; train, fit, sample, evaluate, serve later."""
+"""The one `stargon` command: data (check, fetch), pack, train, fit, sample, release, evaluate,
+serve."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from stargon import __version__
 from stargon.core.interop import UserSettings
 from stargon.core.paths import data_dir
 from stargon.model.decoder import ModelConfig
+from stargon.model.devices import keep_freed_memory
 from stargon.options import split_settings, with_config_options
 from stargon.train.loop import TrainConfig
 
@@ -40,6 +42,7 @@ def main(
     if version:
         console.print(f"stargon {__version__}")
         raise typer.Exit()
+    keep_freed_memory()
     if ctx.invoked_subcommand is None:
         console.print(ctx.get_help())
 

@@ -52,7 +52,7 @@ def test_the_fast_scan_matches_a_brute_force_chi2_of_velocity(model, spectra):
     batch = make_batch([lamost], dtype=torch.float64)
     batch = dataclasses.replace(batch, design=batch.design.double())
     templates = template_pyramid(model)
-    v_grid, fast = template_scan(model, batch, templates)
+    [(v_grid, fast)] = template_scan(model, batch, templates)
     fast = fast[0]
     picks = np.r_[np.argsort(fast)[:5], np.linspace(0, len(v_grid) - 1, 12).astype(int)]
     flux, ivar = batch.flux[0], batch.ivar[0]
