@@ -1,12 +1,13 @@
-"""Fit one observation: radial velocity, latents and continuum.
+"""Fit observations: radial velocity, latents and continuum, a batch at a time.
 
-v is found by scanning a velocity grid with a small bank of decoded templates, then with the
-star's own template (its GON latent) on a 1 km/s grid; then (v, z) are optimised jointly for
-the maximum a posteriori under the model's latent prior N(0, Λ⁻¹) — never unbounded maximum
-likelihood, where poorly constrained latents run away. The latent covariance is the Laplace
-(Gauss–Newton) one, (JᵀWJ + Λ)⁻¹ at the optimum. The velocity's photon-noise limit
-σ_v = 1/sqrt(Σ ivar (∂m/∂v)²) comes from the model itself (∂m/∂v = −(λ ∂m/∂λ)/c, by
-forward-mode autograd).
+v is found by scanning ±1000 km/s with a small bank of decoded templates (FFT
+cross-correlation), then with the star's own template (its GON latent) in steps of a twentieth
+of the LSF's FWHM; then (v, z) are optimised jointly for the maximum a posteriori under the
+model's latent prior N(0, Λ⁻¹) — never unbounded maximum likelihood, where poorly constrained
+latents run away — by Gauss–Newton with the continuum's coefficients free. The latent
+covariance is the Laplace (Gauss–Newton) one at the optimum, the continuum and v marginalised.
+The velocity's photon-noise limit σ_v = 1/sqrt(Σ ivar (∂m/∂v)²) comes from the model itself
+(∂m/∂v = −(λ ∂m/∂λ)/c, the basis's slope in v).
 """
 
 from __future__ import annotations
@@ -219,10 +220,11 @@ def template_pyramid(model: StarGON, prototypes: torch.Tensor | None = None) -> 
 
 
 def find_velocities(model: StarGON, batch: PixelBatch, pyramid=None, templates=None) -> np.ndarray:
-    """v (B,) of every spectrum in the batch: a template-bank scan over ±1000 km/s (one FFT
-    cross-correlation per spectrum); then each star's own template (its GON latent at that
-    velocity, encoded for the whole batch at once) scanned around its best in steps of a
-    twentieth of the LSF's FWHM (at least 1 km/s), and a parabola through the minimum."""
+    """v (B,) of every spectrum in the batch: a template-bank scan over ±1000 km/s (FFT
+    cross-correlations; spectra of one LSF width share the templates' transforms) and a
+    parabola through the best template's minimum; then each star's own template (its GON
+    latent at that velocity, encoded for the whole batch at once) scanned around it in steps
+    of a twentieth of the LSF's FWHM (at least 1 km/s), and a parabola through the minimum."""
     pyramid = model.decoder.pyramid() if pyramid is None else pyramid
     templates = template_pyramid(model) if templates is None else templates
     n_spectra = len(batch.flux)
@@ -311,7 +313,7 @@ def _refine(model, batch, pyramid, v, moving, steps):
     """Joint MAP (z, v) by damped Gauss–Newton, from the encoder's step at the scan's v.
 
     The basis is linear in v over the sub-km/s steps left after the scan, so it is linearised
-    around v (one forward-mode derivative) instead of being re-read from the table each step;
+    around v (its slope read with it) instead of being re-read from the table each step;
     a spectrum whose v moved by more than RELINEARISE × its LSF's FWHM is linearised again
     at its new v and refined once more (MAX_ROUNDS in all). Spectra with v held keep a zero v
     column. Returns z, v, the Laplace covariance of z and the final linearisation."""

@@ -1,5 +1,6 @@
-"""The forward model's symmetry under a Doppler shift, and the fast velocity scan against a
-brute-force χ²(v) through the same forward model."""
+"""The forward model's symmetry under a Doppler shift; its fast reads (basis with its v-slope,
+per-pixel R, a star's own summed table) against the plain ones; and the fast velocity scan
+against a brute-force χ²(v) through the same forward model."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from torch.func import jvp
 
 from stargon.core.physics import rest_to_observed
 from stargon.model.batch import make_batch
@@ -74,3 +76,76 @@ def test_the_fast_scan_matches_a_brute_force_chi2_of_velocity(model, spectra):
             slow.append(float((ivar * (flux - amplitude * shape) ** 2).sum() / batch.n_valid[0]))
     np.testing.assert_allclose(fast[picks], slow, rtol=0.02)
     assert picks[np.argmin(slow)] == np.argmin(fast)
+
+
+def test_the_basis_slope_read_in_one_pass_is_forward_mode_autograd(model, spectra):
+    """`pixel_basis_and_slope` (the table's difference across each cell, times ∂ln λ/∂v) equals
+    forward-mode autograd through `pixel_basis`, on constant-R (LAMOST) and per-pixel-R
+    (MILES, STELIB) spectra at several velocities."""
+    batch = make_batch([spectra[2], spectra[0], spectra[4]])
+    pyramid = model.decoder.pyramid()
+    v = torch.tensor([-250.0, 3.0, 410.0])
+
+    def basis_at(velocity):
+        return model.decoder.pixel_basis(batch.wave, velocity, batch.resolving_power, pyramid)
+
+    with torch.no_grad():
+        expected, expected_slope = jvp(basis_at, (v,), (torch.ones_like(v),))
+        basis, slope = model.decoder.pixel_basis_and_slope(
+            batch.wave, v, batch.resolving_power, pyramid
+        )
+    torch.testing.assert_close(basis, expected, rtol=0, atol=0)
+    torch.testing.assert_close(slope, expected_slope, rtol=1e-5, atol=1e-7)
+    assert expected_slope.abs().max() > 1e-3  # the slope is there to compare
+
+
+def test_a_per_pixel_resolving_power_reads_each_pixel_as_its_own_constant_r(model, spectra):
+    """MILES's R changes along the spectrum, so its pixels read different pyramid levels, each
+    only where it serves: every pixel must equal the same pixel read with its R as a scalar
+    (all pixels through every level's plain read)."""
+    miles = make_batch([spectra[0]])
+    pyramid = model.decoder.pyramid()
+    resolving_power = miles.resolving_power[0]
+    assert resolving_power.max() > 1.3 * resolving_power.min()  # several levels are read
+    with torch.no_grad():
+        basis = model.decoder.pixel_basis(miles.wave[0], 0.0, resolving_power, pyramid)
+        picks = np.linspace(0, len(resolving_power) - 1, 25).astype(int)
+        for i in picks:
+            alone = model.decoder.pixel_basis(
+                miles.wave[0, i : i + 1], 0.0, float(resolving_power[i]), pyramid
+            )
+            torch.testing.assert_close(basis[:, i : i + 1], alone, rtol=1e-6, atol=1e-7)
+
+
+def test_a_star_read_from_its_own_summed_table_is_the_decoded_basis(model, spectra):
+    """`pixel_model` (the star's spectrum summed on the table, then read once per pixel) equals
+    `observe(z, pixel_basis)` at each velocity of each star."""
+    batch = make_batch([spectra[2], spectra[0]])
+    pyramid = model.decoder.pyramid()
+    z = torch.randn(2, model.config.latent_dim, generator=torch.Generator().manual_seed(0))
+    velocities = torch.tensor([[-40.0, 0.0, 12.5], [100.0, -3.0, 7.0]], dtype=torch.float64)
+    with torch.no_grad():
+        models = model.decoder.pixel_model(
+            z, batch.wave, velocities, batch.resolving_power, pyramid
+        )
+        for column in range(velocities.shape[1]):
+            basis = model.observation_basis(
+                batch.wave, velocities[:, column], batch.resolving_power, pyramid
+            )
+            torch.testing.assert_close(
+                models[:, column], model.observe(z, basis), rtol=1e-5, atol=1e-5
+            )
+
+
+def test_a_batch_scans_each_spectrum_as_it_is_scanned_alone(model, spectra):
+    """The template scan groups spectra by LSF width and lays them on one grid: each
+    spectrum's χ²(v) must be the one it gets alone (LAMOST twice, at two velocities, with
+    APOGEE and Gaia RVS, of other widths and lengths)."""
+    group = [moved(spectra[2], 0.0), moved(spectra[2], 150.0), spectra[1], spectra[3]]
+    templates = template_pyramid(model)
+    together = template_scan(model, make_batch(group), templates)
+    assert together[0][1].shape == together[1][1].shape != together[2][1].shape
+    for spectrum, (v_grid, chi2) in zip(group, together, strict=True):
+        [(alone_grid, alone)] = template_scan(model, make_batch([spectrum]), templates)
+        np.testing.assert_array_equal(v_grid, alone_grid)
+        np.testing.assert_allclose(chi2, alone, rtol=1e-6)
