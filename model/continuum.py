@@ -33,16 +33,15 @@ def solve_continuum(
     neither on the flux units nor on columns no pixel uses; it keeps segments without valid
     pixels solvable (their C is then 0).
     """
-    columns = model.unsqueeze(-1) * design
-    weighted = columns * ivar.unsqueeze(-1)
-    normal = weighted.transpose(-1, -2) @ columns
+    weighted = design * (ivar * model**2).unsqueeze(-1)  # (model·design)ᵀ W (model·design)
+    normal = weighted.transpose(-1, -2) @ design
     diagonal = normal.diagonal(dim1=-2, dim2=-1)
     used = (diagonal > 0).sum(-1).clamp_min(1)
     scale = (diagonal.sum(-1) / used).clamp_min(1e-30)
     eye = torch.eye(normal.shape[-1], dtype=normal.dtype, device=normal.device)
     normal = normal + ridge * scale[..., None, None] * eye
-    rhs = (weighted.transpose(-1, -2) @ flux.unsqueeze(-1)).squeeze(-1)
+    rhs = (design * (ivar * model * flux).unsqueeze(-1)).sum(-2)
     coeffs = torch.linalg.solve(normal, rhs.unsqueeze(-1)).squeeze(-1)
     if design.ndim < coeffs.ndim + 1:
         design = design.expand(*coeffs.shape[:-1], *design.shape)
-    return (design @ coeffs.unsqueeze(-1)).squeeze(-1)
+    return (design * coeffs.unsqueeze(-2)).sum(-1)

@@ -472,7 +472,7 @@ def _normal_equations(model, linearised: _Linearised, z, v):
     projected = torch.baddbmm(jacobian, q, q.transpose(1, 2) @ jacobian, alpha=-1)
     theta = torch.cat([z, v.to(z.dtype).unsqueeze(-1)], dim=-1).double()
     normal = (projected.transpose(1, 2) @ projected).double()
-    gradient = (projected.transpose(1, 2) @ residual).squeeze(-1).double()
+    gradient = (projected * residual).sum(1).double()
     return with_prior(normal, gradient, linearised.penalty, theta)
 
 

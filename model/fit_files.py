@@ -2,8 +2,9 @@
 
 Files are read ahead (optionally in worker processes) while the model fits; spectra wait in
 one bucket per instrument (so a batch pads to similar lengths) and are fitted `batch_size` at a
-time (`fit_spectra`). Rows are appended and flushed batch by batch, so a killed run loses at
-most the batch in flight, and `resume` skips the spectra the output already holds.
+time, or fewer once a bucket holds PIXEL_BUDGET pixels (`fit_spectra`). Rows are appended and
+flushed batch by batch, so a killed run loses at most the batch in flight, and `resume` skips
+the spectra the output already holds.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from stargon.model.devices import pick_device
 from stargon.model.fit import FitResult, fit_spectra, template_pyramid
 from stargon.surveys.registry import FileOutcome, iter_files, scan
 
+PIXEL_BUDGET = 262_144  # per batch: 64 LAMOST spectra, 30 APOGEE ones, 2 MIKE echelle ones
 COLUMNS = ["source", "star_id", "instrument", "frame", "rv_kms", "rv_err_kms", "chi2_dof", "n_pix"]
 
 
@@ -49,7 +51,7 @@ def fit_paths(
     out: Path,
     device: str = "cpu",
     user: UserSettings | None = None,
-    batch_size: int = 32,
+    batch_size: int = 64,
     workers: int = 0,
     resume: bool = False,
     fits_table: bool = False,
@@ -88,7 +90,7 @@ def fit_paths(
                     continue
                 bucket = buckets[spectrum.instrument]
                 bucket.append(spectrum)
-                if len(bucket) >= batch_size:
+                if len(bucket) >= batch_size or _pixels(bucket) >= PIXEL_BUDGET:
                     _fit_bucket(fit, bucket, write_rows, run)
                     bar.set_postfix(spectra=run.fitted, per_s=_rate(run.fitted, start))
         for bucket in buckets.values():
@@ -119,6 +121,10 @@ def read_ahead(files: list[Path], user: UserSettings | None, workers: int) -> It
 
 def _read_one(path: Path, user: UserSettings | None) -> FileOutcome:
     return next(scan(path, user=user))
+
+
+def _pixels(bucket: list[Spectrum]) -> int:
+    return sum(spectrum.n_pixels for spectrum in bucket)
 
 
 def _fit_bucket(fit, bucket: list[Spectrum], write_rows, run: FitRun) -> None:

@@ -233,7 +233,9 @@ def fit_command(
     ] = None,
     out: Annotated[Path, typer.Option(help="CSV with one row per spectrum.")] = Path("fits.csv"),
     device: Annotated[str, typer.Option(help="auto (the GPU if any), cpu, cuda, …")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Spectra fitted at once.")] = 32,
+    batch_size: Annotated[
+        int, typer.Option(help="Spectra fitted at once (fewer once a batch holds 262,144 pixels).")
+    ] = 64,
     workers: Annotated[int, typer.Option(help="Processes reading files ahead (0: none).")] = 0,
     resume: Annotated[
         bool, typer.Option(help="Keep OUT's rows; fit only what is missing.")

@@ -12,9 +12,11 @@ import functools
 import gzip
 import os
 import re
+import threading
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 from stargon.core.spectrum import Spectrum, SpectrumReadError
 from stargon.surveys.user import TEXT_SUFFIXES, UserSettings, read_user_file
 
+_LENT = threading.local()  # files `probed` holds open, by path, for this thread
 SPECTRUM_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz", ".fts", ".npz", ".csv", ".ecsv")
 
 
@@ -76,35 +79,58 @@ def is_spectrum_candidate(path: Path) -> bool:
 
 def probe_file(path: Path) -> Probe:
     """Open just enough of a file to pick its reader; bad files raise SpectrumReadError."""
+    with probed(path) as probe:
+        return probe
+
+
+@contextmanager
+def probed(path: Path) -> Iterator[Probe]:
+    """`probe_file`, with a FITS file kept open until the block ends and lent by `open_fits`
+    to whoever opens it inside: a gzipped survey file is decompressed once, not twice."""
+    probe, hdul = _probe(Path(path))
+    if hdul is None:
+        yield probe
+        return
+    lent = _LENT.__dict__.setdefault("files", {})
+    lent[probe.path] = hdul
+    try:
+        yield probe
+    finally:
+        del lent[probe.path]
+        hdul.close()
+
+
+def _probe(path: Path) -> tuple[Probe, fits.HDUList | None]:
     if not path.exists():
         raise SpectrumReadError(path, "file does not exist")
     if not path.is_file():
         raise SpectrumReadError(path, "not a regular file")
     name = path.name.lower()
     if name.endswith(TEXT_SUFFIXES):
-        return Probe(path, "text")
+        return Probe(path, "text"), None
     if name.endswith(".npz"):
-        return _probe_npz(path)
+        return _probe_npz(path), None
     if name.endswith(".csv"):
-        return _probe_csv(path)
+        return _probe_csv(path), None
     return _probe_fits(path)
 
 
-def _probe_fits(path: Path) -> Probe:
+def _probe_fits(path: Path) -> tuple[Probe, fits.HDUList]:
+    """The probe of a FITS file and the file, left open."""
+    hdul = open_fits(path)
     try:
-        with open_fits(path) as hdul:
-            header = hdul[0].header.copy()
-            names = [hdu.name for hdu in hdul]
-            has_data = any(
-                (hdu.is_image and hdu.header.get("NAXIS", 0) >= 1 and hdu.header["BITPIX"] < 0)
-                or (isinstance(hdu, fits.BinTableHDU) and _looks_spectral(hdu.columns.names))
-                for hdu in hdul
-            )
-    except SpectrumReadError:
-        raise
+        header = hdul[0].header.copy()
+        names = [hdu.name for hdu in hdul]
+        has_data = any(
+            (hdu.is_image and hdu.header.get("NAXIS", 0) >= 1 and hdu.header["BITPIX"] < 0)
+            or (isinstance(hdu, fits.BinTableHDU) and _looks_spectral(hdu.columns.names))
+            for hdu in hdul
+        )
     except Exception as exc:  # astropy raises many types for damaged files
+        hdul.close()
         raise SpectrumReadError(path, f"not a readable FITS file ({exc})") from exc
-    return Probe(path, "fits", header=header, hdu_names=names, has_spectrum_data=has_data)
+    probe = Probe(path, "fits", header=header, hdu_names=names, has_spectrum_data=has_data)
+    return probe, hdul
 
 
 def _looks_spectral(columns: Iterable[str]) -> bool:
@@ -134,8 +160,12 @@ def _probe_npz(path: Path) -> Probe:
     return Probe(path, "npz", columns=keys, has_spectrum_data=spectral)
 
 
-def open_fits(path: Path) -> fits.HDUList:
-    """Open a FITS file, turning truncation and corruption into SpectrumReadError."""
+def open_fits(path: Path) -> AbstractContextManager[fits.HDUList]:
+    """Open a FITS file, turning truncation and corruption into SpectrumReadError; a file
+    held open by `probed` comes back as it is (and stays open after its `with` block)."""
+    lent = getattr(_LENT, "files", {}).get(Path(path))
+    if lent is not None:
+        return nullcontext(lent)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", AstropyUserWarning)
@@ -164,8 +194,8 @@ def read_file(
     """All spectra in one file; `survey` forces a reader. A file of no known survey is read as
     a user's spectrum with `user`'s settings (resolving power, medium, frame). Raises
     SpectrumReadError."""
-    probe = probe_file(Path(path))
-    return _read_with(resolve_reader(probe, survey, user), probe.path)
+    with probed(Path(path)) as probe:
+        return _read_with(resolve_reader(probe, survey, user), probe.path)
 
 
 def resolve_reader(
@@ -235,12 +265,13 @@ def scan(
     Files of no known survey are read with `user`'s settings."""
     for path in iter_files(root):
         try:
-            probe = probe_file(path)
-            if survey is None and not probe.has_spectrum_data and find_reader(probe) is None:
-                yield FileOutcome(path, skipped=True)
-                continue
-            reader = resolve_reader(probe, survey, user)
-            yield FileOutcome(path, spectra=_read_with(reader, path), reader=reader.name)
+            with probed(path) as probe:
+                if survey is None and not probe.has_spectrum_data and find_reader(probe) is None:
+                    outcome = FileOutcome(path, skipped=True)
+                else:
+                    reader = resolve_reader(probe, survey, user)
+                    outcome = FileOutcome(path, _read_with(reader, path), reader=reader.name)
+            yield outcome
         except SpectrumReadError as exc:
             yield FileOutcome(path, error=exc.problem)
 

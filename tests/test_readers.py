@@ -184,3 +184,38 @@ def test_reading_a_folder_is_lazy(data, tmp_path):
     (tmp_path / originals[1].name).write_bytes(b"SIMPLE  = not a FITS file any more")
     assert list(stream) == []
     assert errors == [originals[1].name]
+
+
+COUNT_OPENS = """
+import sys
+from astropy.io import fits
+from stargon.surveys import read_file
+from stargon.surveys.registry import scan
+path = sys.argv[1]
+opens = []
+sys.addaudithook(lambda event, args: opens.append(args[0]) if event == "open" else None)
+with fits.open(path):
+    pass
+per_open = opens.count(path)  # astropy opens a .gz file twice to open it once
+spectra = read_file(path)
+by_read = opens.count(path) - per_open
+outcome = next(scan(path))
+by_scan = opens.count(path) - per_open - by_read
+print(by_read // per_open, by_scan // per_open, len(spectra), len(outcome.spectra))
+"""
+
+
+def test_a_survey_file_is_opened_once_for_its_probe_and_its_read(data):
+    """The probe's open FITS file is lent to the reader: a gzipped LAMOST DR8 file is opened
+    (and decompressed) once by `read_file` and once by `scan`, not twice each (Python's audit
+    events count the opens)."""
+    import subprocess
+    import sys
+
+    path = next((data / "lamost_dr8/20220313_CCF_test_grouped_fits").iterdir())
+    assert path.name.endswith(".fits.gz")
+    run = subprocess.run(
+        [sys.executable, "-c", COUNT_OPENS, str(path)], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["1", "1", "1", "1"]
