@@ -82,15 +82,12 @@ def template_scan(
     scans: list = [None] * len(widths)
     for width in np.unique(widths):
         rows = np.flatnonzero(widths == width)
-        per_chunk = max(1, BASIS_BUDGET // (len(templates[0]) * 2 * len(batch.flux[0]) * 8))
-        for first in range(0, len(rows), per_chunk):
-            chunk = rows[first : first + per_chunk]
-            index = torch.as_tensor(chunk, device=batch.flux.device)
-            v_grid, chi2 = _scan_same_width(
-                model, batch.select(index), continuum[index], templates, float(width), v_max
-            )
-            for row, values in zip(chunk, chi2, strict=True):
-                scans[row] = (v_grid, values)
+        index = torch.as_tensor(rows, device=batch.flux.device)
+        v_grid, chi2 = _scan_same_width(
+            model, batch.select(index), continuum[index], templates, float(width), v_max
+        )
+        for row, values in zip(rows, chi2, strict=True):
+            scans[row] = (v_grid, values)
     return scans
 
 
@@ -140,8 +137,12 @@ def _scan_same_width(model, batch, continuum, templates, sigma, v_max):
     length = scipy.fft.next_fast_len(segment.shape[-1], real=True)
     spectra = torch.fft.rfft(torch.stack([segment, segment**2]), n=length)  # (2, M, F)
     kernels = torch.fft.rfft(laid, n=length).conj()  # (2, G, F)
-    products = spectra.unsqueeze(1) * kernels.unsqueeze(2)  # (2, G, M, F)
-    cross, norm = torch.fft.irfft(products, n=length)[..., : 2 * lags + 1]
+    per_chunk = max(1, BASIS_BUDGET // (2 * spectra.shape[1] * spectra.shape[2]))
+    correlations = [
+        torch.fft.irfft(spectra.unsqueeze(1) * part.unsqueeze(2), n=length)[..., : 2 * lags + 1]
+        for part in kernels.split(per_chunk, dim=1)
+    ]  # (2, G, M, lags) by chunks of G, so that memory stays within BASIS_BUDGET
+    cross, norm = torch.cat(correlations, dim=1)
     total = (ivar * flux**2).sum(-1)
     chi2 = (total[:, None, None] - cross**2 / norm.clamp_min(1e-300)) / batch.n_valid[:, None, None]
     shifts = lags - np.arange(2 * lags + 1)
