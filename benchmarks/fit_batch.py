@@ -1,26 +1,35 @@
 """Fitting throughput against batch size: `fit_spectra` on real LAMOST DR8 (observed frame, v
-fitted) and MILES (rest frame) spectra, B at a time, against one at a time (B = 1, the
-previous release's path) in the same run; with the largest differences from the one-at-a-time
-fits (|Δv| in σ_v, χ²/dof in %, z in σ_z). `--refine-steps 20,0` adds fits without the
-Gauss–Newton refinement (the velocity scan and the encoder step only), compared with the same
-one-at-a-time refined fits.
+fitted) and MILES (rest frame) spectra, B at a time, against one at a time (B = 1) and against
+the fit of an earlier commit (`--baseline-rev`: its model/fit.py, run on this checkout's
+model) in the same run; with the largest differences from this code's one-at-a-time fits (|Δv|
+in σ_v, χ²/dof in %, z in σ_z). `--refine-steps 20,0` adds fits without the Gauss–Newton
+refinement (the velocity scan and the encoder step only). The process keeps freed memory, as
+`stargon fit` does (`keep_freed_memory`).
 
-    python -m benchmarks.fit_batch --n 64 --batch-sizes 1,8,32,64 --refine-steps 20,0
+    python -m benchmarks.fit_batch --n 128 --batch-sizes 1,16,64 --refine-steps 20,0 \\
+        --baseline-rev 0b412a8
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import time
+import types
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from benchmarks.common import DATA, load_model, table
+from stargon.core.paths import REPOSITORY
+from stargon.model.devices import keep_freed_memory
 from stargon.model.fit import fit_spectra
 from stargon.surveys import read_file
 
 FOLDERS = {"LAMOST DR8": "lamost_dr8/20220313_CCF_test_grouped_fits", "MILES": "miles"}
+BASELINE_BATCH = 32
 
 
 def spectra_of(folder: str, n: int) -> list:
@@ -28,29 +37,58 @@ def spectra_of(folder: str, n: int) -> list:
     return [read_file(path)[0] for path in files[:n]]
 
 
+def fit_of_commit(rev: str) -> Callable:
+    """`fit_spectra` as model/fit.py was at commit `rev` (the rest of the package as it is)."""
+    source = subprocess.run(
+        ["git", "show", f"{rev}:model/fit.py"],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    module = types.ModuleType(f"fit_at_{rev}")
+    sys.modules[module.__name__] = module
+    exec(compile(source, f"{rev}:model/fit.py", "exec"), module.__dict__)
+    return module.fit_spectra
+
+
+def timed_fits(fit: Callable, model, spectra: list, size: int, **options) -> tuple[list, float]:
+    """All fits, `size` spectra at a time, and the seconds they took."""
+    start = time.perf_counter()
+    results = []
+    for first in range(0, len(spectra), size):
+        results += fit(model, spectra[first : first + size], **options)
+    return results, time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default=None)
-    parser.add_argument("--n", type=int, default=64, help="spectra per survey")
-    parser.add_argument("--batch-sizes", default="1,8,32,64")
+    parser.add_argument("--n", type=int, default=128, help="spectra per survey")
+    parser.add_argument("--batch-sizes", default="1,16,64")
     parser.add_argument("--refine-steps", default="20", help="e.g. 20,0 (0: no refinement)")
+    parser.add_argument("--baseline-rev", default=None, help="a commit whose fit to time too")
     args = parser.parse_args()
+    keep_freed_memory()
     model, pyramid, templates = load_model(args.checkpoint)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
+    settings = [("this", steps, size) for steps in map(int, args.refine_steps.split(","))
+                for size in sizes]  # fmt: skip
+    fits = {"this": fit_spectra}
+    if args.baseline_rev:
+        fits[args.baseline_rev] = fit_of_commit(args.baseline_rev)
+        settings.append((args.baseline_rev, 20, BASELINE_BATCH))
     rows = []
-    settings = [(steps, size) for steps in map(int, args.refine_steps.split(",")) for size in sizes]
     for name, folder in FOLDERS.items():
         spectra = spectra_of(folder, args.n)
+        for fit in fits.values():  # warm-up: the first fit of an instrument blurs templates
+            fit(model, spectra[:2], pyramid=pyramid, templates=templates)
         reference = None
-        for steps, size in settings:
-            start = time.perf_counter()
-            results = []
-            for first in range(0, len(spectra), size):
-                chunk = spectra[first : first + size]
-                results += fit_spectra(
-                    model, chunk, refine_steps=steps, pyramid=pyramid, templates=templates
-                )
-            elapsed = time.perf_counter() - start
+        for code, steps, size in settings:
+            results, elapsed = timed_fits(
+                fits[code], model, spectra, size,
+                pyramid=pyramid, templates=templates, refine_steps=steps,
+            )  # fmt: skip
             reference = reference or results
             pairs = list(zip(results, reference, strict=True))
             dv = [abs(r.v_kms - a.v_kms) / a.v_err_kms for r, a in pairs]
@@ -58,7 +96,7 @@ def main() -> None:
             dz = [np.max(np.abs(r.z - a.z) / np.sqrt(np.diag(a.z_cov))) for r, a in pairs]
             rows.append({
                 "spectra": name, "n": len(spectra),
-                "pixels": int(np.median([s.n_pixels for s in spectra])),
+                "pixels": int(np.median([s.n_pixels for s in spectra])), "fit": code,
                 "refine steps": steps, "batch size": size, "spectra/s": len(spectra) / elapsed,
                 "vs one at a time": None, "max |Δv| / σ_v": max(dv),
                 "max |Δχ²/dof| %": 100 * max(dchi2), "max |Δz| / σ_z": max(dz),
