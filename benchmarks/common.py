@@ -15,15 +15,25 @@ from stargon.core.records import markdown_table
 DATA = data_dir()
 
 
-def best_time(fn: Callable[[], object], repeat: int = 5) -> float:
-    """Seconds of the fastest of `repeat` calls after one warm-up call."""
+def call_times(fn: Callable[[], object], repeat: int) -> list[float]:
+    """Seconds of each of `repeat` calls, after one warm-up call."""
     fn()
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return times
+
+
+def best_time(fn: Callable[[], object], repeat: int = 5) -> float:
+    """Seconds of the fastest of `repeat` calls after one warm-up call."""
+    return min(call_times(fn, repeat))
+
+
+def median_time(fn: Callable[[], object], repeat: int = 5) -> float:
+    """Median seconds of `repeat` calls after one warm-up call."""
+    return float(np.median(call_times(fn, repeat)))
 
 
 def _child(fn, args, queue):
