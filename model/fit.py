@@ -30,7 +30,7 @@ from stargon.model.pseudo_continuum import pseudo_continuum
 
 V_MAX = 1000.0  # km/s, the velocity search range
 FINE_HALF_WIDTH, FINE_STEP, FINE_STEPS_PER_FWHM = 15.0, 1.0, 20.0
-BASIS_BUDGET = 8_000_000  # floats per velocity chunk in the scan
+SCAN_BUDGET = 8_000_000  # complex numbers per chunk of the template scan's correlations
 SCAN_SAMPLES_PER_SIGMA = 2.5  # the template scan's grid: the LSF σ over at least 2.5 steps
 GAIN_TOLERANCE, RELATIVE_GAIN_TOLERANCE = 1e-2, 1e-6  # a step gaining less in χ² ends the fit
 CONTINUUM_RIDGE = 1e-6  # relative; keeps the continuum's unused columns out of the projection
@@ -67,8 +67,9 @@ def template_scan(
     the templates are blurred once to the spectrum's median R (on a 1 % grid) and every shift
     is one lag of a correlation: with the continuum C solved once (v = 0) and a free amplitude
     per lag, χ²(s) = Σ ivar f² − (Σ ivar f C T_s)² / Σ ivar C² T_s², both sums one FFT each.
-    The pixels are laid onto the table grid by the adjoint of linear interpolation. Spectra of
-    the same LSF width share the templates' transforms.
+    The pixels are laid onto the table grid (thinned to SCAN_SAMPLES_PER_SIGMA steps per σ of
+    the LSF) by the adjoint of linear interpolation. Spectra of the same LSF width share the
+    templates' transforms.
     """
     if not isinstance(templates, TemplatePyramid):
         templates = TemplatePyramid(templates)
@@ -137,11 +138,11 @@ def _scan_same_width(model, batch, continuum, templates, sigma, v_max):
     length = scipy.fft.next_fast_len(segment.shape[-1], real=True)
     spectra = torch.fft.rfft(torch.stack([segment, segment**2]), n=length)  # (2, M, F)
     kernels = torch.fft.rfft(laid, n=length).conj()  # (2, G, F)
-    per_chunk = max(1, BASIS_BUDGET // (2 * spectra.shape[1] * spectra.shape[2]))
+    per_chunk = max(1, SCAN_BUDGET // (2 * spectra.shape[1] * spectra.shape[2]))
     correlations = [
         torch.fft.irfft(spectra.unsqueeze(1) * part.unsqueeze(2), n=length)[..., : 2 * lags + 1]
         for part in kernels.split(per_chunk, dim=1)
-    ]  # (2, G, M, lags) by chunks of G, so that memory stays within BASIS_BUDGET
+    ]  # (2, G, M, lags) by chunks of G, so that memory stays within SCAN_BUDGET
     cross, norm = torch.cat(correlations, dim=1)
     total = (ivar * flux**2).sum(-1)
     chi2 = (total[:, None, None] - cross**2 / norm.clamp_min(1e-300)) / batch.n_valid[:, None, None]
