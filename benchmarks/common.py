@@ -55,6 +55,12 @@ def in_child(fn: Callable, *args):
 table = markdown_table
 
 
+def ratio_to_first(rows: list[dict], value: str, column: str) -> None:
+    """Give each row `column` = its `value` over the first row's (the baseline of the group)."""
+    for row in rows:
+        row[column] = row[value] / rows[0][value]
+
+
 def split_by_star(n: int, held_out_fraction: float = 0.15, seed: int = 0):
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from benchmarks.common import DATA, load_model, table
+from benchmarks.common import DATA, load_model, ratio_to_first, table
 from stargon.core.paths import REPOSITORY
 from stargon.model.devices import keep_freed_memory
 from stargon.model.fit import fit_spectra
@@ -101,9 +101,7 @@ def main() -> None:
                 "vs one at a time": None, "max |Δv| / σ_v": max(dv),
                 "max |Δχ²/dof| %": 100 * max(dchi2), "max |Δz| / σ_z": max(dz),
             })  # fmt: skip
-        base = rows[-len(settings)]["spectra/s"]
-        for row in rows[-len(settings) :]:
-            row["vs one at a time"] = row["spectra/s"] / base
+        ratio_to_first(rows[-len(settings) :], "spectra/s", "vs one at a time")
     print(f"device: CPU, {torch.get_num_threads()} threads; checkpoint {args.checkpoint}\n")
     print(table(rows, list(rows[0])))
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import DATA, table
+from benchmarks.common import DATA, ratio_to_first, table
 
 FOLDERS = {
     "LAMOST DR8 × 4": ("lamost_dr8/20220313_CCF_test_grouped_fits", 4),
@@ -72,9 +72,7 @@ def main() -> None:
                     "spectra/s (median)": float(np.median(rates)),
                     "spectra/s of each run": ", ".join(f"{r:.1f}" for r in rates),
                 })  # fmt: skip
-            base = rows[-len(sizes)]["spectra/s (median)"]
-            for row in rows[-len(sizes) :]:
-                row["× batch size 1"] = row["spectra/s (median)"] / base
+            ratio_to_first(rows[-len(sizes) :], "spectra/s (median)", "× batch size 1")
     print(f"stargon fit, CPU, {args.runs} runs each (wall time includes start-up)\n")
     print(table(rows, list(rows[0])))
 

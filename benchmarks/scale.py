@@ -32,7 +32,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from benchmarks.common import DATA, load_model, table
+from benchmarks.common import DATA, load_model, ratio_to_first, table
 from stargon.core.spectrum import Spectrum
 from stargon.model.devices import keep_freed_memory
 from stargon.model.fit import fit_spectra
@@ -201,8 +201,7 @@ def fit_rows(folder: Path, batch_sizes: list[int]) -> list[dict]:
             fit_spectra(model, spectra[i : i + size], pyramid=pyramid, templates=templates)
         elapsed = time.perf_counter() - start
         rows.append({"batch size": size, "spectra/s": len(spectra) / elapsed})
-    for row in rows:
-        row["× B=1"] = row["spectra/s"] / rows[0]["spectra/s"]
+    ratio_to_first(rows, "spectra/s", "× B=1")
     return rows
 
 
