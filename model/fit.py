@@ -448,7 +448,7 @@ def _damped_step(model, part: _Linearised, z, v, current, tolerance: torch.Tenso
 
 
 def _normal_equations(model, linearised: _Linearised, z, v):
-    """JᵀWJ + Λ and JᵀW r − Λθ for θ = (z, v) with the continuum free, in float64: the
+    """JᵀWJ + Λ and JᵀW r − Λθ (float64) for θ = (z, v) with the continuum free: the
     Gauss–Newton system of (θ, continuum coefficients) reduced to θ. Holding the continuum in
     J would ignore that a broad change of f(z) is partly taken up by the continuum, and the
     steps would converge only linearly, ~15 % per step.
