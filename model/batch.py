@@ -72,12 +72,16 @@ def make_batch(
     error_floor: float = 0.0,
     dtype: torch.dtype = torch.float32,
     mask_atmosphere: bool = True,
+    used_columns_only: bool = False,
 ) -> PixelBatch:
     """Tensors for a list of spectra: every valid pixel (the atmosphere's with ivar 0, so
     results line up with `spectrum.valid`), or `n_pixels` drawn at random among unmasked ones.
 
     `error_floor` adds a fractional error in quadrature (σ² + (floor·flux)²): a guard, used
     in training only, against spectra whose noise is far below the model's accuracy.
+    `used_columns_only` drops the continuum columns no spectrum of the batch uses (28 → 7 for
+    MILES): fitting's solves get cheaper, but the design's width then depends on the batch,
+    so training (whose ranks must agree to the last bit) keeps every column.
     """
     rows = []
     for index, spectrum in enumerate(spectra):
@@ -105,10 +109,12 @@ def make_batch(
     ivar = ivar * torch.as_tensor(scales)[:, None] ** 2
     design = legendre_design(x, seg.long(), MAX_SEGMENTS, degree)
     mask = _degree_mask(spectra, degree)
-    segments = torch.as_tensor([min(len(s.segments), MAX_SEGMENTS) for s in spectra])
-    mask = mask * (torch.arange(MAX_SEGMENTS).repeat_interleave(degree + 1) < segments[:, None])
-    used = mask.any(0)  # the columns some spectrum uses
-    design = design[..., used] * mask[:, None, used]
+    if used_columns_only:  # drop the columns no spectrum of the batch uses
+        segments = torch.as_tensor([min(len(s.segments), MAX_SEGMENTS) for s in spectra])
+        in_use = torch.arange(MAX_SEGMENTS).repeat_interleave(degree + 1) < segments[:, None]
+        used = (mask * in_use).any(0)
+        design, mask = design[..., used], mask[:, used]
+    design = design * mask[:, None, :]
     velocities = torch.as_tensor(np.zeros(len(rows)) if v_kms is None else np.asarray(v_kms))
     return PixelBatch(
         wave=wave.to(torch.float64),  # kept in double: Doppler shifts are tiny

@@ -325,11 +325,11 @@ def _interpolate_rows(table: torch.Tensor, position: torch.Tensor) -> torch.Tens
 
 
 def _accumulate(total, reads, factors, where, shape, every: bool) -> torch.Tensor:
-    """total + Σ read·factor (rows read at `where`, factors per pixel), as few passes over
-    the (K+1, pixels) arrays as possible; total None is zero."""
+    """total + Σ read·factor (rows read at `where`, factors per pixel); total None is zero.
+    The sum is formed the same way whether a level serves every pixel of the batch or some,
+    so that a pixel's value does not depend on its batch-mates, not even in the last bit."""
+    term = torch.addcmul(reads[0] * factors[0], reads[1], factors[1])
     if every:
-        for read, factor in zip(reads, factors, strict=True):
-            total = read * factor if total is None else torch.addcmul(total, read, factor)
-        return total
+        return term if total is None else total + term
     total = reads[0].new_zeros(shape) if total is None else total
-    return total.index_add(1, where, reads[0] * factors[0] + reads[1] * factors[1])
+    return total.index_add(1, where, term)

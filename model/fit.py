@@ -284,7 +284,7 @@ def fit_spectra(
     moving = np.array(
         [s.frame == "observed" if fit_velocity is None else fit_velocity for s in spectra]
     )
-    batch = make_batch(spectra).to(device)
+    batch = make_batch(spectra, used_columns_only=True).to(device)
     if pyramid is None:
         with torch.no_grad():
             pyramid = model.decoder.pyramid()
