@@ -73,6 +73,7 @@ def make_batch(
     dtype: torch.dtype = torch.float32,
     mask_atmosphere: bool = True,
     used_columns_only: bool = False,
+    design_dtype: torch.dtype | None = None,
 ) -> PixelBatch:
     """Tensors for a list of spectra: every valid pixel (the atmosphere's with ivar 0, so
     results line up with `spectrum.valid`), or `n_pixels` drawn at random among unmasked ones.
@@ -81,7 +82,8 @@ def make_batch(
     in training only, against spectra whose noise is far below the model's accuracy.
     `used_columns_only` drops the continuum columns no spectrum of the batch uses (28 → 7 for
     MILES): fitting's solves get cheaper, but the design's width then depends on the batch,
-    so training (whose ranks must agree to the last bit) keeps every column.
+    so training (whose ranks must agree to the last bit) keeps every column. `design_dtype`
+    (default `dtype`) is the dtype the continuum is solved in (`solve_continuum`).
     """
     rows = []
     for index, spectrum in enumerate(spectra):
@@ -121,7 +123,7 @@ def make_batch(
         flux=flux.to(dtype),
         ivar=ivar.to(dtype),
         resolving_power=res.to(dtype),
-        design=design.to(dtype),
+        design=design.to(design_dtype or dtype),
         v_kms=velocities.to(dtype),
         scale=torch.as_tensor(scales).to(dtype),
     )

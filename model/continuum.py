@@ -29,10 +29,16 @@ def solve_continuum(
 ) -> torch.Tensor:
     """C = design · c with c = argmin Σ ivar (flux − model · design c)², in closed form.
 
-    The ridge is relative to the mean of the normal matrix's non-zero diagonal, so it depends
-    neither on the flux units nor on columns no pixel uses; it keeps segments without valid
-    pixels solvable (their C is then 0).
+    Solved in the design's dtype (C is returned in the model's): fitting gives a float64
+    design, because Legendre polynomials over the part of a segment that has valid pixels
+    (STELIB's partial coverage) are nearly collinear, and in float32 the solution moved with
+    the order of the sums — χ² by ~10⁻³ of itself with the padding a spectrum's batch-mates
+    gave it. The ridge is relative to the mean of the normal matrix's non-zero diagonal, so it
+    depends neither on the flux units nor on columns no pixel uses; it keeps segments without
+    valid pixels solvable (their C is then 0).
     """
+    dtype = model.dtype
+    flux, ivar, model = (x.to(design.dtype) for x in (flux, ivar, model))
     weighted = design * (ivar * model**2).unsqueeze(-1)  # (model·design)ᵀ W (model·design)
     normal = weighted.transpose(-1, -2) @ design
     diagonal = normal.diagonal(dim1=-2, dim2=-1)
@@ -44,4 +50,4 @@ def solve_continuum(
     coeffs = torch.linalg.solve(normal, rhs.unsqueeze(-1)).squeeze(-1)
     if design.ndim < coeffs.ndim + 1:
         design = design.expand(*coeffs.shape[:-1], *design.shape)
-    return (design * coeffs.unsqueeze(-2)).sum(-1)
+    return (design * coeffs.unsqueeze(-2)).sum(-1).to(dtype)

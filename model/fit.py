@@ -284,7 +284,7 @@ def fit_spectra(
     moving = np.array(
         [s.frame == "observed" if fit_velocity is None else fit_velocity for s in spectra]
     )
-    batch = make_batch(spectra, used_columns_only=True).to(device)
+    batch = make_batch(spectra, used_columns_only=True, design_dtype=torch.float64).to(device)
     if pyramid is None:
         with torch.no_grad():
             pyramid = model.decoder.pyramid()
@@ -464,7 +464,8 @@ def _normal_equations(model, linearised: _Linearised, z, v):
     dfdv = (linearised.flux_slope(model, z) * linearised.moving[:, None]).unsqueeze(-1)
     root = batch.ivar.clamp_min(0).sqrt()
     jacobian = torch.cat([dfdz, dfdv], -1) * (continuum * root).unsqueeze(-1)  # W^½ J
-    columns = batch.design * (normalised * root).unsqueeze(-1)  # W^½ ∂m/∂(continuum coeffs)
+    design = batch.design.to(normalised.dtype)
+    columns = design * (normalised * root).unsqueeze(-1)  # W^½ ∂m/∂(continuum coeffs)
     residual = ((batch.flux - continuum * normalised) * root).unsqueeze(-1)
     size = (columns**2).sum(1)  # (B, C)
     ridge = CONTINUUM_RIDGE * size.sum(-1) / (size > 0).sum(-1).clamp_min(1)
