@@ -16,6 +16,7 @@ from stargon.model.checkpoint import load_checkpoint, resolve_checkpoint
 from stargon.model.fit import find_velocity, template_pyramid
 from stargon.model.gon import StarGON
 from stargon.model.prior import LatentPrior
+from stargon.model.pyramid import LsfPyramid
 from stargon.model.whitening import Whitening
 from stargon.train.dataset import SYNTHETIC_SURVEY, TrainingSet, load_training_set
 
@@ -28,8 +29,8 @@ class Evaluation:
     prior: LatentPrior | None
     prototypes: torch.Tensor | None
     dataset: TrainingSet
-    pyramid: list[torch.Tensor]
-    templates: list[torch.Tensor]
+    pyramid: LsfPyramid
+    templates: LsfPyramid
     velocities: np.ndarray  # km/s per spectrum; 0 for rest-frame ones
     latents: np.ndarray  # (N, D) one-step GON latents (raw)
     whitening: Whitening  # the checkpoint's readable frame (identity for an old checkpoint)

@@ -239,7 +239,8 @@ class Explorer:
         fit = view.observation.fit
         basis = self._basis(view)
         z = torch.as_tensor(fit.z[None], dtype=basis.dtype, device=self.device)
-        jacobian = self.model.decoder.latent_jacobian(z, basis)[0].double().cpu().numpy()
+        with torch.no_grad():
+            jacobian = self.model.decoder.latent_jacobian(z, basis)[0].double().cpu().numpy()
         sigma = np.sqrt(np.einsum("pd,de,pe->p", jacobian, fit.z_cov, jacobian))
         return sigma / self.drawing(view)[3]  # over the pseudo-continuum, as the model is shown
 

@@ -6,10 +6,13 @@ wavelengths — Doppler shift, the instrument's LSF, the pixel grid — is linea
 applied to the table, not to the network:
 
 * the LSF: a Gaussian of σ = 1/(2.355 R) in ln λ. The table is blurred into a pyramid of levels
-  of growing σ (decimated as σ grows); a pixel of resolving power R reads the two levels that
-  bracket its σ and mixes them in σ². Per-pixel R (MILES, STELIB, GALAH) costs nothing extra.
+  of growing σ (decimated as σ grows; `model.pyramid`, computed where reads need it); a pixel
+  of resolving power R reads the two levels that bracket its σ and mixes them to its FWHM.
+  Per-pixel R (MILES, STELIB, GALAH) costs nothing extra.
 * Doppler: pixels are read at ln λ_obs − ln(1 + v/c).
 
+`read(pyramid, ln λ_rest, R)` is the one function that reads a pyramid — the basis at pixels,
+a star's own spectrum in the velocity scans, the scan's templates all go through it.
 `pixel_basis(...)` returns the (K+1, …) basis at any pixels; decoding is then `decode(z, basis)`,
 one MLP and one matrix product, and the basis can be cached per instrument and velocity.
 """
@@ -21,10 +24,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Annotated
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from stargon.core.physics import C_KMS, FWHM_PER_SIGMA, lsf_sigma, observed_to_rest
+from stargon.core.physics import C_KMS, lsf_sigma, observed_to_rest
+from stargon.model.pyramid import LsfPyramid, PyramidFilters, pyramid_plan
 
 
 @dataclass
@@ -65,37 +68,6 @@ class ModelConfig:
         return math.ceil(math.log(self.wave_max / self.wave_min) / self.ln_step) + 1
 
 
-@dataclass(frozen=True)
-class PyramidLevel:
-    sigma: float  # Gaussian σ in ln λ applied so far
-    step: float  # grid step in ln λ of this level
-
-
-def pyramid_plan(config: ModelConfig) -> list[PyramidLevel]:
-    """σ grows by 2^(1/levels_per_octave) per level; the grid halves once σ ≥ 8 steps."""
-    sigma_max = 1.0 / (FWHM_PER_SIGMA * config.lowest_resolving_power)
-    ratio = 2.0 ** (1.0 / config.lsf_levels_per_octave)
-    levels = [PyramidLevel(0.0, config.ln_step)]
-    sigma, step = config.ln_step, config.ln_step
-    while True:
-        if sigma / step >= 8.0:
-            step *= 2.0
-        levels.append(PyramidLevel(sigma, step))
-        if sigma >= sigma_max:
-            return levels
-        sigma *= ratio
-
-
-def gaussian_blur(table: torch.Tensor, sigma_steps: float) -> torch.Tensor:
-    """Depthwise Gaussian convolution along the last axis (edge values repeated)."""
-    radius = max(1, math.ceil(4.0 * sigma_steps))
-    offsets = torch.arange(-radius, radius + 1, dtype=table.dtype, device=table.device)
-    kernel = torch.exp(-0.5 * (offsets / sigma_steps) ** 2)
-    kernel = (kernel / kernel.sum()).expand(table.shape[0], 1, -1)
-    padded = F.pad(table.unsqueeze(0), (radius, radius), mode="replicate")
-    return F.conv1d(padded, kernel, groups=table.shape[0]).squeeze(0)
-
-
 class LatentMLP(nn.Module):
     """h(z): latent → K basis weights. LayerNorm, never BatchNorm (a spectrum's code must not
     depend on its batch-mates)."""
@@ -113,6 +85,32 @@ class LatentMLP(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
 
+    def with_jacobian(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h(z) of shape (B, K), ∂h/∂z of shape (B, K, D)) in one forward pass: the tangents
+        of the D latent directions carried through each layer in closed form. Training
+        differentiates through the Gauss–Newton step, so a Jacobian by autograd would need a
+        double backward; this one is ordinary tensors."""
+        x = z
+        tangent = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device).expand(len(z), -1, -1)
+        for layer in self.net:  # tangent: (B, D, width), row d = ∂x/∂z_d
+            if isinstance(layer, nn.Linear):
+                x, tangent = layer(x), tangent @ layer.weight.T
+            elif isinstance(layer, nn.LayerNorm):
+                centred = x - x.mean(-1, keepdim=True)
+                scale = torch.sqrt((centred**2).mean(-1, keepdim=True) + layer.eps)
+                unit = centred / scale
+                tangent = tangent - tangent.mean(-1, keepdim=True)
+                along = (unit.unsqueeze(1) * tangent).mean(-1, keepdim=True)
+                tangent = layer.weight * (tangent - unit.unsqueeze(1) * along) / scale.unsqueeze(1)
+                x = layer.weight * unit + layer.bias
+            elif isinstance(layer, nn.SiLU):
+                gate = torch.sigmoid(x)
+                tangent = tangent * (gate * (1 + x * (1 - gate))).unsqueeze(1)
+                x = x * gate
+            else:
+                raise TypeError(f"no closed-form Jacobian for {type(layer).__name__}")
+        return x, tangent.transpose(1, 2)
+
 
 class BasisDecoder(nn.Module):
     """f(λ_rest, z) as a latent-weighted sum of learned functions of ln λ."""
@@ -124,27 +122,24 @@ class BasisDecoder(nn.Module):
         table[0] = 1.0  # T₀ starts as a flat continuum
         self.table = nn.Parameter(table)
         self.h = LatentMLP(config)
-        self.levels = pyramid_plan(config)
+        self.levels = pyramid_plan(
+            config.ln_step, config.lowest_resolving_power, config.lsf_levels_per_octave
+        )
+        self.filters = PyramidFilters(self.levels, config.n_table)
         self.ln_min = math.log(config.wave_min)
 
-    def pyramid(self, table: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """A table (default: the basis) blurred to every LSF level. Any rows on the same grid
-        work, e.g. decoded template spectra for a fast velocity scan."""
-        tables = [self.table if table is None else table]
-        for previous, level in zip(self.levels[:-1], self.levels[1:], strict=True):
-            added = math.sqrt(level.sigma**2 - previous.sigma**2) / previous.step
-            blurred = gaussian_blur(tables[-1], added)
-            if level.step > previous.step:
-                blurred = blurred[:, ::2]
-            tables.append(blurred)
-        return tables
+    def pyramid(self, table: torch.Tensor | None = None) -> LsfPyramid:
+        """A table (default: the basis) blurred to every LSF level, each computed when first
+        read (`model.pyramid`). Any rows on the same grid work, e.g. decoded template spectra
+        for a fast velocity scan."""
+        return LsfPyramid(self.table if table is None else table, self.filters)
 
     def pixel_basis(
         self,
         wave_obs: torch.Tensor,
         v_kms: torch.Tensor | float = 0.0,
         resolving_power: torch.Tensor | float = math.inf,
-        pyramid: list[torch.Tensor] | None = None,
+        pyramid: LsfPyramid | None = None,
     ) -> torch.Tensor:
         """The (K+1, *wave_obs.shape) basis seen by pixels at observed vacuum wavelengths.
 
@@ -152,51 +147,79 @@ class BasisDecoder(nn.Module):
         `resolving_power` is a scalar or per pixel. Differentiable in the table, v and λ.
         """
         pyramid = self.pyramid() if pyramid is None else pyramid
+        return self.read(pyramid, self.rest_frame(wave_obs, v_kms), resolving_power)[0]
+
+    def rest_frame(self, wave_obs: torch.Tensor, v_kms: torch.Tensor | float) -> torch.Tensor:
+        """ln λ_rest (float64) of pixels at observed vacuum λ from a star at v (per spectrum:
+        the shape of wave_obs without its last axis, or a scalar)."""
         v = torch.as_tensor(v_kms, device=wave_obs.device)
-        ln_rest = _ln_rest(wave_obs, v.unsqueeze(-1) if v.ndim > 0 else v)
-        return self._read(pyramid, ln_rest, resolving_power)[0]
+        return _ln_rest(wave_obs, v.unsqueeze(-1) if v.ndim > 0 else v)
+
+    def read_together(
+        self, pyramid: LsfPyramid, reads: list[tuple[torch.Tensor, torch.Tensor | float]]
+    ) -> list[torch.Tensor]:
+        """Several reads (ln λ_rest, R) as one: every level they need is computed once, from
+        one pass over the table (a training step reads its batch and the roughness cells)."""
+        shapes = [ln_rest.shape for ln_rest, _ in reads]
+        ln_rest = torch.cat([ln.reshape(-1) for ln, _ in reads])
+        resolving_power = torch.cat(
+            [torch.as_tensor(r, dtype=torch.float64, device=ln.device).expand(ln.shape).reshape(-1)
+             for ln, r in reads]
+        )  # fmt: skip
+        values = self.read(pyramid, ln_rest, resolving_power)[0]
+        parts = values.split([shape.numel() for shape in shapes], dim=1)
+        return [
+            part.reshape(pyramid.rows, *shape) for part, shape in zip(parts, shapes, strict=True)
+        ]
 
     def pixel_basis_and_slope(
         self,
         wave_obs: torch.Tensor,
         v_kms: torch.Tensor,
         resolving_power: torch.Tensor | float,
-        pyramid: list[torch.Tensor],
+        pyramid: LsfPyramid,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`pixel_basis` at v_kms (B,) and its derivative in v, in one pass (without graph):
         linear interpolation's slope is the table's difference across the cell, and
         ∂ ln λ_rest / ∂v = −1 / (c + v)."""
         v = v_kms.to(torch.float64).unsqueeze(-1)
-        basis, slope = self._read(pyramid, _ln_rest(wave_obs, v), resolving_power, gradient=True)
+        basis, slope = self.read(pyramid, _ln_rest(wave_obs, v), resolving_power, gradient=True)
         return basis, slope * (-1.0 / (C_KMS + v)).to(slope.dtype)
 
-    def _read(self, pyramid, ln_rest, resolving_power, gradient: bool = False):
-        """The pyramid read at ln λ_rest through an LSF of resolving power R: (K+1, …) values
-        and, with `gradient`, their derivative in ln λ (zero beyond the table's ends).
+    def read(
+        self,
+        pyramid: LsfPyramid,
+        ln_rest: torch.Tensor,
+        resolving_power: torch.Tensor | float,
+        gradient: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The pyramid read at ln λ_rest through an LSF of resolving power R (scalar or one
+        per position): (rows, …) values and, with `gradient`, their derivative in ln λ (zero
+        beyond the table's ends). Every reader of a pyramid goes through here.
 
-        Each level is read only at the pixels whose R it serves (two levels per pixel), so
-        per-pixel R costs two reads, not one per level it spans; a pixel's level weight and
-        interpolation weights are folded into one factor per table row read."""
-        rows, size = pyramid[0].shape[0], ln_rest.numel()
+        Each level is read only at the positions whose R it serves (two levels per position),
+        by linear interpolation; a position's level weight and interpolation weights are
+        folded into one factor per sample read."""
+        rows, size = pyramid.rows, ln_rest.numel()
         flat = ln_rest.reshape(-1)
-        basis = slope = None
-        for index, weight in self._level_weights(resolving_power, ln_rest.device):
-            table, step = pyramid[index], self.levels[index].step
-            weight = weight.expand(ln_rest.shape).reshape(-1).to(table.dtype)
-            where = torch.nonzero(weight > 0).squeeze(-1)
-            every = len(where) == size
-            position = (flat if every else flat[where]) - self.ln_min
-            position = position / step
-            left = position.detach().floor().clamp(0, table.shape[-1] - 2).long()
-            t = (position - left).clamp(0, 1).to(table.dtype)
-            w = weight if every else weight[where]
-            reads = [table.index_select(-1, left), table.index_select(-1, left + 1)]
-            factors = [w * (1 - t), w * t]
+        reads = []  # per level: (level, positions that read it or None: all, weights, …)
+        for index, where, weight in self._level_reads(resolving_power, ln_rest.shape):
+            chosen = flat if where is None else flat[where]
+            position = (chosen - self.ln_min) / self.levels[index].step
+            left = position.detach().floor().clamp(0, pyramid.length(index) - 2).long()
+            t = (position - left).clamp(0, 1).to(pyramid.table.dtype)
+            reads.append((index, where, weight.to(pyramid.table.dtype), position, left, t))
+        found = pyramid.gather({index: torch.cat([left, left + 1]) for index, *_, left, _ in reads})
+        basis = pyramid.table.new_zeros(rows, size)
+        slope = pyramid.table.new_zeros(rows, size) if gradient else None
+        for index, where, w, position, _, t in reads:
+            pair = found[index].unflatten(1, (2, -1)).unbind(1)  # left, right: one gradient
+            _accumulate(basis, pair, (w * (1 - t), w * t), where)
             if gradient:
-                inside = (position >= 0) & (position <= table.shape[-1] - 1)
-                change = w * inside.to(table.dtype) / step
-                slope = _accumulate(slope, reads, [-change, change], where, (rows, size), every)
-            basis = _accumulate(basis, reads, factors, where, (rows, size), every)
+                length, step = pyramid.length(index), self.levels[index].step
+                inside = (position >= 0) & (position <= length - 1)
+                change = w * inside.to(w.dtype) / step
+                _accumulate(slope, pair, (-change, change), where)
         unflat = (rows, *ln_rest.shape)
         return basis.reshape(unflat), slope.reshape(unflat) if gradient else None
 
@@ -206,7 +229,7 @@ class BasisDecoder(nn.Module):
         wave_obs: torch.Tensor,
         v_kms: torch.Tensor,
         resolving_power: torch.Tensor,
-        pyramid: list[torch.Tensor],
+        pyramid: LsfPyramid,
     ) -> torch.Tensor:
         """Normalised flux (B, V, P) of each star's latent z (B, D) at each of its velocities
         v_kms (B, V), at pixels wave_obs (B, P) of resolving power (B, P): `decode` of
@@ -215,58 +238,91 @@ class BasisDecoder(nn.Module):
         ln_rest = _ln_rest(wave_obs.unsqueeze(1), v_kms.unsqueeze(-1))  # (B, V, P)
         weights = self.h(z)
         model = torch.zeros(ln_rest.shape, dtype=self.table.dtype, device=wave_obs.device)
-        for index, weight in self._level_weights(resolving_power, wave_obs.device):
-            step, table = self.levels[index].step, pyramid[index]
+        for index, where, weight in self._level_reads(resolving_power, resolving_power.shape):
+            if where is None:
+                weight = weight.to(resolving_power.device).expand(resolving_power.shape)
+            else:
+                weight = _scattered(weight, where, resolving_power)
+            step, length = self.levels[index].step, pyramid.length(index)
             position = (ln_rest - self.ln_min) / step
-            low = int(position.min().floor().clamp(0, table.shape[-1] - 2))
-            high = int(position.max().floor().clamp(0, table.shape[-1] - 2)) + 2
-            stars = table[0, low:high] + weights @ table[1:, low:high]  # (B, high − low)
+            low = int(position.min().floor().clamp(0, length - 2))
+            high = int(position.max().floor().clamp(0, length - 2)) + 2
+            table = pyramid.window(index, low, high)
+            stars = table[0] + weights @ table[1:]  # (B, high − low)
             values = _interpolate_rows(stars, position - low)
             model = model + weight.unsqueeze(1).to(model.dtype) * values
         return model
 
-    def _level_weights(self, resolving_power, device) -> list[tuple[int, torch.Tensor]]:
-        """The pyramid levels a resolving power (scalar or per pixel) reads, with their
-        weights: the two that bracket its LSF σ (`_bracketing_level`)."""
-        resolving_power = torch.as_tensor(resolving_power, device=device)
-        # The LSF level weights depend on R only (not on v): computed at R's own shape.
-        var = lsf_sigma(1.0, resolving_power.to(torch.float64)) ** 2  # in ln λ
+    def _level_reads(
+        self, resolving_power, shape
+    ) -> list[tuple[int, torch.Tensor | None, torch.Tensor]]:
+        """For each pyramid level that positions of resolving power R (a scalar, or one per
+        position of `shape`) read: (level, the flat positions that read it — None: all —,
+        their weights). A position reads the two levels that bracket its LSF σ
+        (`_bracketing_level`)."""
         sigmas2 = torch.tensor([lv.sigma**2 for lv in self.levels], dtype=torch.float64)
-        lower, t = _bracketing_level(var, sigmas2.to(var.device), self.config.lsf_mixing)
+        resolving_power = torch.as_tensor(resolving_power, dtype=torch.float64)
+        if resolving_power.numel() == 1:
+            var = lsf_sigma(1.0, resolving_power.cpu().reshape(())) ** 2  # in ln λ
+            lower, t = (float(x) for x in _bracketing_level(var, sigmas2, self.config.lsf_mixing))
+            pairs = [(int(lower), 1.0 - t), (int(lower) + 1, t)]
+            return [(lv, None, torch.tensor(w, dtype=torch.float64)) for lv, w in pairs if w > 0]
+        var = lsf_sigma(1.0, resolving_power.expand(shape).reshape(-1)) ** 2
+        sigmas2 = sigmas2.to(var.device)
+        lower, t = _bracketing_level(var, sigmas2, self.config.lsf_mixing)
+        order = torch.argsort(lower, stable=True)
+        bounds = torch.bincount(lower, minlength=len(self.levels)).cumsum(0).tolist()
+        bounds = [0, *bounds]  # positions order[bounds[ℓ]:bounds[ℓ + 1]] have lower == ℓ
         reads = []
-        for index in torch.unique(torch.cat([lower.reshape(-1), lower.reshape(-1) + 1])).tolist():
-            weight = torch.where(lower == index, 1 - t, 0) + torch.where(lower + 1 == index, t, 0)
-            if bool((weight > 0).any()):
-                reads.append((index, weight))
+        for level in range(len(self.levels)):
+            below = order[bounds[level] : bounds[level + 1]]  # read as the lower level
+            above = order[bounds[level - 1] : bounds[level]] if level > 0 else order[:0]
+            where = torch.cat([below, above])
+            weight = torch.cat([1 - t[below], t[above]])
+            keep = weight > 0
+            if bool(keep.any()):
+                reads.append((level, where[keep], weight[keep]))
         return reads
 
     def templates(self, z: torch.Tensor) -> torch.Tensor:
         """Rest-frame spectra (M, n_table) on the table grid at intrinsic resolution."""
         return self.table[0] + self.h(z) @ self.table[1:]
 
-    def latent_jacobian(
-        self, z: torch.Tensor, basis: torch.Tensor, create_graph: bool = False
-    ) -> torch.Tensor:
+    def latent_jacobian(self, z: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
         """∂f/∂z (B, P, D) at z (B, D): Σ_k T_k ∂h_k/∂z, the basis weighed by h's Jacobian."""
-        jacobian = torch.autograd.functional.jacobian(
-            lambda x: self.h(x).sum(0), z, create_graph=create_graph, vectorize=True
-        )  # (K, B, D): h acts on each row alone
+        return self.decode_with_jacobian(z, basis)[1]
+
+    def decode_with_jacobian(
+        self, z: torch.Tensor, basis: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(`decode(z, basis)`, ∂f/∂z of shape (B, P, D)) from one pass of the latent MLP."""
+        weights, jacobian = self.h.with_jacobian(z)  # (B, K), (B, K, D)
         if basis.ndim == 2:
-            return torch.einsum("kp,kbd->bpd", basis[1:], jacobian)
-        return torch.einsum("kbp,kbd->bpd", basis[1:], jacobian)
+            return basis[0] + weights @ basis[1:], torch.einsum("kp,bkd->bpd", basis[1:], jacobian)
+        decoded = basis[0] + torch.einsum("bk,kbp->bp", weights, basis[1:])
+        return decoded, torch.einsum("kbp,bkd->bpd", basis[1:], jacobian)
 
     def roughness(
         self,
         z: torch.Tensor,
         wave: torch.Tensor,
         resolving_power: torch.Tensor,
-        pyramid: list[torch.Tensor] | None = None,
+        pyramid: LsfPyramid | None = None,
     ) -> torch.Tensor:
         """Mean square of the structure in f(·, z) finer than `resolving_power` at rest-frame
         `wave`: the decoder at its own resolution minus the decoder blurred to R. Penalised
         where few high-resolution spectra taught the model, so it does not invent detail."""
-        sharp = self.pixel_basis(wave, 0.0, math.inf, pyramid)
-        smooth = self.pixel_basis(wave, 0.0, resolving_power, pyramid)
+        pyramid = self.pyramid() if pyramid is None else pyramid
+        sharp, smooth = self.read_together(pyramid, self.roughness_reads(wave, resolving_power))
+        return self.roughness_of(z, sharp, smooth)
+
+    def roughness_reads(self, wave: torch.Tensor, resolving_power: torch.Tensor) -> list[tuple]:
+        """The two reads `roughness` needs at rest-frame `wave`: sharp, and blurred to R."""
+        ln_rest = torch.log(wave.to(torch.float64))
+        return [(ln_rest, math.inf), (ln_rest, resolving_power)]
+
+    def roughness_of(self, z: torch.Tensor, sharp: torch.Tensor, smooth: torch.Tensor):
+        """`roughness` from its two reads (shared basis of the cells, (K+1, P))."""
         return ((self.decode(z, sharp) - self.decode(z, smooth)) ** 2).mean()
 
     def decode(self, z: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
@@ -324,12 +380,18 @@ def _interpolate_rows(table: torch.Tensor, position: torch.Tensor) -> torch.Tens
     return (values_left + t * (values_right - values_left)).reshape(position.shape)
 
 
-def _accumulate(total, reads, factors, where, shape, every: bool) -> torch.Tensor:
-    """total + Σ read·factor (rows read at `where`, factors per pixel); total None is zero.
-    The sum is formed the same way whether a level serves every pixel of the batch or some,
-    so that a pixel's value does not depend on its batch-mates, not even in the last bit."""
+def _accumulate(total, reads, factors, where) -> None:
+    """total += Σ read·factor at positions `where` (None: all), in place. A position's sum is
+    formed the same way whatever its batch-mates read (0 + one level + the other), so that
+    its value does not depend on them, not even in the last bit."""
     term = torch.addcmul(reads[0] * factors[0], reads[1], factors[1])
-    if every:
-        return term if total is None else total + term
-    total = reads[0].new_zeros(shape) if total is None else total
-    return total.index_add(1, where, term)
+    if where is None:
+        total.add_(term)
+    else:
+        total.index_add_(1, where, term)
+
+
+def _scattered(values: torch.Tensor, where: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`values` placed at flat positions `where` of a tensor shaped like `like` (0 elsewhere)."""
+    out = torch.zeros(like.numel(), dtype=values.dtype, device=values.device)
+    return out.index_copy_(0, where, values).reshape(like.shape)

@@ -24,9 +24,9 @@ from stargon.core.physics import C_KMS, FWHM_PER_SIGMA, doppler_factor, velocity
 from stargon.core.spectrum import Spectrum
 from stargon.model.batch import PixelBatch, make_batch
 from stargon.model.continuum import solve_continuum
-from stargon.model.decoder import gaussian_blur
 from stargon.model.gon import StarGON, with_prior
 from stargon.model.pseudo_continuum import pseudo_continuum
+from stargon.model.pyramid import LsfPyramid
 
 V_MAX = 1000.0  # km/s, the velocity search range
 FINE_HALF_WIDTH, FINE_STEP, FINE_STEPS_PER_FWHM = 15.0, 1.0, 20.0
@@ -57,7 +57,7 @@ class FitResult:
 
 
 def template_scan(
-    model: StarGON, batch: PixelBatch, templates: list[torch.Tensor], v_max: float = V_MAX
+    model: StarGON, batch: PixelBatch, templates: LsfPyramid, v_max: float = V_MAX
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """For each spectrum of the batch: the velocities within ±v_max that the template table
     resolves (V,) and χ²/n (M, V) of the M template spectra at each, by cross-correlation in
@@ -71,11 +71,8 @@ def template_scan(
     the LSF) by the adjoint of linear interpolation. Spectra of the same LSF width share the
     templates' transforms.
     """
-    if not isinstance(templates, TemplatePyramid):
-        templates = TemplatePyramid(templates)
     with torch.no_grad():
-        first = [level[:1] for level in templates]
-        reference = model.observation_basis(batch.wave, 0.0, batch.resolving_power, first)[0]
+        reference = model.observation_basis(batch.wave, 0.0, batch.resolving_power, templates)[0]
         continuum = solve_continuum(
             batch.design.double(), batch.flux.double(), batch.ivar.double(), reference.double()
         )
@@ -107,11 +104,8 @@ def _scan_same_width(model, batch, continuum, templates, sigma, v_max):
     """`template_scan` of spectra whose templates are blurred to one σ: (V,), (G, M, V)."""
     decoder = model.decoder
     flux, ivar, wave = batch.flux.double(), batch.ivar.double(), batch.wave
-    level = max(i for i, lv in enumerate(decoder.levels) if lv.sigma <= sigma)
-    extra = math.sqrt(max(sigma**2 - decoder.levels[level].sigma ** 2, 0.0))
-    extra /= decoder.levels[level].step
-    every = max(1, int(sigma / (SCAN_SAMPLES_PER_SIGMA * decoder.levels[level].step)))
-    step = every * decoder.levels[level].step  # the scan's grid: the level's, thinned
+    table_step = decoder.levels[0].step
+    step = max(1, int(sigma / (SCAN_SAMPLES_PER_SIGMA * table_step))) * table_step
     position = (torch.log(wave) - decoder.ln_min) / step
     cell = position.floor().long()
     frac = position - cell
@@ -126,15 +120,10 @@ def _scan_same_width(model, batch, continuum, templates, sigma, v_max):
     laid.index_add_(1, (cell + 1 + offset).reshape(-1), (weights * frac).reshape(2, -1))
     laid = laid.reshape(2, len(flux), n_cells)
     lags = math.ceil(math.log(doppler_factor(v_max)) / step)
-    size = templates[level].shape[-1]
-    index = torch.arange(first - lags, first + n_cells + lags, device=flux.device) * every
-    index = index.clamp(0, size - 1)
-    low, high = int(index[0]), int(index[-1]) + 1
-    if extra > 0.1:
-        table = templates.blurred(level, extra, low, high)
-    else:
-        table = templates[level][:, low:high].detach().double()
-    segment = table[:, index - low]
+    grid = torch.arange(
+        first - lags, first + n_cells + lags, device=flux.device, dtype=torch.float64
+    )
+    segment = scan_templates(model, templates, decoder.ln_min + grid * step, sigma).double()
     length = scipy.fft.next_fast_len(segment.shape[-1], real=True)
     spectra = torch.fft.rfft(torch.stack([segment, segment**2]), n=length)  # (2, M, F)
     kernels = torch.fft.rfft(laid, n=length).conj()  # (2, G, F)
@@ -150,39 +139,18 @@ def _scan_same_width(model, batch, continuum, templates, sigma, v_max):
     return velocity_of_factor(np.exp(shifts[::-1] * step)), chi2.flip(-1).cpu().numpy()
 
 
-class TemplatePyramid(list):
-    """The decoded templates at every LSF level of the decoder (a list, as `pyramid()` gives),
-    which keeps what the velocity scan blurred: a level's blocks of BLOCK samples, per extra
-    width. Every spectrum of an instrument needs the same width and nearly the same blocks;
-    blurring a whole level at once would cost the first fit of an instrument ~1 s."""
-
-    BLOCK = 8192
-
-    def __init__(self, levels: list[torch.Tensor]):
-        super().__init__(levels)
-        self._blocks: dict[tuple[int, float, int], torch.Tensor] = {}
-
-    def blurred(self, level: int, sigma_steps: float, start: int, stop: int) -> torch.Tensor:
-        """Samples start…stop − 1 of `level` blurred by a Gaussian of `sigma_steps` samples
-        (the level's edge values repeated beyond it), in float64."""
-        first, last = start // self.BLOCK, (stop - 1) // self.BLOCK
-        joined = torch.cat([self._block(level, sigma_steps, b) for b in range(first, last + 1)], -1)
-        return joined[:, start - first * self.BLOCK : stop - first * self.BLOCK]
-
-    def _block(self, level: int, sigma_steps: float, block: int) -> torch.Tensor:
-        key = (level, sigma_steps, block)
-        if key not in self._blocks:
-            table = self[level].detach()
-            margin = math.ceil(4 * sigma_steps) + 1
-            low, high = block * self.BLOCK, min((block + 1) * self.BLOCK, table.shape[-1])
-            index = torch.arange(low - margin, high + margin, device=table.device)
-            piece = table[:, index.clamp(0, table.shape[-1] - 1)].double()
-            self._blocks[key] = gaussian_blur(piece, sigma_steps)[:, margin:-margin]
-        return self._blocks[key]
+def scan_templates(
+    model: StarGON, templates: LsfPyramid, ln_rest: torch.Tensor, sigma: float
+) -> torch.Tensor:
+    """The template spectra (M, len(ln_rest)) at rest-frame ln λ through an LSF of σ (in
+    ln λ; 0: none), read as `observe` reads the basis."""
+    resolving_power = 1.0 / (FWHM_PER_SIGMA * sigma) if sigma > 0 else math.inf
+    with torch.no_grad():
+        return model.decoder.read(templates, ln_rest, resolving_power)[0]
 
 
 def latent_scan(
-    model: StarGON, batch: PixelBatch, pyramid: list[torch.Tensor], z: torch.Tensor, v_grid
+    model: StarGON, batch: PixelBatch, pyramid: LsfPyramid, z: torch.Tensor, v_grid
 ) -> np.ndarray:
     """χ²/n (B, V) of each spectrum's own model (latent z held fixed) at each of its
     velocities `v_grid` (B, V).
@@ -213,12 +181,11 @@ def latent_scan(
         return (residual.sum(-1) / batch.n_valid.unsqueeze(1)).cpu().numpy()
 
 
-def template_pyramid(model: StarGON, prototypes: torch.Tensor | None = None) -> TemplatePyramid:
+def template_pyramid(model: StarGON, prototypes: torch.Tensor | None = None) -> LsfPyramid:
     """The pyramid of decoded template spectra for the coarse scan (z = 0 when no prototypes)."""
     z = torch.zeros(1, model.config.latent_dim) if prototypes is None else prototypes
     with torch.no_grad():
-        table = model.decoder.templates(z.to(model.decoder.table))
-        return TemplatePyramid(model.decoder.pyramid(table))
+        return model.decoder.pyramid(model.decoder.templates(z.to(model.decoder.table)))
 
 
 def find_velocities(model: StarGON, batch: PixelBatch, pyramid=None, templates=None) -> np.ndarray:
@@ -269,8 +236,8 @@ def fit_spectra(
     fit_velocity: bool | None = None,
     refine_steps: int = 20,
     device: str | torch.device = "cpu",
-    pyramid: list[torch.Tensor] | None = None,
-    templates: list[torch.Tensor] | None = None,
+    pyramid: LsfPyramid | None = None,
+    templates: LsfPyramid | None = None,
 ) -> list[FitResult]:
     """Best (v, z, continuum) for each spectrum, all at once: one padded batch, one batched
     velocity search, encoder step and Gauss–Newton refinement (each spectrum stops on its own);
@@ -304,8 +271,8 @@ def fit_spectrum(
     fit_velocity: bool | None = None,
     refine_steps: int = 20,
     device: str | torch.device = "cpu",
-    pyramid: list[torch.Tensor] | None = None,
-    templates: list[torch.Tensor] | None = None,
+    pyramid: LsfPyramid | None = None,
+    templates: LsfPyramid | None = None,
 ) -> FitResult:
     """`fit_spectra` of one spectrum."""
     return fit_spectra(model, [spectrum], fit_velocity, refine_steps, device, pyramid, templates)[0]

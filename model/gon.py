@@ -21,6 +21,7 @@ from torch import nn
 from stargon.model.batch import PixelBatch
 from stargon.model.continuum import solve_continuum
 from stargon.model.decoder import BasisDecoder, ModelConfig
+from stargon.model.pyramid import LsfPyramid
 
 INNER_STEPS = ("gauss_newton", "gradient", "normalised_gradient")
 
@@ -44,7 +45,7 @@ class StarGON(nn.Module):
         wave: torch.Tensor,
         v_kms: torch.Tensor | float = 0.0,
         resolving_power: torch.Tensor | float = math.inf,
-        pyramid: list[torch.Tensor] | None = None,
+        pyramid: LsfPyramid | None = None,
     ) -> torch.Tensor:
         """The forward model's linear part, (K+1, *wave.shape): the decoder's rest-frame
         functions seen at observed vacuum λ from a star moving at v (`core.physics`'s Doppler
@@ -57,7 +58,7 @@ class StarGON(nn.Module):
         latents to an observation (training, fitting, sampling, explorer, evaluation)."""
         return self.decoder.decode(z, basis)
 
-    def basis(self, batch: PixelBatch, pyramid: list[torch.Tensor] | None = None):
+    def basis(self, batch: PixelBatch, pyramid: LsfPyramid | None = None):
         return self.observation_basis(batch.wave, batch.v_kms, batch.resolving_power, pyramid)
 
     def model_flux(self, z: torch.Tensor, basis: torch.Tensor, batch: PixelBatch):
@@ -91,37 +92,34 @@ class StarGON(nn.Module):
         z = torch.zeros(
             batch.flux.shape[0], self.config.latent_dim, dtype=basis.dtype, device=basis.device
         )
-        with torch.enable_grad():
+        # The Gauss–Newton step is closed form: a graph only when training differentiates
+        # through it. The gradient steps need z's gradient even at inference.
+        gradient_step = self.config.inner_step != "gauss_newton"
+        with torch.set_grad_enabled(create_graph or gradient_step):
             for _ in range(n_steps):
-                if self.config.inner_step == "gauss_newton":
-                    step, _ = self.gauss_newton(z, basis, batch, precision, create_graph)
-                    z = z + step
-                else:
+                if gradient_step:
                     z = self._gradient_step(z, basis, batch, create_graph)
+                else:
+                    step, _ = self.gauss_newton(z, basis, batch, precision)
+                    z = z + step
         return z if create_graph else z.detach()
 
     def gauss_newton(
-        self,
-        z: torch.Tensor,
-        basis: torch.Tensor,
-        batch: PixelBatch,
-        precision: float,
-        create_graph: bool = False,
+        self, z: torch.Tensor, basis: torch.Tensor, batch: PixelBatch, precision: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(MAP step from z, the normal matrix JᵀWJ + Λ): its inverse is the latent covariance."""
-        model, _, jacobian = self.linearise(z, basis, batch, create_graph)
+        model, _, jacobian = self.linearise(z, basis, batch)
         penalty = torch.full_like(z, precision)
         normal, rhs = normal_equations(jacobian, batch.ivar, batch.flux - model, penalty, z)
         return torch.linalg.solve(normal, rhs.unsqueeze(-1)).squeeze(-1), normal
 
     def linearise(
-        self, z: torch.Tensor, basis: torch.Tensor, batch: PixelBatch, create_graph: bool = False
+        self, z: torch.Tensor, basis: torch.Tensor, batch: PixelBatch
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(model C·f, continuum C, J = C ∂f/∂z of shape (B, P, D)) at z, C solved there."""
-        normalised = self.observe(z, basis)
+        normalised, dfdz = self.decoder.decode_with_jacobian(z, basis)
         continuum = solve_continuum(batch.design, batch.flux, batch.ivar, normalised)
-        jacobian = continuum.unsqueeze(-1) * self.decoder.latent_jacobian(z, basis, create_graph)
-        return continuum * normalised, continuum, jacobian
+        return continuum * normalised, continuum, continuum.unsqueeze(-1) * dfdz
 
     def _gradient_step(self, z, basis, batch, create_graph):
         """−α∇χ²/n ("gradient", the first default model's step) or −α∇χ²/Σivar."""
@@ -134,18 +132,28 @@ class StarGON(nn.Module):
 
     def forward(self, batch: PixelBatch, n_steps: int = 1, smoothness=None):
         """The training loss (what DistributedDataParallel wraps): `loss`, plus
-        `weight · decoder.roughness(z, wave, R)` when `smoothness` = (wave, R, weight)."""
-        pyramid = self.decoder.pyramid()
-        loss, chi2, z = self.loss(batch, n_steps, pyramid)
+        `weight · decoder.roughness(z, wave, R)` when `smoothness` = (wave, R, weight). The
+        batch's pixels and the roughness cells are read from the pyramid together."""
+        decoder = self.decoder
+        reads = [(decoder.rest_frame(batch.wave, batch.v_kms), batch.resolving_power)]
+        if smoothness is not None:
+            reads += decoder.roughness_reads(*smoothness[:2])
+        basis, *cells = decoder.read_together(decoder.pyramid(), reads)
+        loss, chi2, z = self.loss(batch, n_steps, basis=basis)
         if smoothness is None:
             return loss, chi2, z, torch.zeros((), device=loss.device)
-        wave, resolving_power, weight = smoothness
-        roughness = self.decoder.roughness(z, wave, resolving_power, pyramid)
-        return loss + weight * roughness, chi2, z, roughness.detach()
+        roughness = decoder.roughness_of(z, *cells)
+        return loss + smoothness[2] * roughness, chi2, z, roughness.detach()
 
-    def loss(self, batch: PixelBatch, n_steps: int = 1, pyramid: list[torch.Tensor] | None = None):
+    def loss(
+        self,
+        batch: PixelBatch,
+        n_steps: int = 1,
+        pyramid: LsfPyramid | None = None,
+        basis: torch.Tensor | None = None,
+    ):
         """Mean over the batch of the per-spectrum χ²/n after the GON step(s)."""
-        basis = self.basis(batch, pyramid)
+        basis = self.basis(batch, pyramid) if basis is None else basis
         z = self.encode(batch, basis, n_steps=n_steps, create_graph=True)
         chi2 = self.chi2(z, basis, batch)
         return chi2.mean(), chi2.detach(), z.detach()

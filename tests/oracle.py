@@ -7,6 +7,7 @@ pixel, keeping the flux integral: the slow, obvious way, against which the decod
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -72,3 +73,24 @@ def _neighbours(values: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tens
     valid = (index >= 0) & (index < n)
     gathered = values[..., index.clamp(0, n - 1)]
     return gathered, valid.to(values.dtype)
+
+
+def cascade_pyramid(table: torch.Tensor, levels) -> list[torch.Tensor]:
+    """The LSF pyramid by its definition, the slow way: each level is the one before blurred
+    by the width it adds — a Gaussian truncated at 4σ, edge values repeated — and every other
+    sample kept when the level's step doubles. (What `BasisDecoder.pyramid` computed every
+    training step before it filtered only what reads need.)"""
+    tables = [table]
+    for previous, level in itertools.pairwise(levels):
+        sigma = math.sqrt(level.sigma**2 - previous.sigma**2) / previous.step
+        radius = max(1, math.ceil(4.0 * sigma))
+        offsets = torch.arange(-radius, radius + 1, dtype=table.dtype)
+        kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+        kernel = kernel / kernel.sum()
+        source = tables[-1]
+        padded = torch.cat(
+            [source[:, :1].expand(-1, radius), source, source[:, -1:].expand(-1, radius)], dim=1
+        )
+        blurred = sum(kernel[k] * padded[:, k : k + source.shape[1]] for k in range(2 * radius + 1))
+        tables.append(blurred[:, ::2] if level.step > previous.step else blurred)
+    return tables
