@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import resource
+import subprocess
+import sys
 import time
+import types
 from collections.abc import Callable
 
 import numpy as np
 
-from stargon.core.paths import data_dir
+from stargon.core.paths import REPOSITORY, data_dir
 from stargon.core.records import markdown_table
 
 DATA = data_dir()
@@ -79,3 +82,24 @@ def load_model(checkpoint: str | None):
     with torch.no_grad():
         pyramid = model.decoder.pyramid()
     return model, pyramid, template_pyramid(model, extra.get("prototypes"))
+
+
+def code_at(rev: str, names: tuple[str, ...] = ("decoder", "gon")) -> dict[str, types.ModuleType]:
+    """Modules of `stargon.model` as they were at commit `rev` (the rest of the package as it
+    is), for timing old code against new in one process. Each is made while the ones before
+    it stand in for the current modules, so the old gon imports the old decoder."""
+    modules = [f"stargon.model.{name}" for name in names]
+    saved = {module: sys.modules[module] for module in modules}
+    made = {}
+    try:
+        for name, module in zip(names, modules, strict=True):
+            path = f"model/{name}.py"
+            source = subprocess.run(
+                ["git", "show", f"{rev}:{path}"],
+                cwd=REPOSITORY, capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            made[name] = sys.modules[module] = types.ModuleType(module)
+            exec(compile(source, f"{rev}:{path}", "exec"), made[name].__dict__)
+    finally:
+        sys.modules.update(saved)
+    return made

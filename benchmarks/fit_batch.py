@@ -1,29 +1,26 @@
 """Fitting throughput against batch size: `fit_spectra` on real LAMOST DR8 (observed frame, v
 fitted) and MILES (rest frame) spectra, B at a time, against one at a time (B = 1) and against
-the fit of an earlier commit (`--baseline-rev`: its model/fit.py, run on this checkout's
-model) in the same run; with the largest differences from this code's one-at-a-time fits (|Δv|
-in σ_v, χ²/dof in %, z in σ_z). `--refine-steps 20,0` adds fits without the Gauss–Newton
-refinement (the velocity scan and the encoder step only). The process keeps freed memory, as
-`stargon fit` does (`keep_freed_memory`).
+the fit of an earlier commit (`--baseline-rev`: its model code — decoder, GON, fit — on the
+same weights) in the same run; with the largest differences from this code's one-at-a-time
+fits (|Δv| in σ_v, χ²/dof in %, z in σ_z). `--refine-steps 20,0` adds fits without the
+Gauss–Newton refinement (the velocity scan and the encoder step only). The process keeps freed
+memory, as `stargon fit` does (`keep_freed_memory`).
 
     python -m benchmarks.fit_batch --n 128 --batch-sizes 1,16,64 --refine-steps 20,0 \\
-        --baseline-rev 0b412a8
+        --baseline-rev 081de38
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import time
-import types
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from benchmarks.common import DATA, load_model, ratio_to_first, table
-from stargon.core.paths import REPOSITORY
+from benchmarks.common import DATA, code_at, load_model, ratio_to_first, table
+from stargon.model.checkpoint import load_checkpoint, resolve_checkpoint
 from stargon.model.devices import keep_freed_memory
 from stargon.model.fit import fit_spectra
 from stargon.surveys import read_file
@@ -37,19 +34,25 @@ def spectra_of(folder: str, n: int) -> list:
     return [read_file(path)[0] for path in files[:n]]
 
 
-def fit_of_commit(rev: str) -> Callable:
-    """`fit_spectra` as model/fit.py was at commit `rev` (the rest of the package as it is)."""
-    source = subprocess.run(
-        ["git", "show", f"{rev}:model/fit.py"],
-        cwd=REPOSITORY,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    module = types.ModuleType(f"fit_at_{rev}")
-    sys.modules[module.__name__] = module
-    exec(compile(source, f"{rev}:model/fit.py", "exec"), module.__dict__)
-    return module.fit_spectra
+def fit_of_commit(rev: str, checkpoint: str | None) -> Callable:
+    """`fit_spectra` as the model code was at commit `rev` (model/decoder.py, gon.py and
+    fit.py; the rest of the package as it is), on its own copy of the model, with its own
+    pyramid and template bank; called like this checkout's."""
+    old = code_at(rev, ("decoder", "gon", "fit"))
+    model, _, extra = load_checkpoint(resolve_checkpoint(checkpoint))
+    old_model = old["gon"].StarGON(model.config)
+    old_model.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        pyramid = old_model.decoder.pyramid()
+    templates = old["fit"].template_pyramid(old_model, extra.get("prototypes"))
+
+    def fit(_model, spectra, pyramid_=None, templates_=None, **options):
+        options = {k: v for k, v in options.items() if k not in ("pyramid", "templates")}
+        return old["fit"].fit_spectra(
+            old_model, spectra, pyramid=pyramid, templates=templates, **options
+        )
+
+    return fit
 
 
 def timed_fits(fit: Callable, model, spectra: list, size: int, **options) -> tuple[list, float]:
@@ -76,7 +79,7 @@ def main() -> None:
                 for size in sizes]  # fmt: skip
     fits = {"this": fit_spectra}
     if args.baseline_rev:
-        fits[args.baseline_rev] = fit_of_commit(args.baseline_rev)
+        fits[args.baseline_rev] = fit_of_commit(args.baseline_rev, args.checkpoint)
         settings.append((args.baseline_rev, 20, BASELINE_BATCH))
     rows = []
     for name, folder in FOLDERS.items():

@@ -4,7 +4,10 @@ then the model's ±1σ band), against an ivar-weighted PCA projection on the sam
 cheapest possible "fit") measured in the same run. The process keeps freed memory, as
 `stargon serve` and `stargon fit` do.
 
-    python -m benchmarks.fit_speed --checkpoint RUN/model
+`--baseline-rev` adds the full fit by an earlier commit's model code (`fit_batch.fit_of_commit`)
+in the same run, and the ratio of the two.
+
+    python -m benchmarks.fit_speed --checkpoint RUN/model --baseline-rev 081de38
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import argparse
 import torch
 
 from benchmarks.common import DATA, best_time, load_model, median_time, table
+from benchmarks.fit_batch import fit_of_commit
 from stargon.explorer.state import Explorer
 from stargon.model.batch import make_batch
 from stargon.model.devices import keep_freed_memory
@@ -33,10 +37,12 @@ FILES = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--baseline-rev", default=None, help="a commit whose fit to time too")
     args = parser.parse_args()
     keep_freed_memory()
     model, pyramid, templates = load_model(args.checkpoint)
     explorer = Explorer(args.checkpoint)
+    old_fit = fit_of_commit(args.baseline_rev, args.checkpoint) if args.baseline_rev else None
     rows = []
     for name, path in FILES.items():
         spectrum = read_file(DATA / path)[0]
@@ -63,11 +69,15 @@ def main() -> None:
         t_one = best_time(one_step)
         t_fit = best_time(refined, repeat=3)
         t_click = median_time(click, repeat=5)
+        if old_fit:
+            t_old = best_time(lambda spectrum=spectrum: old_fit(model, [spectrum]), repeat=3)
+            baseline = {f"refined_ms at {args.baseline_rev}": 1e3 * t_old,
+                        f"refined vs {args.baseline_rev}": t_old / t_fit}  # fmt: skip
         rows.append({
             "spectrum": name, "pixels": spectrum.n_pixels, "frame": spectrum.frame,
             "one_step_ms": 1e3 * t_one, "refined_ms": 1e3 * t_fit,
             "click_to_fit_ms": 1e3 * t_click, "pca_projection_ms": 1e3 * t_pca,
-            "one_step_vs_pca": t_one / t_pca,
+            "one_step_vs_pca": t_one / t_pca, **(baseline if old_fit else {}),
         })  # fmt: skip
     print(f"device: CPU, {torch.get_num_threads()} threads; checkpoint {args.checkpoint}\n")
     print("refined: fastest of 3; click to fit: median of 5 (both after a warm-up)\n")

@@ -1,0 +1,225 @@
+"""How fast is a training step? The default recipe's step — 64 spectra × 1,000 pixels drawn as
+`stargon train` draws them from every survey of the data folder plus 1,000 Payne-emulator
+spectra, observed-frame ones at their velocities, the Gauss–Newton GON step, the roughness
+penalty on 2,000 cells, Adam — timed for this checkout's model code against an earlier
+commit's (`--baseline-rev`: its model/decoder.py and model/gon.py, run on the same batches and
+the same weights). The two take turns step by step, so that drifts of the machine's speed fall
+on both. Per run: the median step; the table gives the median of `--runs` runs, broken into
+phases (the forward pyramid, reads, latent MLP and its Jacobian, Gauss–Newton and continuum
+solves; then the backward pass and the optimiser), and each implementation's peak memory over
+its steps, in a process of its own.
+
+    python -m benchmarks.train_speed --baseline-rev 081de38     # ≈ 4 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import resource
+import time
+
+import numpy as np
+import torch
+
+from benchmarks.common import DATA, code_at, in_child, table
+from stargon.model import decoder, gon, pyramid
+from stargon.model.batch import make_batch
+from stargon.model.checkpoint import load_checkpoint
+from stargon.model.devices import keep_freed_memory
+from stargon.model.fit import find_velocities, template_pyramid
+from stargon.train.coverage import resolution_coverage, smoothness_cells
+from stargon.train.dataset import load_training_set
+from stargon.train.loop import TrainConfig
+
+PHASES = ("pyramid", "reads", "MLP/Jacobian", "solve", "backward", "optimiser", "other")
+
+
+def phase_targets(decoder_module, gon_module) -> list[tuple[object, str, str]]:
+    """(owner, attribute, phase) of the functions each phase's time is spent in."""
+    latent, basis = decoder_module.LatentMLP, decoder_module.BasisDecoder
+    targets = [
+        (latent, "forward", "MLP/Jacobian"),
+        (basis, "decode", "MLP/Jacobian"),
+        (gon_module, "solve_continuum", "solve"),
+        (gon_module, "normal_equations", "solve"),
+        (gon_module.StarGON, "gauss_newton", "solve"),
+    ]
+    if hasattr(basis, "_read"):  # before the pyramid was computed where it is read
+        targets += [(basis, "pyramid", "pyramid"), (basis, "_read", "reads"),
+                    (basis, "latent_jacobian", "MLP/Jacobian")]  # fmt: skip
+    else:
+        lsf = pyramid.LsfPyramid
+        targets += [(lsf, "gather", "pyramid"), (lsf, "whole", "pyramid"),
+                    (lsf, "window", "pyramid"), (basis, "read", "reads"),
+                    (latent, "with_jacobian", "MLP/Jacobian"),
+                    (basis, "decode_with_jacobian", "MLP/Jacobian")]  # fmt: skip
+    return targets
+
+
+class Phases:
+    """Wall time per phase, each function's own (time in nested timed calls excluded)."""
+
+    def __init__(self, targets):
+        self.targets, self.totals, self._stack = targets, dict.fromkeys(PHASES, 0.0), []
+
+    def __enter__(self):
+        self._saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in self.targets]
+        for owner, name, phase in self.targets:
+            setattr(owner, name, self._timed(owner.__dict__[name], phase))
+        return self
+
+    def __exit__(self, *exc):
+        for owner, name, original in self._saved:
+            setattr(owner, name, original)
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.totals[phase] += seconds
+
+    def _timed(self, function, phase):
+        @functools.wraps(function)
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            self._stack.append(0.0)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent = time.perf_counter() - start
+                self.totals[phase] += spent - self._stack.pop()
+                if self._stack:
+                    self._stack[-1] += spent
+
+        return timed
+
+
+class Trainer:
+    """One implementation's model (from the embedded default weights) and Adam, as the loop
+    has them, stepping on given batches."""
+
+    def __init__(self, gon_module, decoder_module, config: TrainConfig):
+        model, _, _ = load_checkpoint(None)
+        self.model = gon_module.StarGON(model.config)
+        self.model.load_state_dict(model.state_dict())
+        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.targets = phase_targets(decoder_module, gon_module)
+        self.config = config
+
+    def step(self, batch, smoothness) -> dict[str, float]:
+        with Phases(self.targets) as phases:
+            start = time.perf_counter()
+            loss, _, _, _ = self.model(batch, n_steps=self.config.gon_steps, smoothness=smoothness)
+            mark = time.perf_counter()
+            self.optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            phases.add("backward", time.perf_counter() - mark)
+            mark = time.perf_counter()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
+            self.optimiser.step()
+            phases.add("optimiser", time.perf_counter() - mark)
+            total = time.perf_counter() - start
+        times = phases.totals
+        times["other"] = total - sum(times.values())
+        return times | {"total": total}
+
+
+def prepare_steps(config: TrainConfig, n_steps: int) -> list:
+    """The recipe's batches after the warm-up: spectra drawn as the loop draws them, observed
+    ones at velocities the embedded model finds, pixels and roughness cells per step."""
+    data = load_training_set(config.data, synthetic=config.synthetic, progress=False)
+    pool = data.indices(held_out=False)
+    names = np.array(data.surveys)[pool]
+    _, inverse, counts = np.unique(names, return_inverse=True, return_counts=True)
+    weights = counts[inverse] ** (config.survey_balance - 1.0)
+    coverage = resolution_coverage(
+        [data.spectra[i] for i in pool], config.model, config.coverage_count
+    )
+    model, _, extra = load_checkpoint(None)
+    templates = template_pyramid(model, extra.get("prototypes"))
+    steps = []
+    for step in range(config.warmup_steps, config.warmup_steps + n_steps):
+        rng = np.random.default_rng([config.seed, step])
+        chosen = np.sort(rng.choice(pool, config.batch_size, p=weights / weights.sum()))
+        spectra = [data.spectra[i] for i in chosen]
+        velocities = np.zeros(len(spectra))
+        moving = [i for i, s in enumerate(spectra) if s.frame == "observed"]
+        with torch.no_grad():
+            found = find_velocities(
+                model, make_batch([spectra[i] for i in moving]), None, templates
+            )
+        velocities[moving] = found
+        batch = make_batch(
+            spectra, v_kms=velocities, n_pixels=config.n_pixels,
+            rngs=[np.random.default_rng([config.seed, step, int(i)]) for i in chosen],
+            error_floor=config.error_floor,
+        )  # fmt: skip
+        rng = np.random.default_rng([config.seed, step, 2**32 - 1])
+        cells = smoothness_cells(*coverage, config.model, config.roughness_cells, rng)
+        steps.append((batch, (*cells, config.roughness)))
+    return steps
+
+
+def implementations(rev: str, config: TrainConfig) -> dict[str, Trainer]:
+    old = code_at(rev)
+    return {rev: Trainer(old["gon"], old["decoder"], config), "this": Trainer(gon, decoder, config)}
+
+
+def timed_runs(trainers: dict[str, Trainer], steps: list, runs: int) -> dict[str, list[dict]]:
+    """Per implementation, per run, the median of each phase over the run's steps (the
+    implementations take turns; one warm-up step each first)."""
+    for trainer in trainers.values():
+        trainer.step(*steps[0])
+    medians: dict[str, list[dict]] = {name: [] for name in trainers}
+    for _ in range(runs):
+        times: dict[str, list[dict]] = {name: [] for name in trainers}
+        for batch, smoothness in steps:
+            for name, trainer in trainers.items():
+                times[name].append(trainer.step(batch, smoothness))
+        for name, records in times.items():
+            medians[name].append({k: float(np.median([r[k] for r in records])) for k in records[0]})
+    return medians
+
+
+def peak_memory(rev: str, config: TrainConfig, steps: list, name: str) -> float:
+    """Peak resident MiB of a process that runs one implementation's steps."""
+    keep_freed_memory()
+    trainers = implementations(rev, config)
+    for batch, smoothness in steps:
+        trainers[name].step(batch, smoothness)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--baseline-rev", default="081de38", help="the commit to compare with")
+    parser.add_argument("--steps", type=int, default=8, help="batches per run")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    keep_freed_memory()
+    # The flags of train/recipes/default.sh.
+    config = TrainConfig(
+        data=str(DATA), out="", batch_size=64, n_pixels=1000, warmup_steps=300, synthetic=1000,
+        survey_balance=0.5, roughness=100.0, coverage_count=20,
+    )  # fmt: skip
+    steps = prepare_steps(config, args.steps)
+    trainers = implementations(args.baseline_rev, config)
+    medians = timed_runs(trainers, steps, args.runs)
+    rows = []
+    for name, runs in medians.items():
+        total = float(np.median([run["total"] for run in runs]))
+        memory = in_child(peak_memory, args.baseline_rev, config, steps[:3], name)[0]
+        rows.append({
+            "model code": name, "ms per step": 1000 * total,
+            "spectra/s": config.batch_size / total, "vs baseline": None,
+            **{f"{p} ms": 1000 * float(np.median([run[p] for run in runs])) for p in PHASES},
+            "peak MiB": memory,
+        })  # fmt: skip
+    for row in rows:
+        row["vs baseline"] = row["spectra/s"] / rows[0]["spectra/s"]
+    print(f"device: CPU, {torch.get_num_threads()} threads; {args.runs} runs × {args.steps} "
+          f"steps, medians (python -m benchmarks.train_speed --baseline-rev "
+          f"{args.baseline_rev})\n")  # fmt: skip
+    print(table(rows, list(rows[0])))
+
+
+if __name__ == "__main__":
+    main()
