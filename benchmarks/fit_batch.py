@@ -26,7 +26,6 @@ from stargon.model.fit import fit_spectra
 from stargon.surveys import read_file
 
 FOLDERS = {"LAMOST DR8": "lamost_dr8/20220313_CCF_test_grouped_fits", "MILES": "miles"}
-BASELINE_BATCH = 32
 
 
 def spectra_of(folder: str, n: int) -> list:
@@ -80,7 +79,7 @@ def main() -> None:
     fits = {"this": fit_spectra}
     if args.baseline_rev:
         fits[args.baseline_rev] = fit_of_commit(args.baseline_rev, args.checkpoint)
-        settings.append((args.baseline_rev, 20, BASELINE_BATCH))
+        settings.append((args.baseline_rev, 20, max(sizes)))
     rows = []
     for name, folder in FOLDERS.items():
         spectra = spectra_of(folder, args.n)

@@ -239,8 +239,9 @@ class BasisDecoder(nn.Module):
         weights = self.h(z)
         model = torch.zeros(ln_rest.shape, dtype=self.table.dtype, device=wave_obs.device)
         for index, where, weight in self._level_reads(resolving_power, resolving_power.shape):
-            if where is None:
-                weight = weight.to(resolving_power.device).expand(resolving_power.shape)
+            if where is None:  # one weight, or one per position in order
+                weight = weight.to(resolving_power.device).expand(resolving_power.numel())
+                weight = weight.reshape(resolving_power.shape)
             else:
                 weight = _scattered(weight, where, resolving_power)
             step, length = self.levels[index].step, pyramid.length(index)
@@ -280,7 +281,9 @@ class BasisDecoder(nn.Module):
             where = torch.cat([below, above])
             weight = torch.cat([1 - t[below], t[above]])
             keep = weight > 0
-            if bool(keep.any()):
+            if bool(keep.all()) and len(where) == len(lower):  # every position: in order
+                reads.append((level, None, torch.zeros_like(weight).index_copy_(0, where, weight)))
+            elif bool(keep.any()):
                 reads.append((level, where[keep], weight[keep]))
         return reads
 
