@@ -4,7 +4,6 @@ solved in closed form by weighted least squares (differentiable, batched)."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def legendre_design(
@@ -16,8 +15,10 @@ def legendre_design(
     for order in range(1, degree):
         polys.append(((2 * order + 1) * x * polys[-1] - order * polys[-2]) / (order + 1))
     legendre = torch.stack(polys[: degree + 1], dim=-1)  # (..., N, degree+1)
-    one_hot = F.one_hot(segment_id, n_segments).to(x.dtype)  # (..., N, S)
-    return (one_hot.unsqueeze(-1) * legendre.unsqueeze(-2)).flatten(-2)
+    orders = torch.arange(degree + 1, device=x.device)
+    columns = segment_id.unsqueeze(-1) * (degree + 1) + orders  # each pixel's own block
+    design = x.new_zeros(*x.shape, n_segments * (degree + 1))
+    return design.scatter_(-1, columns, legendre)
 
 
 def solve_continuum(
