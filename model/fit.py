@@ -64,9 +64,11 @@ def template_scan(
     ln λ.
 
     A Doppler shift is a translation in ln λ and an LSF of constant R a fixed kernel there, so
-    the templates are blurred once to the spectrum's median R (on a 1 % grid) and every shift
-    is one lag of a correlation: with the continuum C solved once (v = 0) and a free amplitude
-    per lag, χ²(s) = Σ ivar f² − (Σ ivar f C T_s)² / Σ ivar C² T_s², both sums one FFT each.
+    the templates are read once at the spectrum's median R (on a 1 % grid) on an even ln λ
+    grid (`scan_templates`: the template bank's pyramid, read as `observe` reads the basis),
+    and every shift is one lag of a correlation: with the continuum C solved once (v = 0)
+    and a free amplitude per lag, χ²(s) = Σ ivar f² − (Σ ivar f C T_s)² / Σ ivar C² T_s², both
+    sums one FFT each.
     The pixels are laid onto the table grid (thinned to SCAN_SAMPLES_PER_SIGMA steps per σ of
     the LSF) by the adjoint of linear interpolation. Spectra of the same LSF width share the
     templates' transforms.

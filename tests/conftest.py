@@ -16,6 +16,18 @@ def data_dir() -> Path:
     return paths.data_dir().resolve()
 
 
+@pytest.fixture
+def float64():
+    """Torch's default dtype float64 for one test (checks in double precision), restored
+    afterwards for the other modules."""
+    import torch
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
 @pytest.fixture(scope="session")
 def data() -> Path:
     path = data_dir()

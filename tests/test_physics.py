@@ -25,13 +25,7 @@ H_ALPHA = 6564.61  # vacuum Å
 LINE_CONFIG = ModelConfig(latent_dim=2, n_basis=2, hidden=8, wave_min=6000.0, wave_max=7200.0)
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    """Physics is checked in double precision; the default is restored for other modules."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")  # physics in double precision
 
 
 def model_with_a_line(

@@ -23,12 +23,7 @@ CONFIG = ModelConfig(latent_dim=3, n_basis=3, hidden=16, wave_min=6000.0, wave_m
 RESOLVING_POWERS = (1800.0, 7500.0, 22500.0, 28000.0)
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 @pytest.fixture
