@@ -8,11 +8,12 @@ width it adds (a Gaussian truncated at 4σ, edge values repeated) and sampled ha
 112,780-step table, every training step, cost most of the step. Here every level is the table
 convolved once with the cascade's composite filter, which gives the same numbers:
 
-* levels on the table's own grid (σ < 8 steps, read by high-R pixels): the composite FIR,
-  applied only over the windows of the table a read asks for;
-* coarser levels: the table's Fourier transform times the cascade's transfer function (the
-  product of its stages'), cut at the level's Nyquist frequency — which is its sampling; the
-  filter is far below float precision beyond it.
+* in a training step, the levels on the table's own grid with a short FIR (σ ≤ 4 steps, read
+  by high-R pixels): the composite FIR, applied only over the windows of the table a read asks
+  for;
+* every other level (and, outside training, every level): the table's Fourier transform times
+  the cascade's transfer function (the product of its stages'), cut at the level's Nyquist
+  frequency — which is its sampling; the filter is far below float precision beyond it.
 
 Both agree with the cascade to float rounding, except for the last few dozen samples of a
 level at either end of the table (where the cascade repeated each level's own edge value, and
@@ -151,14 +152,16 @@ def _fast_length(size: int, multiple: int) -> int:
 class LsfPyramid:
     """The levels of one table (rows × n_table), computed when first read.
 
-    A pyramid whose table needs gradients (training) computes only the windows of a level on
-    the table's grid that each read asks for; one without (fitting, the explorer, the
-    velocity scan's templates) keeps every level it computes whole, for the many reads that
-    follow. The coarser levels are computed whole, all at once, when one is first read."""
+    A pyramid made while its table needs gradients (a training step) computes, at each read,
+    only the windows of the high-R levels that the read asks for, and the other levels whole
+    by FFT, with their gradients. One made without (fitting, the explorer, the velocity scan's
+    templates: `torch.no_grad()`) computes every level it is asked for whole, by FFT and
+    without gradients, and keeps it for the many reads that follow."""
 
     def __init__(self, table: torch.Tensor, filters: PyramidFilters):
         self.table, self.filters = table, filters
         self.levels = filters.levels
+        self.training = table.requires_grad and torch.is_grad_enabled()
         self._whole: dict[int, torch.Tensor] = {0: table}
 
     @property
@@ -193,30 +196,19 @@ class LsfPyramid:
         return self._whole[level][:, : self.length(level)]
 
     def _compute_whole(self, levels: list[int]) -> None:
-        """Compute the levels not yet kept: a short FIR over the whole table (on its grid,
-        outside training), else by FFT, all in one transform."""
-        missing = [lv for lv in levels if lv not in self._whole]
-        by_fourier = [lv for lv in missing if self._lazy or not self._short_fir(lv)]
-        for level in missing:
-            if level not in by_fourier:
-                index = torch.arange(self.length(level), device=self.table.device)
-                self._whole[level] = self._fir_samples({level: index})[level]
-        if by_fourier:
-            blurred = FourierLevels.apply(self.table, self.filters, tuple(by_fourier))
-            self._whole |= dict(zip(by_fourier, blurred, strict=True))
-
-    def _short_fir(self, level: int) -> bool:
-        return self.filters.on_grid(level) and len(self.filters.firs.get(level, ())) < FOURIER_TAPS
+        """Compute the levels not yet kept, by FFT, all from one transform of the table."""
+        missing = tuple(lv for lv in levels if lv not in self._whole)
+        if missing:
+            with torch.set_grad_enabled(self.training):
+                blurred = FourierLevels.apply(self.table, self.filters, missing)
+            self._whole |= dict(zip(missing, blurred, strict=True))
 
     def _windowed(self, level: int) -> bool:
-        """Read from windows of the table: in training, on the table's grid, a short FIR."""
-        if not self._lazy or level in self._whole:
+        """Read from windows of the table: in training, a level on the table's grid whose
+        FIR is short."""
+        if not self.training or level in self._whole or not self.filters.on_grid(level):
             return False
-        return level == 0 or self._short_fir(level)
-
-    @property
-    def _lazy(self) -> bool:
-        return self.table.requires_grad and torch.is_grad_enabled()
+        return len(self.filters.firs[level]) < FOURIER_TAPS
 
     def _fir_samples(self, wanted: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         """Levels on the table's grid at their indices, from the windows of the table around
