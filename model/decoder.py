@@ -86,8 +86,9 @@ class LatentMLP(nn.Module):
         return self.net(z)
 
     def with_jacobian(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(h(z) of shape (B, K), ∂h/∂z of shape (B, K, D)) in one forward pass: the tangents
-        of the D latent directions carried through each layer in closed form. Training
+        """(h(z) of shape (B, K), ∂h/∂z of shape (B, K, D)) in one forward pass: h by the layers
+        themselves (the same bits as `forward`), the tangents of the D latent directions
+        carried through each layer in closed form. Training
         differentiates through the Gauss–Newton step, so a Jacobian by autograd would need a
         double backward; this one is ordinary tensors."""
         x = z
@@ -102,11 +103,11 @@ class LatentMLP(nn.Module):
                 tangent = tangent - tangent.mean(-1, keepdim=True)
                 along = (unit.unsqueeze(1) * tangent).mean(-1, keepdim=True)
                 tangent = layer.weight * (tangent - unit.unsqueeze(1) * along) / scale.unsqueeze(1)
-                x = layer.weight * unit + layer.bias
+                x = layer(x)
             elif isinstance(layer, nn.SiLU):
                 gate = torch.sigmoid(x)
                 tangent = tangent * (gate * (1 + x * (1 - gate))).unsqueeze(1)
-                x = x * gate
+                x = layer(x)
             else:
                 raise TypeError(f"no closed-form Jacobian for {type(layer).__name__}")
         return x, tangent.transpose(1, 2)
@@ -282,7 +283,7 @@ class BasisDecoder(nn.Module):
             weight = torch.cat([1 - t[below], t[above]])
             keep = weight > 0
             if bool(keep.all()) and len(where) == len(lower):  # every position: in order
-                reads.append((level, None, torch.zeros_like(weight).index_copy_(0, where, weight)))
+                reads.append((level, None, _scattered(weight, where, lower)))
             elif bool(keep.any()):
                 reads.append((level, where[keep], weight[keep]))
         return reads

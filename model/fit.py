@@ -427,9 +427,8 @@ def _normal_equations(model, linearised: _Linearised, z, v):
     forming JᵀWJ − JᵀWA (AᵀWA)⁻¹AᵀWJ instead would cancel digits and need float64."""
     batch, basis = linearised.batch, linearised.basis(v)
     with torch.no_grad():
-        normalised = model.observe(z, basis)
+        normalised, dfdz = model.decoder.decode_with_jacobian(z, basis)
         continuum = solve_continuum(batch.design, batch.flux, batch.ivar, normalised)
-    dfdz = model.decoder.latent_jacobian(z, basis).detach()
     dfdv = (linearised.flux_slope(model, z) * linearised.moving[:, None]).unsqueeze(-1)
     root = batch.ivar.clamp_min(0).sqrt()
     jacobian = torch.cat([dfdz, dfdv], -1) * (continuum * root).unsqueeze(-1)  # W^½ J

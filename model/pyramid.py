@@ -22,7 +22,6 @@ here the table's): within 400 table steps of 3,150 Å and 17,100 Å, where no su
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -125,7 +124,6 @@ class PyramidFilters:
             firs[level] = composite
         return firs
 
-    @functools.cache  # noqa: B019 (one filter set per decoder, kept as long as it)
     def transfer(self, level: int) -> np.ndarray:
         """The level's transfer function (float64) at the rfft frequencies of its own
         sampling: the product of its stages' (a stage at step h responds at h·ω)."""
