@@ -84,10 +84,14 @@ def load_model(checkpoint: str | None):
     return model, pyramid, template_pyramid(model, extra.get("prototypes"))
 
 
-def code_at(rev: str, names: tuple[str, ...] = ("decoder", "gon")) -> dict[str, types.ModuleType]:
+def code_at(
+    rev: str, names: tuple[str, ...] = ("pyramid", "decoder", "gon")
+) -> dict[str, types.ModuleType]:
     """Modules of `stargon.model` as they were at commit `rev` (the rest of the package as it
-    is), for timing old code against new in one process. Each is made while the ones before
-    it stand in for the current modules, so the old gon imports the old decoder."""
+    is; those the commit did not have are left out), for timing old code against new in one
+    process. Each is made while the ones before it stand in for the current modules, so the
+    old gon imports the old decoder, and that the old pyramid."""
+    names = tuple(name for name in names if _exists(rev, f"model/{name}.py"))
     modules = [f"stargon.model.{name}" for name in names]
     saved = {module: sys.modules[module] for module in modules}
     made = {}
@@ -103,3 +107,9 @@ def code_at(rev: str, names: tuple[str, ...] = ("decoder", "gon")) -> dict[str, 
     finally:
         sys.modules.update(saved)
     return made
+
+
+def _exists(rev: str, path: str) -> bool:
+    return (
+        subprocess.run(["git", "cat-file", "-e", f"{rev}:{path}"], cwd=REPOSITORY).returncode == 0
+    )

@@ -37,7 +37,7 @@ def fit_of_commit(rev: str, checkpoint: str | None) -> Callable:
     """`fit_spectra` as the model code was at commit `rev` (model/decoder.py, gon.py and
     fit.py; the rest of the package as it is), on its own copy of the model, with its own
     pyramid and template bank; called like this checkout's."""
-    old = code_at(rev, ("decoder", "gon", "fit"))
+    old = code_at(rev, ("pyramid", "decoder", "gon", "fit"))
     model, _, extra = load_checkpoint(resolve_checkpoint(checkpoint))
     old_model = old["gon"].StarGON(model.config)
     old_model.load_state_dict(model.state_dict())

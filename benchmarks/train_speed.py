@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import DATA, code_at, in_child, table
-from stargon.model import decoder, gon, pyramid
+from stargon.model import decoder, gon
 from stargon.model.batch import make_batch
 from stargon.model.checkpoint import load_checkpoint
 from stargon.model.devices import keep_freed_memory
@@ -50,7 +50,7 @@ def phase_targets(decoder_module, gon_module) -> list[tuple[object, str, str]]:
         targets += [(basis, "pyramid", "pyramid"), (basis, "_read", "reads"),
                     (basis, "latent_jacobian", "MLP/Jacobian")]  # fmt: skip
     else:
-        lsf = pyramid.LsfPyramid
+        lsf = decoder_module.LsfPyramid  # the pyramid module the decoder imported
         targets += [(lsf, "gather", "pyramid"), (lsf, "whole", "pyramid"),
                     (lsf, "window", "pyramid"), (basis, "read", "reads"),
                     (latent, "with_jacobian", "MLP/Jacobian"),
@@ -121,6 +121,14 @@ class Trainer:
         times = phases.totals
         times["other"] = total - sum(times.values())
         return times | {"total": total}
+
+
+def default_config() -> TrainConfig:
+    """The flags of train/recipes/default.sh."""
+    return TrainConfig(
+        data=str(DATA), out="", batch_size=64, n_pixels=1000, warmup_steps=300, synthetic=1000,
+        survey_balance=0.5, roughness=100.0, coverage_count=20,
+    )  # fmt: skip
 
 
 def prepare_steps(config: TrainConfig, n_steps: int) -> list:
@@ -225,11 +233,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     keep_freed_memory()
-    # The flags of train/recipes/default.sh.
-    config = TrainConfig(
-        data=str(DATA), out="", batch_size=64, n_pixels=1000, warmup_steps=300, synthetic=1000,
-        survey_balance=0.5, roughness=100.0, coverage_count=20,
-    )  # fmt: skip
+    config = default_config()
     steps = prepare_steps(config, args.steps)
     trainers = implementations(args.baseline_rev, config)
     medians = timed_runs(trainers, steps, args.runs)

@@ -6,18 +6,21 @@ Level ℓ is the table blurred by a Gaussian of σ_ℓ (in ln λ) and sampled ev
 width it adds (a Gaussian truncated at 4σ, edge values repeated) and sampled half as often once
 σ ≥ 8 steps — and models are trained on exactly that. Running the cascade over the whole
 112,780-step table, every training step, cost most of the step. Here every level is the table
-convolved once with the cascade's composite filter, which gives the same numbers:
+convolved once with the cascade's composite filter (`PyramidFilters.kernels`), which gives the
+same numbers, computed one of two ways:
 
-* in a training step, the levels on the table's own grid with a short FIR (σ ≤ 4 steps, read
-  by high-R pixels): the composite FIR, applied only over the windows of the table a read asks
-  for;
-* every other level (and, outside training, every level): the table's Fourier transform times
-  the cascade's transfer function (the product of its stages'), cut at the level's Nyquist
-  frequency — which is its sampling; the filter is far below float precision beyond it.
+* in blocks: the level's samples around the ones a read asks for, each block one row of a
+  matrix product with the level's block matrix (`block_matrix`) — a training step's scattered
+  reads cost what they read;
+* whole by FFT: the table's Fourier transform times the cascade's transfer function (the
+  product of its stages'), cut at the level's Nyquist frequency — which is its sampling; the
+  filter is far below float precision beyond it.
 
-Both agree with the cascade to float rounding, except for the last few dozen samples of a
-level at either end of the table (where the cascade repeated each level's own edge value, and
-here the table's): within 400 table steps of 3,150 Å and 17,100 Å, where no survey has pixels.
+A training step reads the levels on the table's grid in blocks and the coarser ones by FFT;
+fitting and the explorer, which read the same levels many times, keep whole levels. Both agree
+with the cascade to float rounding, except for the last few dozen samples of a level at either
+end of the table (where the cascade repeated each level's own edge value, and here the
+table's): within 400 table steps of 3,150 Å and 17,100 Å, where no survey has pixels.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ from functools import cached_property
 import numpy as np
 import scipy.fft
 import torch
-import torch.nn.functional as F
 
 from stargon.core.physics import FWHM_PER_SIGMA
 
@@ -69,8 +71,8 @@ def stage_kernel(sigma_steps: float) -> np.ndarray:
 
 
 class PyramidFilters:
-    """The cascade of a plan as filters on the table's grid: a composite FIR per level still on
-    that grid, and the transfer function of every level on an FFT grid padded for the edges."""
+    """The cascade of a plan as filters on the table's grid: each level's composite kernel
+    (and its block matrices), and its transfer function on an FFT grid padded for the edges."""
 
     def __init__(self, levels: list[PyramidLevel], n_table: int):
         self.levels, self.n_table = levels, n_table
@@ -110,19 +112,29 @@ class PyramidFilters:
             self._factors[key] = torch.as_tensor(values, dtype=like.dtype, device=like.device)
         return self._factors[key]
 
-    def on_grid(self, level: int) -> bool:
-        return self.strides[level] == 1
-
     @cached_property
-    def firs(self) -> dict[int, np.ndarray]:
-        """Composite FIR of each blurred level on the table's grid (float64, symmetric)."""
-        firs, composite = {}, np.ones(1)
-        for level, (kernel, step) in enumerate(self.stages, start=1):
-            if step != 1:
-                break
-            composite = np.convolve(composite, kernel)
-            firs[level] = composite
-        return firs
+    def kernels(self) -> list[np.ndarray]:
+        """Each level's composite filter on the table's grid (float64, symmetric; level 0: the
+        identity): its stages convolved, a stage at step h spread over h table steps. Level ℓ's
+        sample i is the table filtered by it at table position i · stride."""
+        kernels = [np.ones(1)]
+        for kernel, step in self.stages:
+            spread = np.zeros((len(kernel) - 1) * step + 1)
+            spread[::step] = kernel
+            kernels.append(np.convolve(kernels[-1], spread))
+        return kernels
+
+    def block_matrix(self, level: int, size: int, like: torch.Tensor) -> torch.Tensor:
+        """(width, size): `size` consecutive samples of a level from the `width` table samples
+        around them, column j the level's kernel starting at row j · stride (kept)."""
+        key = (level, "block", size, like.dtype, like.device)
+        if key not in self._factors:
+            kernel, stride = self.kernels[level][::-1], self.strides[level]
+            matrix = np.zeros(((size - 1) * stride + len(kernel), size))
+            for j in range(size):
+                matrix[j * stride : j * stride + len(kernel), j] = kernel
+            self._factors[key] = torch.as_tensor(matrix, dtype=like.dtype, device=like.device)
+        return self._factors[key]
 
     def transfer(self, level: int) -> np.ndarray:
         """The level's transfer function (float64) at the rfft frequencies of its own
@@ -147,18 +159,34 @@ def _fast_length(size: int, multiple: int) -> int:
     return quotient * multiple
 
 
+BLOCK_SIZE = 16
+# Samples per block. Blocks are aligned on multiples of it, so a sample is computed the same way
+# whatever else the batch reads — which the 1- and 2-process DDP tests need bit for bit.
+
+
 class LsfPyramid:
     """The levels of one table (rows × n_table), computed when first read.
 
     A pyramid made while its table needs gradients (a training step) computes, at each read,
-    only the windows of the high-R levels that the read asks for, and the other levels whole
-    by FFT, with their gradients. One made without (fitting, the explorer, the velocity scan's
-    templates: `torch.no_grad()`) computes every level it is asked for whole, by FFT and
-    without gradients, and keeps it for the many reads that follow."""
+    the levels on the table's grid in blocks around the samples read (the high-R levels:
+    short filters, scattered reads), and the coarser levels whole by FFT (long filters over
+    dense reads: `benchmarks/pyramid_reads.py` times both), with gradients. `block_levels`
+    chooses other levels for blocks (tests take each way for every level). One made without
+    gradients (fitting, the explorer, the velocity scan's templates: `torch.no_grad()`)
+    computes every level it is asked for whole, by FFT, and keeps it for the many reads that
+    follow."""
 
-    def __init__(self, table: torch.Tensor, filters: PyramidFilters):
+    def __init__(
+        self,
+        table: torch.Tensor,
+        filters: PyramidFilters,
+        block_levels: frozenset[int] | None = None,
+    ):
         self.table, self.filters = table, filters
         self.levels = filters.levels
+        if block_levels is None:
+            block_levels = frozenset(lv for lv, s in enumerate(filters.strides) if s == 1)
+        self.block_levels = block_levels
         self.training = table.requires_grad and torch.is_grad_enabled()
         self._whole: dict[int, torch.Tensor] = {0: table}
 
@@ -171,10 +199,10 @@ class LsfPyramid:
 
     def gather(self, wanted: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         """Each level's samples at its indices (1-D, within the level): (rows, len) each.
-        In training, the windowed levels share one read of the table, and the levels by FFT
-        one transform of it."""
-        windowed = {lv: index for lv, index in wanted.items() if self._windowed(lv)}
-        found = self._fir_samples(windowed) if windowed else {}
+        In training, the levels read in blocks share one read of the table, and the levels by
+        FFT one transform of it."""
+        plans = {lv: self._block_plan(lv, index) for lv, index in wanted.items()}
+        found = self._filter_blocks({lv: plan for lv, plan in plans.items() if plan})
         self._compute_whole([lv for lv in wanted if lv not in found])
         for level, index in wanted.items():
             if level not in found:
@@ -183,9 +211,10 @@ class LsfPyramid:
 
     def window(self, level: int, start: int, stop: int) -> torch.Tensor:
         """Samples start … stop − 1 of a level: (rows, stop − start)."""
-        if self._windowed(level):
-            index = torch.arange(start, stop, device=self.table.device)
-            return self._fir_samples({level: index})[level]
+        index = torch.arange(start, stop, device=self.table.device)
+        plan = self._block_plan(level, index)
+        if plan:
+            return self._filter_blocks({level: plan})[level]
         return self.whole(level)[:, start:stop]
 
     def whole(self, level: int) -> torch.Tensor:
@@ -201,72 +230,49 @@ class LsfPyramid:
                 blurred = FourierLevels.apply(self.table, self.filters, missing)
             self._whole |= dict(zip(missing, blurred, strict=True))
 
-    def _windowed(self, level: int) -> bool:
-        """Read from windows of the table: in training, a level on the table's grid whose
-        FIR is short."""
-        if not self.training or level in self._whole or not self.filters.on_grid(level):
-            return False
-        return len(self.filters.firs[level]) < FOURIER_TAPS
+    def _block_plan(self, level: int, index: torch.Tensor) -> _BlockPlan | None:
+        """The blocks around a level's indices, in training and for a level read in blocks
+        that is not kept whole; else None."""
+        if not self.training or level in self._whole or level not in self.block_levels:
+            return None
+        return _blocks(index, self.filters.strides[level], len(self.filters.kernels[level]))
 
-    def _fir_samples(self, wanted: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-        """Levels on the table's grid at their indices, from the windows of the table around
-        those indices only (`_fir_plan`), all read from the table at once."""
-        plans = [_fir_plan(index, self._fir(lv, index.device)) for lv, index in wanted.items()]
-        positions = torch.cat([plan.positions for plan in plans])
+    def _filter_blocks(self, plans: dict[int, _BlockPlan]) -> dict[int, torch.Tensor]:
+        """Levels at their indices from the blocks of the table their plans read, all read
+        from the table at once."""
+        if not plans:
+            return {}
+        positions = torch.cat([plan.positions.reshape(-1) for plan in plans.values()])
         gathered = self.table.index_select(1, positions.clamp(0, self.filters.n_table - 1))
-        pieces = gathered.split([len(plan.positions) for plan in plans], dim=1)
-        pairs = zip(wanted, plans, pieces, strict=True)
-        return {level: plan.apply(piece) for level, plan, piece in pairs}
-
-    def _fir(self, level: int, device: torch.device) -> torch.Tensor:
-        """The level's FIR (level 0: the identity) as a tensor."""
-        fir = self.filters.firs.get(level, np.ones(1))
-        return torch.as_tensor(fir, dtype=self.table.dtype, device=device)
+        pieces = gathered.split([plan.positions.numel() for plan in plans.values()], dim=1)
+        found = {}
+        for (level, plan), piece in zip(plans.items(), pieces, strict=True):
+            matrix = self.filters.block_matrix(level, BLOCK_SIZE, self.table)
+            blocks = piece.reshape(-1, matrix.shape[0]) @ matrix  # (rows · blocks, size)
+            found[level] = blocks.reshape(self.rows, -1).index_select(1, plan.select)
+        return found
 
 
 @dataclass
-class _FirPlan:
-    """Which table samples one level's FIR needs for its indices, and how to filter them."""
+class _BlockPlan:
+    """The blocks of BLOCK_SIZE consecutive samples of a level that hold the indices wanted:
+    the table samples each block's filter needs (`positions`: blocks × width, beyond the ends
+    clamped) and where each wanted sample lies among the blocks' outputs (`select`). A block's
+    outputs are its samples times the level's block matrix: one matrix product for all
+    blocks, no output computed across two of them."""
 
-    positions: torch.Tensor  # table indices to read (may lie beyond the ends: clamped)
-    fir: torch.Tensor
-    select: torch.Tensor  # where each wanted sample lies in the filtered sequence
-
-    def apply(self, pieces: torch.Tensor) -> torch.Tensor:
-        """The FIR run over the windows as one sequence (its outputs across a window's edge
-        are never selected). A sample's value does not depend on the windows around it, not
-        even in the last bit, so a spectrum's reads do not depend on its batch-mates."""
-        if len(self.fir) == 1:
-            return pieces.index_select(1, self.select)
-        fir, pad = self.fir, max(0, (MIN_TAPS - len(self.fir)) // 2)
-        if pad:  # zeros around it: the same sum, a faster convolution
-            fir, pieces = F.pad(fir, (pad, pad)), F.pad(pieces, (pad, pad))
-        return _depthwise(pieces, fir).index_select(1, self.select)
+    positions: torch.Tensor
+    select: torch.Tensor
 
 
-def _fir_plan(index: torch.Tensor, fir: torch.Tensor) -> _FirPlan:
-    """The windows of the table around the wanted samples (those closer than the FIR's width
-    share one), laid end to end."""
-    radius = len(fir) // 2
-    wanted, inverse = torch.unique(index, return_inverse=True)
-    opens = torch.ones_like(wanted, dtype=torch.bool)
-    opens[1:] = wanted.diff() > 2 * radius + 1
-    closes = torch.ones_like(opens)
-    closes[:-1] = opens[1:]
-    first = wanted[opens]
-    length = wanted[closes] - first + 1 + 2 * radius
-    window = torch.cumsum(opens, 0) - 1
-    offset = torch.cumsum(length, 0) - length
-    positions = torch.arange(int(length.sum()), device=index.device)
-    positions = positions + torch.repeat_interleave(first - radius - offset, length)
-    return _FirPlan(positions, fir, (offset[window] + wanted - first[window])[inverse])
-
-
-MIN_TAPS = 17
-# Levels on the table's grid whose FIR is at least this long are made by FFT, even in
-# training: the roughness penalty's cells, spread over the whole table, read them, and over
-# windows that cover it the FIR costs more than the transform.
-FOURIER_TAPS = 100
+def _blocks(index: torch.Tensor, stride: int, taps: int) -> _BlockPlan:
+    """The blocks (aligned on multiples of BLOCK_SIZE) around a level's indices."""
+    blocks = torch.unique(index // BLOCK_SIZE)
+    start = blocks * (BLOCK_SIZE * stride) - taps // 2
+    width = (BLOCK_SIZE - 1) * stride + taps
+    positions = start.unsqueeze(1) + torch.arange(width, device=index.device)
+    select = torch.searchsorted(blocks, index // BLOCK_SIZE) * BLOCK_SIZE + index % BLOCK_SIZE
+    return _BlockPlan(positions, select)
 
 
 class FourierLevels(torch.autograd.Function):
@@ -318,9 +324,3 @@ class FourierLevels(torch.autograd.Function):
         grad_table[:, -1] += padded[:, filters.n_table : filters.n_table + filters.pad].sum(-1)
         grad_table[:, 0] += padded[:, filters.n_table + filters.pad :].sum(-1)
         return grad_table, None, None
-
-
-def _depthwise(table: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """The same 1-D kernel along every row ('valid': len(kernel) − 1 samples shorter)."""
-    weight = kernel.flip(0).expand(table.shape[0], 1, -1)
-    return F.conv1d(table.unsqueeze(0), weight, groups=table.shape[0]).squeeze(0)

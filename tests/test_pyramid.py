@@ -15,12 +15,14 @@ from stargon.model.batch import make_batch
 from stargon.model.decoder import LatentMLP, ModelConfig
 from stargon.model.fit import scan_templates, template_pyramid
 from stargon.model.gon import StarGON
-from stargon.model.pyramid import LsfPyramid
+from stargon.model.pyramid import LsfPyramid, pyramid_plan
 from stargon.surveys import read_file
 from tests.oracle import cascade_pyramid
 
 CONFIG = ModelConfig(latent_dim=3, n_basis=3, hidden=16, wave_min=6000.0, wave_max=7000.0)
 RESOLVING_POWERS = (1800.0, 7500.0, 22500.0, 28000.0)
+LEVELS = pyramid_plan(CONFIG.ln_step, CONFIG.lowest_resolving_power, CONFIG.lsf_levels_per_octave)
+TRAINING_PATHS = (frozenset(), frozenset(range(len(LEVELS))))  # all by FFT; all in blocks
 
 
 pytestmark = pytest.mark.usefixtures("float64")
@@ -47,19 +49,20 @@ def test_every_level_is_the_cascade_whole_and_in_windows(model):
     with torch.no_grad():
         whole = model.decoder.pyramid()  # no gradient: each level computed whole and kept
         levels = [whole.whole(level) for level in range(len(expected))]
-    training = model.decoder.pyramid()  # the table needs gradients: windows, levels by FFT
     rng = np.random.default_rng(0)
     for level, (cascade, found) in enumerate(zip(expected, levels, strict=True)):
         inner = slice(edge(level, model), -edge(level, model) or None)
         assert found.shape == cascade.shape
         torch.testing.assert_close(found[:, inner], cascade[:, inner], rtol=0, atol=1e-12)
         index = torch.as_tensor(rng.integers(inner.start, cascade.shape[1] + inner.stop, 300))
-        read = training.gather({level: index})[level]
-        torch.testing.assert_close(read, cascade[:, index], rtol=0, atol=1e-12)
+        for blocks in TRAINING_PATHS:  # the table needs gradients: blocks, or levels by FFT
+            read = LsfPyramid(table, model.decoder.filters, blocks).gather({level: index})[level]
+            torch.testing.assert_close(read, cascade[:, index], rtol=0, atol=1e-12)
 
 
-def test_the_pyramids_gradient_is_the_cascades(model):
-    """The backward of the windows and of the FFT levels (written out by hand) against
+@pytest.mark.parametrize("blocks", TRAINING_PATHS, ids=("by FFT", "in blocks"))
+def test_the_pyramids_gradient_is_the_cascades(model, blocks):
+    """The backward of the blocks and of the FFT levels (written out by hand) against
     autograd through the cascade, for reads at every resolving power a batch mixes."""
     gen = torch.Generator().manual_seed(1)
     wave = torch.sort(6000 + 1000 * torch.rand(3, 400, generator=gen)).values  # to the ends
@@ -67,7 +70,8 @@ def test_the_pyramids_gradient_is_the_cascades(model):
     for resolving_power in (*RESOLVING_POWERS, 1000 + 40000 * torch.rand(3, 400, generator=gen)):
         weights = torch.randn(CONFIG.n_basis + 1, 3, 400, generator=gen)
         model.decoder.table.grad = None
-        read = model.decoder.pixel_basis(wave, velocity, resolving_power)
+        training = LsfPyramid(model.decoder.table, model.decoder.filters, blocks)
+        read = model.decoder.pixel_basis(wave, velocity, resolving_power, training)
         (read * weights).sum().backward()
         found = model.decoder.table.grad
         model.decoder.table.grad = None
