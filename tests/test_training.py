@@ -60,6 +60,16 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def wait_for_step(run: Path, step: int) -> None:
+    """Until the run's latest checkpoint is at `step` or later (5 min at most)."""
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        latest = run / "latest.json"
+        if latest.exists() and json.loads(latest.read_text())["step"] >= step:
+            return
+        time.sleep(0.05)
+
+
 def assert_kill_and_resume_match(command, out: Path, steps: int) -> None:
     """Run `command` straight, and again killed (-9) mid-run then resumed: same weights, loss
     and one metrics record per logged step."""
@@ -68,12 +78,7 @@ def assert_kill_and_resume_match(command, out: Path, steps: int) -> None:
     process = subprocess.Popen(
         command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        latest = killed / "latest.json"
-        if latest.exists() and json.loads(latest.read_text())["step"] >= 3:
-            break
-        time.sleep(0.05)
+    wait_for_step(killed, 3)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     stopped_at = json.loads((killed / "latest.json").read_text())["step"]
@@ -187,6 +192,35 @@ def test_streamed_training_on_two_processes_equals_one_process(packed, tmp_path)
     assert velocities[0] and velocities[0].keys() == velocities[1].keys()
     for key, v in velocities[0].items():  # found by the step-2 model of each run
         assert v == pytest.approx(velocities[1][key], abs=0.05), key
+
+
+def test_a_streamed_run_killed_with_9_leaves_no_process_behind(packed, tmp_path):
+    """The reader a streamed run forks (a DataLoader worker) dies with it, within 10 s."""
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        shard_command(packed, out, 200), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_for_step(out, 3)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    deadline = time.time() + 10
+    while processes_of(out) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not processes_of(out), "left running after the trainer was killed"
+
+
+def processes_of(run: Path) -> list[int]:
+    """Live (not zombie) processes whose command line names the run folder."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue  # not a process, or gone meanwhile
+        if str(run) in command and state != "Z":
+            found.append(int(entry.name))
+    return found
 
 
 def test_streamed_training_killed_and_resumed_matches_an_uninterrupted_run(packed, tmp_path):

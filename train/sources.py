@@ -6,6 +6,11 @@ coverage, and what a checkpoint must hold to resume exactly."""
 from __future__ import annotations
 
 import copy
+import ctypes
+import functools
+import os
+import signal
+import sys
 
 import numpy as np
 import torch
@@ -134,6 +139,19 @@ class MemorySource:
         return model.encode(make_batch(spectra, n_pixels=2000).to(self.context.device))
 
 
+def _die_with(trainer: int, worker_id: int) -> None:
+    """Make a reader process die with its trainer. Killed with -9, a trainer cannot stop its
+    reader, and the reader's own check of its parent only leads it to exit — where it hangs
+    for ever, writing read-ahead batches into a pipe that no process drains (it holds the read
+    end itself). On Linux the kernel kills it when the trainer dies (PR_SET_PDEATHSIG)."""
+    if sys.platform != "linux":
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != trainer:  # the trainer died before the line above
+        os._exit(1)
+
+
 class StreamSource:
     """Spectra streamed from shards (`train.stream`), read ahead by a DataLoader worker. A
     spectrum's velocity is found when it is first drawn in a period of `rv_every` steps, by
@@ -179,7 +197,8 @@ class StreamSource:
         workers = self.config.loader_workers
         batches = StepBatches(self.stream, step, self.config.steps)
         loader = DataLoader(batches, batch_size=None, num_workers=workers,
-                            prefetch_factor=2 if workers else None)  # fmt: skip
+                            prefetch_factor=2 if workers else None,
+                            worker_init_fn=functools.partial(_die_with, os.getpid()))  # fmt: skip
         self._batches = iter(loader)
 
     def step(self, step: int, model: StarGON) -> Step:
