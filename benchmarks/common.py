@@ -71,17 +71,13 @@ def split_by_star(n: int, held_out_fraction: float = 0.15, seed: int = 0):
     return np.sort(order[cut:]), np.sort(order[:cut])
 
 
-def load_model(checkpoint: str | None):
-    """(model, LSF pyramid, template pyramid) of a model folder, ready for fitting."""
-    import torch
+def load_fitter(checkpoint: str | None, **settings):
+    """The `Fitter` of a model folder (None: the embedded model), with FitConfig `settings`."""
+    from stargon.model.checkpoint import resolve_checkpoint
+    from stargon.model.fit_config import FitConfig
+    from stargon.model.fitter import Fitter
 
-    from stargon.model.checkpoint import load_checkpoint, resolve_checkpoint
-    from stargon.model.fit import template_pyramid
-
-    model, _, extra = load_checkpoint(resolve_checkpoint(checkpoint))
-    with torch.no_grad():
-        pyramid = model.decoder.pyramid()
-    return model, pyramid, template_pyramid(model, extra.get("prototypes"))
+    return Fitter.from_checkpoint(resolve_checkpoint(checkpoint), config=FitConfig(**settings))
 
 
 def code_at(

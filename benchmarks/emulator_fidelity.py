@@ -16,13 +16,11 @@ import argparse
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from benchmarks.common import DATA, load_model, table
+from benchmarks.common import DATA, load_fitter, table
 from stargon.evaluate.holdout import SurveyPCA
 from stargon.evaluate.metrics import probe_rmse
 from stargon.model.batch import make_batch
-from stargon.model.fit import fit_spectrum
 from stargon.train.dataset import EMULATOR, synthetic_spectra
 
 
@@ -32,10 +30,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200, help="unseen spectra to fit")
     parser.add_argument("--n-train", type=int, default=1000, help="emulator spectra for PCA")
     args = parser.parse_args()
-    model, pyramid, templates = load_model(args.checkpoint)
+    fitter = load_fitter(args.checkpoint)
+    model = fitter.model
     train = synthetic_spectra(DATA / EMULATOR, args.n_train, seed=0)
     test = synthetic_spectra(DATA / EMULATOR, args.n, seed=12345)
-    fits = [fit_spectrum(model, s, pyramid=pyramid, templates=templates) for s in tqdm(test)]
+    fits = fitter.fit(test)
     pairs = zip(test, fits, strict=True)
     model_mae = np.array([np.mean(np.abs(s.flux - r.model_flux)) for s, r in pairs])
     pca = SurveyPCA(train, model.config.latent_dim)

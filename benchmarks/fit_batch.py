@@ -1,4 +1,4 @@
-"""Fitting throughput against batch size: `fit_spectra` on real LAMOST DR8 (observed frame, v
+"""Fitting throughput against batch size: `Fitter.fit_batch` on real LAMOST DR8 (observed frame, v
 fitted) and MILES (rest frame) spectra, B at a time, against one at a time (B = 1) and against
 the fit of an earlier commit (`--baseline-rev`: its model code — decoder, GON, fit — on the
 same weights) in the same run; with the largest differences from this code's one-at-a-time
@@ -19,10 +19,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from benchmarks.common import DATA, code_at, load_model, ratio_to_first, table
+from benchmarks.common import DATA, code_at, load_fitter, ratio_to_first, table
 from stargon.model.checkpoint import load_checkpoint, resolve_checkpoint
 from stargon.model.devices import keep_freed_memory
-from stargon.model.fit import fit_spectra
 from stargon.surveys import read_file
 
 FOLDERS = {"LAMOST DR8": "lamost_dr8/20220313_CCF_test_grouped_fits", "MILES": "miles"}
@@ -36,7 +35,7 @@ def spectra_of(folder: str, n: int) -> list:
 def fit_of_commit(rev: str, checkpoint: str | None) -> Callable:
     """`fit_spectra` as the model code was at commit `rev` (model/decoder.py, gon.py and
     fit.py; the rest of the package as it is), on its own copy of the model, with its own
-    pyramid and template bank; called like this checkout's."""
+    pyramid and template bank: fit(spectra, refine_steps=20) → results."""
     old = code_at(rev, ("pyramid", "decoder", "gon", "fit"))
     model, _, extra = load_checkpoint(resolve_checkpoint(checkpoint))
     old_model = old["gon"].StarGON(model.config)
@@ -45,21 +44,20 @@ def fit_of_commit(rev: str, checkpoint: str | None) -> Callable:
         pyramid = old_model.decoder.pyramid()
     templates = old["fit"].template_pyramid(old_model, extra.get("prototypes"))
 
-    def fit(_model, spectra, pyramid_=None, templates_=None, **options):
-        options = {k: v for k, v in options.items() if k not in ("pyramid", "templates")}
+    def fit(spectra, refine_steps: int = 20):
         return old["fit"].fit_spectra(
-            old_model, spectra, pyramid=pyramid, templates=templates, **options
+            old_model, spectra, pyramid=pyramid, templates=templates, refine_steps=refine_steps
         )
 
     return fit
 
 
-def timed_fits(fit: Callable, model, spectra: list, size: int, **options) -> tuple[list, float]:
+def timed_fits(fit: Callable, spectra: list, size: int, steps: int) -> tuple[list, float]:
     """All fits, `size` spectra at a time, and the seconds they took."""
     start = time.perf_counter()
     results = []
     for first in range(0, len(spectra), size):
-        results += fit(model, spectra[first : first + size], **options)
+        results += fit(spectra[first : first + size], steps)
     return results, time.perf_counter() - start
 
 
@@ -72,11 +70,11 @@ def main() -> None:
     parser.add_argument("--baseline-rev", default=None, help="a commit whose fit to time too")
     args = parser.parse_args()
     keep_freed_memory()
-    model, pyramid, templates = load_model(args.checkpoint)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     settings = [("this", steps, size) for steps in map(int, args.refine_steps.split(","))
                 for size in sizes]  # fmt: skip
-    fits = {"this": fit_spectra}
+    fitters = {steps: load_fitter(args.checkpoint, refine_steps=steps) for _, steps, _ in settings}
+    fits = {"this": lambda spectra, steps=20: fitters[steps].fit_batch(spectra)}
     if args.baseline_rev:
         fits[args.baseline_rev] = fit_of_commit(args.baseline_rev, args.checkpoint)
         settings.append((args.baseline_rev, 20, max(sizes)))
@@ -84,13 +82,10 @@ def main() -> None:
     for name, folder in FOLDERS.items():
         spectra = spectra_of(folder, args.n)
         for fit in fits.values():  # warm-up: the first fit of an instrument blurs templates
-            fit(model, spectra[:2], pyramid=pyramid, templates=templates)
+            fit(spectra[:2])
         reference = None
         for code, steps, size in settings:
-            results, elapsed = timed_fits(
-                fits[code], model, spectra, size,
-                pyramid=pyramid, templates=templates, refine_steps=steps,
-            )  # fmt: skip
+            results, elapsed = timed_fits(fits[code], spectra, size, steps)
             reference = reference or results
             pairs = list(zip(results, reference, strict=True))
             dv = [abs(r.v_kms - a.v_kms) / a.v_err_kms for r, a in pairs]

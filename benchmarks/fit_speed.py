@@ -16,12 +16,11 @@ import argparse
 
 import torch
 
-from benchmarks.common import DATA, best_time, load_model, median_time, table
+from benchmarks.common import DATA, best_time, load_fitter, median_time, table
 from benchmarks.fit_batch import fit_of_commit
 from stargon.explorer.state import Explorer
 from stargon.model.batch import make_batch
 from stargon.model.devices import keep_freed_memory
-from stargon.model.fit import fit_spectrum
 from stargon.surveys import read_file
 
 FILES = {
@@ -40,7 +39,8 @@ def main() -> None:
     parser.add_argument("--baseline-rev", default=None, help="a commit whose fit to time too")
     args = parser.parse_args()
     keep_freed_memory()
-    model, pyramid, templates = load_model(args.checkpoint)
+    fitter = load_fitter(args.checkpoint)
+    model, pyramid = fitter.model, fitter.pyramid
     explorer = Explorer(args.checkpoint)
     old_fit = fit_of_commit(args.baseline_rev, args.checkpoint) if args.baseline_rev else None
     rows = []
@@ -53,7 +53,7 @@ def main() -> None:
             return model.chi2(model.encode(batch, basis), basis, batch)
 
         def refined(spectrum=spectrum):
-            return fit_spectrum(model, spectrum, pyramid=pyramid, templates=templates)
+            return fitter.fit([spectrum])
 
         components = torch.randn(model.config.latent_dim + 1, spectrum.n_pixels)
         weights = torch.as_tensor(spectrum.ivar).float().sqrt()
@@ -70,7 +70,7 @@ def main() -> None:
         t_fit = best_time(refined, repeat=3)
         t_click = median_time(click, repeat=5)
         if old_fit:
-            t_old = best_time(lambda spectrum=spectrum: old_fit(model, [spectrum]), repeat=3)
+            t_old = best_time(lambda spectrum=spectrum: old_fit([spectrum]), repeat=3)
             baseline = {f"refined_ms at {args.baseline_rev}": 1e3 * t_old,
                         f"refined vs {args.baseline_rev}": t_old / t_fit}  # fmt: skip
         rows.append({

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmarks.common import DATA, load_model, table
+from benchmarks.common import DATA, load_fitter, table
 from stargon.evaluate.injection import inject
 from stargon.evaluate.metrics import robust_sigma
 from stargon.model.batch import make_batch
-from stargon.model.fit import fit_spectrum, template_scan
+from stargon.model.velocity import template_scan
 from stargon.surveys import Spectrum, iter_spectra, read_file
 
 SETTINGS = {
@@ -47,7 +47,7 @@ def sources(kind: str) -> list[Spectrum]:
     return apogee + [s for s in iter_spectra(DATA / "apogee_payne") if s.frame == "rest"]
 
 
-def run_setting(model, pyramid, templates, kind, snr, trials, seed=0) -> dict:
+def run_setting(fitter, kind, snr, trials, seed=0) -> dict:
     rng = np.random.default_rng(seed)
     pool = sources(kind)
     zero_points: dict[int, float] = {}
@@ -57,13 +57,15 @@ def run_setting(model, pyramid, templates, kind, snr, trials, seed=0) -> dict:
         star = int(rng.integers(len(pool)))
         observed = inject(pool[star], v_true, snr, rng)
         start = time.perf_counter()
-        result = fit_spectrum(model, observed, pyramid=pyramid, templates=templates)
+        (result,) = fitter.fit([observed])
         seconds.append(time.perf_counter() - start)
-        [(v_grid, chi2)] = template_scan(model, make_batch([observed]), templates)
+        [(v_grid, chi2)] = template_scan(
+            fitter.model, make_batch([observed]), fitter.templates, fitter.config
+        )
         delta_scan.append(v_grid[int(np.argmin(chi2.min(axis=0)))] - v_true)
         if star not in zero_points:
             unshifted = inject(pool[star], 0.0, NOISELESS_SNR, rng)
-            fitted = fit_spectrum(model, unshifted, pyramid=pyramid, templates=templates)
+            (fitted,) = fitter.fit([unshifted])
             zero_points[star] = fitted.v_kms
         delta.append(result.v_kms - v_true)
         own.append(result.v_kms - v_true - zero_points[star])
@@ -90,10 +92,10 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None, help="model folder (default: embedded)")
     parser.add_argument("--trials", type=int, default=1000)
     args = parser.parse_args()
-    model, pyramid, templates = load_model(args.checkpoint)
+    fitter = load_fitter(args.checkpoint)
     rows = []
     for name, (kind, snr) in SETTINGS.items():
-        result = run_setting(model, pyramid, templates, kind, snr, args.trials)
+        result = run_setting(fitter, kind, snr, args.trials)
         result["fit_vs_scan"] = result["scatter_kms"] / max(result["scan_only_scatter_kms"], 1e-9)
         rows.append({"setting": name, **result})
     print(f"device: CPU, {torch.get_num_threads()} threads; checkpoint {args.checkpoint}\n")

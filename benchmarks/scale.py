@@ -8,7 +8,7 @@ n, a fresh `stargon train --shards` process: the resolution-coverage pass (once 
 steps/s after the first log record, and the peak resident memory of the trainer and its
 reader process together (sampled from /proc every 0.2 s). Baseline in the same run: the
 in-memory trainer (`--data`-style: every spectrum held) at the smallest n. Fitting: spectra/s
-of `fit_spectra` on 64 of the emulator spectra against batch size (the process keeps freed
+of `Fitter.fit_batch` on 64 of the emulator spectra against batch size (the process keeps freed
 memory, as `stargon fit` does); `--fit-only` writes just those 64 and fits them.
 
     python -m benchmarks.scale --sizes 10000,50000,200000 --steps 100 --work /tmp/stargon-scale
@@ -32,10 +32,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from benchmarks.common import DATA, load_model, ratio_to_first, table
+from benchmarks.common import DATA, load_fitter, ratio_to_first, table
 from stargon.core.spectrum import Spectrum
 from stargon.model.devices import keep_freed_memory
-from stargon.model.fit import fit_spectra
 from stargon.surveys.registry import iter_spectra
 from stargon.train.dataset import EMULATOR
 from stargon.train.emulator import PayneEmulator
@@ -192,13 +191,13 @@ def train_row(kind: str, n: int, folder: Path, work: Path, steps: int) -> dict:
 
 def fit_rows(folder: Path, batch_sizes: list[int]) -> list[dict]:
     spectra = [s for s, _ in zip(training_spectra(folder), range(64), strict=False)]
-    model, pyramid, templates = load_model(None)
-    fit_spectra(model, spectra[:2], pyramid=pyramid, templates=templates)  # warm-up
+    fitter = load_fitter(None)
+    fitter.fit_batch(spectra[:2])  # warm-up
     rows = []
     for size in batch_sizes:
         start = time.perf_counter()
         for i in range(0, len(spectra), size):
-            fit_spectra(model, spectra[i : i + size], pyramid=pyramid, templates=templates)
+            fitter.fit_batch(spectra[i : i + size])
         elapsed = time.perf_counter() - start
         rows.append({"batch size": size, "spectra/s": len(spectra) / elapsed})
     ratio_to_first(rows, "spectra/s", "× B=1")

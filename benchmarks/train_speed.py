@@ -28,7 +28,7 @@ from stargon.model import decoder, gon
 from stargon.model.batch import make_batch
 from stargon.model.checkpoint import load_checkpoint
 from stargon.model.devices import keep_freed_memory
-from stargon.model.fit import find_velocities, template_pyramid
+from stargon.model.fitter import Fitter
 from stargon.train.coverage import resolution_coverage, smoothness_cells
 from stargon.train.dataset import load_training_set
 from stargon.train.loop import TrainConfig
@@ -142,8 +142,7 @@ def prepare_steps(config: TrainConfig, n_steps: int) -> list:
     coverage = resolution_coverage(
         [data.spectra[i] for i in pool], config.model, config.coverage_count
     )
-    model, _, extra = load_checkpoint(None)
-    templates = template_pyramid(model, extra.get("prototypes"))
+    fitter = Fitter.from_checkpoint(None)
     steps = []
     for step in range(config.warmup_steps, config.warmup_steps + n_steps):
         rng = np.random.default_rng([config.seed, step])
@@ -151,11 +150,7 @@ def prepare_steps(config: TrainConfig, n_steps: int) -> list:
         spectra = [data.spectra[i] for i in chosen]
         velocities = np.zeros(len(spectra))
         moving = [i for i, s in enumerate(spectra) if s.frame == "observed"]
-        with torch.no_grad():
-            found = find_velocities(
-                model, make_batch([spectra[i] for i in moving]), None, templates
-            )
-        velocities[moving] = found
+        velocities[moving] = fitter.velocities(make_batch([spectra[i] for i in moving]))
         batch = make_batch(
             spectra, v_kms=velocities, n_pixels=config.n_pixels,
             rngs=[np.random.default_rng([config.seed, step, int(i)]) for i in chosen],

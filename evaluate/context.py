@@ -7,16 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
 from stargon.evaluate.release import encode_all
-from stargon.model.batch import make_batch
 from stargon.model.checkpoint import load_checkpoint, resolve_checkpoint
-from stargon.model.fit import find_velocity, template_pyramid
+from stargon.model.fitter import Fitter
 from stargon.model.gon import StarGON
 from stargon.model.prior import LatentPrior
-from stargon.model.pyramid import LsfPyramid
 from stargon.model.whitening import Whitening
 from stargon.train.dataset import SYNTHETIC_SURVEY, TrainingSet, load_training_set
 
@@ -27,10 +23,8 @@ class Evaluation:
     model: StarGON
     card: dict
     prior: LatentPrior | None
-    prototypes: torch.Tensor | None
+    fitter: Fitter  # the model's, with its template bank
     dataset: TrainingSet
-    pyramid: LsfPyramid
-    templates: LsfPyramid
     velocities: np.ndarray  # km/s per spectrum; 0 for rest-frame ones
     latents: np.ndarray  # (N, D) one-step GON latents (raw)
     whitening: Whitening  # the checkpoint's readable frame (identity for an old checkpoint)
@@ -73,25 +67,18 @@ def prepare(checkpoint: str | Path | None, data: str | Path, surveys: list[str] 
     if recorded is not None:
         held = set(recorded)
         dataset.held_out = np.array([s.star_id in held for s in dataset.spectra], dtype=bool)
-    with torch.no_grad():
-        pyramid = model.decoder.pyramid()
-    prototypes = extra.get("prototypes")
-    templates = template_pyramid(model, prototypes)
+    fitter = Fitter(model, extra.get("prototypes"))
     velocities = np.zeros(len(dataset.spectra))
     observed = [i for i, s in enumerate(dataset.spectra) if s.frame == "observed"]
-    for i in tqdm(observed, desc="radial velocities", leave=False):
-        batch = make_batch([dataset.spectra[i]])
-        velocities[i] = find_velocity(model, batch, pyramid, templates)
+    velocities[observed] = fitter.velocities([dataset.spectra[i] for i in observed])
     latents = encode_all(model, dataset, velocities, np.arange(len(dataset.spectra)))
     return Evaluation(
         folder,
         model,
         card,
         LatentPrior.from_tensors(extra),
-        prototypes,
+        fitter,
         dataset,
-        pyramid,
-        templates,
         velocities,
         latents,
         Whitening.from_tensors(extra, model.config.latent_dim),

@@ -1,6 +1,6 @@
 """Held-out reconstruction per survey: the model's fit against a per-survey PCA baseline.
 
-The model: `fit_spectrum` (v for observed-frame spectra, latents, continuum) on every valid
+The model: `Fitter.fit` (v for observed-frame spectra, latents, continuum) on every valid
 pixel, χ²/dof = χ² / (n − D − 1). The baseline: PCA with as many components as latent
 dimensions, fitted on the same survey's training spectra (flux / median, common pixel grid),
 projecting a held-out spectrum by ivar-weighted least squares, χ²/dof = χ² / (n − D − 1).
@@ -19,54 +19,44 @@ from tqdm import tqdm
 
 from stargon.core.spectrum import Spectrum
 from stargon.evaluate.metrics import fractional_rms
-from stargon.model.fit import FitResult, fit_spectrum, template_pyramid
-from stargon.model.gon import StarGON
+from stargon.model.fitter import Fitter
+from stargon.model.refine import FitResult
 from stargon.surveys.atmosphere import masked_ivar
 from stargon.train.dataset import TrainingSet
 
 
 def fit_held_out(
-    model: StarGON,
-    dataset: TrainingSet,
-    prototypes: torch.Tensor | None = None,
-    max_per_survey: int = 60,
-    max_pixels: int = 20000,
+    fitter: Fitter, dataset: TrainingSet, max_per_survey: int = 60, max_pixels: int = 20000
 ) -> dict[str, list[tuple[int, FitResult]]]:
-    """`fit_spectrum` on (up to `max_per_survey`) held-out spectra of every survey."""
-    with torch.no_grad():
-        pyramid = model.decoder.pyramid()
-    templates = template_pyramid(model, prototypes)
+    """`Fitter.fit` of (up to `max_per_survey`) held-out spectra of every survey, in batches."""
     by_survey: dict[str, list[int]] = defaultdict(list)
     for i in dataset.indices(held_out=True):
         by_survey[dataset.surveys[i]].append(int(i))
     fits: dict[str, list[tuple[int, FitResult]]] = {}
-    for survey, indices in sorted(by_survey.items()):
-        fits[survey] = []
-        for i in tqdm(indices[:max_per_survey], desc=f"held-out {survey}", leave=False):
-            spectrum = dataset.spectra[i]
-            if spectrum.valid.sum() <= max_pixels:
-                result = fit_spectrum(model, spectrum, pyramid=pyramid, templates=templates)
-                fits[survey].append((i, result))
+    for survey, indices in tqdm(sorted(by_survey.items()), desc="held-out fits", leave=False):
+        first = indices[:max_per_survey]
+        chosen = [i for i in first if dataset.spectra[i].valid.sum() <= max_pixels]
+        results = fitter.fit([dataset.spectra[i] for i in chosen])
+        fits[survey] = list(zip(chosen, results, strict=True))
     return fits
 
 
 def evaluate_held_out(
-    model: StarGON,
+    fitter: Fitter,
     dataset: TrainingSet,
-    prototypes: torch.Tensor | None = None,
     max_per_survey: int = 60,
     max_pixels: int = 20000,
     fits: dict[str, list[tuple[int, FitResult]]] | None = None,
 ) -> dict[str, dict]:
     """Median χ²/dof and fractional RMS per survey, model against PCA."""
-    fits = fits or fit_held_out(model, dataset, prototypes, max_per_survey, max_pixels)
+    fits = fits or fit_held_out(fitter, dataset, max_per_survey, max_pixels)
     report = {}
     for survey, results in fits.items():
         model_chi2 = [result.chi2_dof for _, result in results]
         model_rms = [_masked_rms(dataset.spectra[i], r) for i, r in results]
         train = [dataset.spectra[i] for i in dataset.indices() if dataset.surveys[i] == survey]
         held = [dataset.spectra[i] for i, _ in results]
-        pca = pca_baseline(train, held, model.config.latent_dim)
+        pca = pca_baseline(train, held, fitter.model.config.latent_dim)
         report[survey] = {
             "n_held_out": len(model_chi2),
             "model_chi2_dof": _median(model_chi2),

@@ -11,12 +11,10 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from stargon.evaluate.context import Evaluation
 from stargon.evaluate.injection import inject
 from stargon.evaluate.metrics import partial_spearman, robust_sigma, star_key
-from stargon.model.fit import fit_spectrum
 from stargon.surveys.atmosphere import widened_bands
 from stargon.surveys.instruments import instrument
 
@@ -57,14 +55,14 @@ def degradation(ev: Evaluation, survey: str = "miles", n_stars: int = 30, seed: 
     rng = np.random.default_rng(seed)
     bright = [i for i in ev.members(survey) if ev.dataset.spectra[i].median_snr() >= 100]
     chosen = rng.permutation(bright)[:n_stars]
+    degraded = [(snr, inject(ev.dataset.spectra[i], 0.0, snr, rng))
+                for i in chosen for snr in DEGRADED_SNR]  # fmt: skip
+    results = ev.fitter.fit([spectrum for _, spectrum in degraded], fit_velocity=False)
     fits = defaultdict(list)
-    for i in tqdm(chosen, desc="S/N degradation", leave=False):
-        for snr in DEGRADED_SNR:
-            spectrum = inject(ev.dataset.spectra[i], 0.0, snr, rng)
-            result = fit_spectrum(ev.model, spectrum, fit_velocity=False, pyramid=ev.pyramid)
-            w = ev.whitening.whiten(result.z)
-            sigma = np.sqrt(np.diag(ev.whitening.whiten_covariance(result.z_cov)))
-            fits[snr].append((w, sigma))
+    for (snr, _), result in zip(degraded, results, strict=True):
+        w = ev.whitening.whiten(result.z)
+        sigma = np.sqrt(np.diag(ev.whitening.whiten_covariance(result.z_cov)))
+        fits[snr].append((w, sigma))
     rows = []
     for snr in DEGRADED_SNR:
         pairs = zip(fits[snr], fits[100.0], strict=True)
@@ -83,11 +81,9 @@ def repeat_visits(ev: Evaluation, survey: str = "lamost_dr8", seed: int = 0) -> 
     repeated = {k: v for k, v in groups.items() if len(v) > 1}
     if not repeated:
         return {}
-    fitted = {}
-    for i in tqdm(sorted(i for v in repeated.values() for i in v), desc="repeats", leave=False):
-        result = fit_spectrum(ev.model, ev.dataset.spectra[i], pyramid=ev.pyramid,
-                              templates=ev.templates)  # fmt: skip
-        fitted[i] = (ev.whitening.whiten(result.z), result.v_kms)
+    visits = sorted(i for v in repeated.values() for i in v)
+    results = ev.fitter.fit([ev.dataset.spectra[i] for i in visits])
+    fitted = {i: (ev.whitening.whiten(r.z), r.v_kms) for i, r in zip(visits, results, strict=True)}
     same, dv = [], []
     for members in repeated.values():
         for a, b in itertools.combinations(members, 2):
@@ -146,7 +142,7 @@ def prior_samples(ev: Evaluation, n: int = 100, seed: int = 0) -> list[dict]:
         with torch.no_grad():
             basis = ev.model.observation_basis(
                 torch.as_tensor(wave), 0.0, torch.as_tensor(resolving_power),
-                ev.pyramid,
+                ev.fitter.pyramid,
             )  # fmt: skip
             flux = ev.model.observe(z, basis).double().numpy()
         inside = (flux >= FLUX_RANGE[0]) & (flux <= FLUX_RANGE[1])

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from stargon.evaluate.holdout import evaluate_held_out, fit_held_out
 from stargon.model.batch import make_batch
 from stargon.model.checkpoint import load_checkpoint, save_checkpoint
+from stargon.model.fitter import Fitter
 from stargon.model.prior import LatentPrior
 from stargon.model.whitening import Whitening
 from stargon.train.dataset import load_training_set
@@ -42,8 +43,9 @@ def release(run: str | Path, out: str | Path | None = None, evaluate: bool = Tru
     whitened = whitening.whiten(latents)
     medoids = survey_medoids(every[train], [dataset.surveys[i] for i in np.flatnonzero(train)])
     prototypes = torch.as_tensor(np.vstack([prior.means, medoids]), dtype=torch.float32)
-    fits = fit_held_out(model, dataset, prototypes) if evaluate else {}
-    metrics = evaluate_held_out(model, dataset, fits=fits) if evaluate else {}
+    fitter = Fitter(model, prototypes)
+    fits = fit_held_out(fitter, dataset) if evaluate else {}
+    metrics = evaluate_held_out(fitter, dataset, fits=fits) if evaluate else {}
     card = {
         "description": "StarGON: a GON over a rest-frame continuous-wavelength decoder",
         "trained_steps": latest["step"],

@@ -7,7 +7,6 @@ import torch
 from scipy.stats import ks_2samp, spearmanr
 from sklearn.decomposition import PCA
 from sklearn.linear_model import RidgeCV
-from tqdm import tqdm
 
 from stargon.assets import line_list
 from stargon.core.physics import observed_to_rest
@@ -25,9 +24,9 @@ from stargon.evaluate.metrics import (
 from stargon.evaluate.sensitivity import latent_sensitivity, rest_grid, sensitive_regions
 from stargon.model.batch import make_batch
 from stargon.model.continuum import solve_continuum
-from stargon.model.fit import FitResult, fit_spectrum
 from stargon.model.prior import LatentPrior
 from stargon.model.pseudo_continuum import pseudo_continuum
+from stargon.model.refine import FitResult
 from stargon.train.dataset import SYNTHETIC_SURVEY
 
 Fits = dict[str, list[tuple[int, FitResult]]]
@@ -37,8 +36,8 @@ CATASTROPHIC_KMS = 50.0
 
 def reconstruction(ev: Evaluation, max_per_survey: int) -> tuple[dict, Fits]:
     """Held-out χ²/dof (and fractional RMS) per survey against a per-survey PCA."""
-    fits = fit_held_out(ev.model, ev.dataset, ev.prototypes, max_per_survey)
-    return evaluate_held_out(ev.model, ev.dataset, fits=fits), fits
+    fits = fit_held_out(ev.fitter, ev.dataset, max_per_survey)
+    return evaluate_held_out(ev.fitter, ev.dataset, fits=fits), fits
 
 
 def label_probes(ev: Evaluation, survey: str = "miles") -> dict:
@@ -171,14 +170,14 @@ def rv_injection(ev: Evaluation, trials: int = 40, seed: int = 0) -> list[dict]:
         if not pool:
             continue
         rng = np.random.default_rng(seed)
-        delta, sigma = [], []
-        for _ in tqdm(range(trials), desc=name, leave=False):
-            v_true = rng.uniform(-500, 500)
-            spectrum = inject(ev.dataset.spectra[pool[rng.integers(len(pool))]], v_true, snr, rng)
-            result = fit_spectrum(ev.model, spectrum, pyramid=ev.pyramid, templates=ev.templates)
-            delta.append(result.v_kms - v_true)
-            sigma.append(result.v_err_kms)
-        delta = np.array(delta)
+        v_true, injected = [], []
+        for _ in range(trials):
+            v_true.append(rng.uniform(-500, 500))
+            star = ev.dataset.spectra[pool[rng.integers(len(pool))]]
+            injected.append(inject(star, v_true[-1], snr, rng))
+        results = ev.fitter.fit(injected)
+        delta = np.array([r.v_kms for r in results]) - np.array(v_true)
+        sigma = [r.v_err_kms for r in results]
         good = np.abs(delta) < CATASTROPHIC_KMS
         rows.append(
             {
@@ -213,14 +212,15 @@ def cross_instrument(ev: Evaluation, pair: tuple[str, str] = ("miles", "stelib")
         coeffs = np.array([p["coeffs"] for p in pairs])
         regression = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(coeffs, x_train)
         model_rms, pca_rms = [], []
-        for k in held:
+        fitted = ev.fitter.fit([spectra[index[source][k]] for k in held])
+        for k, result in zip(held, fitted, strict=True):
             observed = spectra[index[target][k]]
             batch = make_batch([observed])
-            z = fit_spectrum(ev.model, spectra[index[source][k]], pyramid=ev.pyramid).z
             with torch.no_grad():
                 full, _ = ev.model.model_flux(
-                    torch.as_tensor(z[None]), ev.model.basis(batch, ev.pyramid), batch
-                )
+                    torch.as_tensor(result.z[None]), ev.model.basis(batch, ev.fitter.pyramid),
+                    batch,
+                )  # fmt: skip
             (held_coeffs,) = [p["coeffs"] for p in pca.project([spectra[index[source][k]]])]
             predicted = regression.predict(held_coeffs[None])[0]
             on_pixels = np.interp(batch.wave[0].numpy(), grid, predicted)
@@ -295,7 +295,7 @@ def _normalised_pair(ev: Evaluation, i: int, z: torch.Tensor, rng: np.random.Gen
     resolving = np.broadcast_to(spectrum.resolving_power, spectrum.wave.shape)[valid]
     with torch.no_grad():
         basis = ev.model.observation_basis(
-            torch.as_tensor(wave), v, torch.as_tensor(resolving.copy()), ev.pyramid
+            torch.as_tensor(wave), v, torch.as_tensor(resolving.copy()), ev.fitter.pyramid
         )
         model = ev.model.observe(z[None], basis)[0].double().numpy()
     flux = spectrum.flux[valid]
@@ -349,7 +349,7 @@ def sensitivity(ev: Evaluation, n_latents_sampled: int = 64, seed: int = 0) -> d
     chosen = rng.choice(real, min(n_latents_sampled, len(real)), replace=False)
     wave = rest_grid()
     values = latent_sensitivity(
-        ev.model, torch.as_tensor(ev.latents[chosen]), wave, directions=ev.whitening.matrix
+        ev.fitter, torch.as_tensor(ev.latents[chosen]), wave, directions=ev.whitening.matrix
     )
     regions = {k: sensitive_regions(wave, values[k]) for k in range(values.shape[0])}
     return {"wave": wave, "values": values, "regions": regions}

@@ -7,11 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.signal import find_peaks
-from torch.func import jacfwd, vmap
 
 from stargon.assets import Line, nearest_line
 from stargon.core.physics import C_KMS
-from stargon.model.gon import StarGON
+from stargon.model.fitter import Fitter
 
 
 def rest_grid(
@@ -23,7 +22,7 @@ def rest_grid(
 
 
 def latent_sensitivity(
-    model: StarGON,
+    fitter: Fitter,
     z: torch.Tensor,
     wave: np.ndarray,
     resolving_power: float = 5000.0,
@@ -32,15 +31,10 @@ def latent_sensitivity(
     """Mean over the rows of z of |∂f/∂z_k| at each wavelength: (D, P). With `directions`
     (D, D' columns, e.g. the whitening's ∂z/∂w) the derivative along each direction."""
     with torch.no_grad():
-        basis = model.observation_basis(
-            torch.as_tensor(wave), 0.0, resolving_power, model.decoder.pyramid()
+        basis = fitter.model.observation_basis(
+            torch.as_tensor(wave), 0.0, resolving_power, fitter.pyramid
         )
-
-    def spectrum(latent: torch.Tensor) -> torch.Tensor:
-        return model.observe(latent.unsqueeze(0), basis)[0]
-
-    with torch.no_grad():
-        jacobian = vmap(jacfwd(spectrum))(z.to(basis.dtype))  # (N, P, D)
+    jacobian = fitter.jacobian(z.to(basis.dtype), basis)  # (N, P, D)
     if directions is not None:
         jacobian = jacobian @ torch.as_tensor(directions, dtype=jacobian.dtype)
     return jacobian.abs().mean(0).T.cpu().numpy()

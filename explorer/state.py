@@ -29,9 +29,10 @@ from stargon.core.interop import UserSettings
 from stargon.core.physics import observed_to_rest
 from stargon.core.spectrum import Spectrum, SpectrumReadError
 from stargon.model.checkpoint import load_checkpoint, resolve_checkpoint
-from stargon.model.fit import FitResult, fit_spectrum, template_pyramid
+from stargon.model.fitter import Fitter
 from stargon.model.prior import LatentPrior
 from stargon.model.pseudo_continuum import pseudo_continuum
+from stargon.model.refine import FitResult
 from stargon.model.whitening import Whitening
 from stargon.surveys import read_file
 from stargon.surveys.fetch import Remote, apogee_star, fetch, galah_arms, lamost_spectrum
@@ -113,13 +114,11 @@ class Explorer:
         self.device = torch.device(device)
         self.model, document, extra = load_checkpoint(self.checkpoint, self.device)
         self.model.eval()
+        self.fitter = Fitter(self.model, extra.get("prototypes"), self.device)
         self.card = document.get("card", {})
         self.data = Path(data) if data else None
         self.prior = LatentPrior.from_tensors(extra)
         self.latent_dim = self.model.config.latent_dim
-        with torch.no_grad():
-            self.pyramid = self.model.decoder.pyramid()
-        self.templates = template_pyramid(self.model, extra.get("prototypes"))
         self.instruments = drawable()
         self.stars = self.card.get("stars", [])
         self.whitening = Whitening.from_tensors(extra, self.latent_dim)
@@ -162,7 +161,8 @@ class Explorer:
         with torch.no_grad():
             basis = self.model.observation_basis(
                 torch.as_tensor(wave, device=self.device), view.v_kms,
-                torch.as_tensor(np.ascontiguousarray(resolving), device=self.device), self.pyramid,
+                torch.as_tensor(np.ascontiguousarray(resolving), device=self.device),
+                self.fitter.pyramid,
             )  # fmt: skip
         with self._lock:
             self._cache[key] = basis
@@ -196,21 +196,15 @@ class Explorer:
         return observed_to_rest(wave, view.v_kms) if view.frame == "rest" else wave
 
     def sensitivity(self, view: View) -> np.ndarray:
-        """|∂f/∂w_k| at every pixel along every whitened direction (D, P): the small MLP's
-        Jacobian times the cached basis. The Jacobian takes one backward pass: z repeated K
-        times, row k keeping only output k (reverse mode, which unlike forward-mode AD is
-        thread-safe); ∂z/∂w is the whitening's matrix. Divided by the view's pseudo-continuum,
-        as the shown spectrum is (held fixed, as the page holds it while a slider moves)."""
+        """|∂f/∂w_k| at every pixel along every whitened direction (D, P): the fitter's ∂f/∂z
+        on the cached basis times ∂z/∂w, the whitening's matrix. Divided by the view's
+        pseudo-continuum, as the shown spectrum is (held fixed, as the page holds it while a
+        slider moves)."""
         _, _, _, continuum = self.drawing(view)
-        basis = self._basis(view)
-        n_basis = basis.shape[0] - 1
-        rows = self.raw(view.z).expand(n_basis, -1).clone().requires_grad_(True)
-        with torch.enable_grad():
-            (jacobian,) = torch.autograd.grad(self.model.decoder.h(rows).diagonal().sum(), rows)
+        jacobian = self.fitter.jacobian(self.raw(view.z[None]), self._basis(view))[0]  # (P, D)
         directions = torch.as_tensor(self.whitening.matrix, dtype=jacobian.dtype)
-        with torch.no_grad():
-            along = torch.einsum("kp,kd,de->ep", basis[1:], jacobian, directions.to(self.device))
-            return along.abs().cpu().numpy() / continuum
+        along = (jacobian @ directions.to(self.device)).T
+        return along.abs().cpu().numpy() / continuum
 
     # -- changing the state --------------------------------------------------------------
     def random_view(self, view: View, seed: int) -> View:
@@ -224,8 +218,7 @@ class Explorer:
 
     def fit(self, view: View, spectrum: Spectrum) -> View:
         """Fit an observation (v, latents, continuum) and move the view to it."""
-        result = fit_spectrum(self.model, spectrum, pyramid=self.pyramid,
-                              templates=self.templates, device=self.device)  # fmt: skip
+        (result,) = self.fitter.fit([spectrum])
         observation = Observation(spectrum, result, model_sigma=np.zeros(0))
         fitted = replace(view, z=self.whitening.whiten(result.z.astype(float)),
                          v_kms=result.v_kms, observation=observation)  # fmt: skip
@@ -239,8 +232,7 @@ class Explorer:
         fit = view.observation.fit
         basis = self._basis(view)
         z = torch.as_tensor(fit.z[None], dtype=basis.dtype, device=self.device)
-        with torch.no_grad():
-            jacobian = self.model.decoder.latent_jacobian(z, basis)[0].double().cpu().numpy()
+        jacobian = self.fitter.jacobian(z, basis)[0].double().cpu().numpy()
         sigma = np.sqrt(np.einsum("pd,de,pe->p", jacobian, fit.z_cov, jacobian))
         return sigma / self.drawing(view)[3]  # over the pseudo-continuum, as the model is shown
 

@@ -292,10 +292,6 @@ class BasisDecoder(nn.Module):
         """Rest-frame spectra (M, n_table) on the table grid at intrinsic resolution."""
         return self.table[0] + self.h(z) @ self.table[1:]
 
-    def latent_jacobian(self, z: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-        """∂f/∂z (B, P, D) at z (B, D): Σ_k T_k ∂h_k/∂z, the basis weighed by h's Jacobian."""
-        return self.decode_with_jacobian(z, basis)[1]
-
     def decode_with_jacobian(
         self, z: torch.Tensor, basis: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,9 +2,9 @@
 
 Files are read ahead (optionally in worker processes) while the model fits; spectra wait in
 one bucket per instrument (so a batch pads to similar lengths) and are fitted `batch_size` at a
-time, or fewer once a bucket holds PIXEL_BUDGET pixels (`fit_spectra`). Rows are appended and
-flushed batch by batch, so a killed run loses at most the batch in flight, and `resume` skips
-the spectra the output already holds.
+time, or fewer once a bucket holds the fit's pixel budget (`Fitter.fit_batch`). Rows are
+appended and flushed batch by batch, so a killed run loses at most the batch in flight, and
+`resume` skips the spectra the output already holds.
 """
 
 from __future__ import annotations
@@ -19,18 +19,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from astropy.table import Table
 from tqdm import tqdm
 
 from stargon.core.interop import UserSettings
 from stargon.core.spectrum import Spectrum, SpectrumReadError
-from stargon.model.checkpoint import load_checkpoint, resolve_checkpoint
+from stargon.model.checkpoint import resolve_checkpoint
 from stargon.model.devices import pick_device
-from stargon.model.fit import FitResult, fit_spectra, template_pyramid
+from stargon.model.fit_config import FitConfig
+from stargon.model.fitter import Fitter
+from stargon.model.refine import FitResult
 from stargon.surveys.registry import FileOutcome, iter_files, scan
 
-PIXEL_BUDGET = 262_144  # per batch: 64 LAMOST spectra, 30 APOGEE ones, 2 MIKE echelle ones
 COLUMNS = ["source", "star_id", "instrument", "frame", "rv_kms", "rv_err_kms", "chi2_dof", "n_pix"]
 
 
@@ -55,16 +55,14 @@ def fit_paths(
     workers: int = 0,
     resume: bool = False,
     fits_table: bool = False,
+    config: FitConfig | None = None,
     progress: bool = True,
 ) -> FitRun:
     """Fit every spectrum under `paths` into the CSV `out` (and `out` as a FITS table when
     `fits_table`). Files of no known survey are read with `user`'s settings (resolving power,
     medium, frame). A missing path or a bad file is a failure; the rest goes on."""
     device = pick_device(device)
-    model, _, extra = load_checkpoint(resolve_checkpoint(checkpoint), device)
-    with torch.no_grad():
-        pyramid = model.decoder.pyramid()
-        templates = template_pyramid(model, extra.get("prototypes"))
+    fitter = Fitter.from_checkpoint(resolve_checkpoint(checkpoint), device, config)
     run = FitRun()
     files = []
     for path in paths:
@@ -72,9 +70,10 @@ def fit_paths(
             files.extend(iter_files(path))
         except SpectrumReadError as exc:
             run.failures.append((str(exc.path), exc.problem))
-    columns = COLUMNS + [f"{p}_{k}" for p in ("z", "z_err") for k in range(model.config.latent_dim)]
+    dim = fitter.model.config.latent_dim
+    columns = COLUMNS + [f"{p}_{k}" for p in ("z", "z_err") for k in range(dim)]
     done = _rows_done(out, columns) if resume else set()
-    fit = functools.partial(fit_spectra, model, device=device, pyramid=pyramid, templates=templates)
+    fit = fitter.fit_batch
     with _csv_rows(out, columns, append=resume) as write_rows:
         buckets: dict[str, list[Spectrum]] = defaultdict(list)
         bar = tqdm(total=len(files), unit="file", desc="fitting", disable=not progress)
@@ -90,7 +89,7 @@ def fit_paths(
                     continue
                 bucket = buckets[spectrum.instrument]
                 bucket.append(spectrum)
-                if len(bucket) >= batch_size or _pixels(bucket) >= PIXEL_BUDGET:
+                if len(bucket) >= batch_size or _pixels(bucket) >= fitter.config.pixel_budget:
                     _fit_bucket(fit, bucket, write_rows, run)
                     bar.set_postfix(spectra=run.fitted, per_s=_rate(run.fitted, start))
         for bucket in buckets.values():

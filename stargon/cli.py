@@ -18,6 +18,7 @@ from stargon.core.interop import UserSettings
 from stargon.core.paths import data_dir
 from stargon.model.decoder import ModelConfig
 from stargon.model.devices import keep_freed_memory
+from stargon.model.fit_config import FitConfig
 from stargon.options import split_settings, with_config_options
 from stargon.train.loop import TrainConfig
 
@@ -225,7 +226,7 @@ def train_command(
 
 
 @app.command("fit")
-@with_config_options(UserSettings)
+@with_config_options(UserSettings, FitConfig)
 def fit_command(
     paths: Annotated[list[Path], typer.Argument(help="Spectrum files or folders.")],
     checkpoint: Annotated[
@@ -234,7 +235,7 @@ def fit_command(
     out: Annotated[Path, typer.Option(help="CSV with one row per spectrum.")] = Path("fits.csv"),
     device: Annotated[str, typer.Option(help="auto (the GPU if any), cpu, cuda, …")] = "auto",
     batch_size: Annotated[
-        int, typer.Option(help="Spectra fitted at once (fewer once a batch holds 262,144 pixels).")
+        int, typer.Option(help="Spectra fitted at once (fewer once a batch holds pixel-budget).")
     ] = 64,
     workers: Annotated[int, typer.Option(help="Processes reading files ahead (0: none).")] = 0,
     resume: Annotated[
@@ -251,8 +252,11 @@ def fit_command(
     from stargon.model.fit_files import fit_paths
 
     try:
-        user = UserSettings(**settings)
-        run = fit_paths(paths, checkpoint, out, device, user, batch_size, workers, resume, fits)
+        fit_settings, user_settings = split_settings(settings, FitConfig)
+        user, config = UserSettings(**user_settings), FitConfig(**fit_settings)
+        run = fit_paths(
+            paths, checkpoint, out, device, user, batch_size, workers, resume, fits, config
+        )
     except ValueError as exc:  # bad settings, or an output that cannot be resumed
         errors.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc

@@ -12,7 +12,7 @@ import torch
 from stargon.evaluate.report import evaluate
 from stargon.model.batch import make_batch
 from stargon.model.checkpoint import default_checkpoint, load_checkpoint
-from stargon.model.fit import fit_spectrum, template_pyramid
+from stargon.model.fitter import Fitter
 from stargon.surveys import iter_spectra, read_file
 
 
@@ -46,14 +46,14 @@ def test_default_model_is_small_and_fully_described(default):
 
 def test_default_model_reproduces_its_recorded_held_out_fits(default, data):
     model, document, extra = default
-    pyramid, templates = model.decoder.pyramid(), template_pyramid(model, extra["prototypes"])
+    fitter = Fitter(model, extra["prototypes"])
     references = document["card"]["reference_fits"]
     assert len(references) >= 4
     for reference in references:
         path = data / re.sub(r"\[\d+\]$", "", reference["source"])
         (spectrum,) = [s for s in read_file(path) if s.source.endswith(reference["source"])]
         assert spectrum.star_id in document["card"]["held_out_star_ids"]
-        result = fit_spectrum(model, spectrum, pyramid=pyramid, templates=templates)
+        (result,) = fitter.fit([spectrum])
         assert result.chi2_dof == pytest.approx(reference["chi2_dof"], rel=0.01), reference
 
 
@@ -121,10 +121,10 @@ def test_the_normalised_model_sits_at_one_on_every_surveys_example_fit(default, 
     multiplied by it): the median of its top decile is 1 within 0.02 for every survey, and
     continuum × normalised model is still the fitted model."""
     model, _, extra = default
-    pyramid, templates = model.decoder.pyramid(), template_pyramid(model, extra["prototypes"])
+    fitter = Fitter(model, extra["prototypes"])
     for survey, pattern in EXAMPLES.items():
         spectrum = read_file(sorted(data.glob(pattern))[0])[0]
-        fit = fit_spectrum(model, spectrum, pyramid=pyramid, templates=templates)
+        (fit,) = fitter.fit([spectrum])
         top = np.sort(fit.normalised_model)[int(0.9 * fit.normalised_model.size) :]
         assert np.median(top) == pytest.approx(1.0, abs=0.02), survey
         np.testing.assert_allclose(fit.continuum * fit.normalised_model, fit.model_flux,

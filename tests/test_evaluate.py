@@ -19,6 +19,7 @@ from stargon.evaluate.sensitivity import (
     sensitive_regions,
 )
 from stargon.model.decoder import ModelConfig
+from stargon.model.fitter import Fitter
 from stargon.model.gon import StarGON
 from stargon.surveys import read_file
 
@@ -74,7 +75,7 @@ def test_latent_sensitivity_is_the_jacobian():
         model.decoder.table.normal_(0.0, 0.1)
     wave = rest_grid(5100, 5900, 3000)
     z = torch.randn(1, 4)
-    analytic = latent_sensitivity(model, z, wave, resolving_power=3000)
+    analytic = latent_sensitivity(Fitter(model, None), z, wave, resolving_power=3000)
     basis = model.observation_basis(torch.as_tensor(wave), 0.0, 3000.0)
     eps = 1e-2
     for k in range(4):

@@ -13,9 +13,12 @@ from astropy.table import Table
 
 from stargon.core.physics import C_KMS
 from stargon.core.spectrum import SpectrumReadError
+from stargon.evaluate.sensitivity import latent_sensitivity, rest_grid
 from stargon.explorer import plots
 from stargon.explorer.app import ExplorerApp
 from stargon.explorer.state import Explorer
+from stargon.model.batch import make_batch
+from stargon.model.decoder import BasisDecoder
 from stargon.surveys import read_file
 from stargon.surveys.fetch import FetchError, lamost_spectrum
 from tests.archive_server import ArchiveServer
@@ -214,7 +217,7 @@ def test_sliders_are_whitened_and_the_fit_band_is_the_latent_covariance(explorer
     basis = explorer.model.observation_basis(
         torch.as_tensor(spectrum.wave[spectrum.valid]), fit.v_kms,
         torch.as_tensor(np.broadcast_to(spectrum.resolving_power, spectrum.wave.shape)[
-            spectrum.valid].copy()), explorer.pyramid,
+            spectrum.valid].copy()), explorer.fitter.pyramid,
     )  # fmt: skip
     with torch.no_grad():
         spread = explorer.model.observe(torch.as_tensor(draws).float(), basis).std(0)
@@ -277,3 +280,42 @@ def test_the_drawn_model_sits_at_one_on_every_instrument(explorer):
         _, flux = explorer.spectrum(view)
         top = np.sort(flux)[int(0.9 * flux.size) :]
         assert np.median(top) == pytest.approx(1.0, abs=0.02), name
+
+
+def test_one_jacobian_serves_the_explorer_the_evaluation_and_training(explorer, monkeypatch):
+    """∂f/∂z is `BasisDecoder.decode_with_jacobian`, equal to autograd's; the explorer's
+    shading, the evaluation's sensitivity and the training's Gauss–Newton step all move when
+    it alone is changed (here doubled), so none computes its own."""
+    view = explorer.new_view()
+    fitter, basis = explorer.fitter, explorer._basis(view)
+    z = explorer.raw(view.z[None])
+    found = fitter.jacobian(z, basis)[0]
+    expected = torch.autograd.functional.jacobian(
+        lambda latent: explorer.model.observe(latent[None], basis)[0], z[0]
+    )
+    torch.testing.assert_close(found, expected, rtol=1e-4, atol=1e-6 * expected.abs().max())
+
+    wave = rest_grid(5000, 5200, 5000)
+    batch = make_batch([read_file(explorer.data / LAMOST)[0]], n_pixels=500,
+                       rngs=[np.random.default_rng(0)])  # fmt: skip
+    step_basis = explorer.model.basis(batch, fitter.pyramid)
+
+    def uses():
+        return (
+            explorer.sensitivity(view),
+            latent_sensitivity(fitter, z, wave),
+            explorer.model.gauss_newton(z, step_basis, batch, 1.0)[1],
+        )
+
+    before = uses()
+    decode_with_jacobian = BasisDecoder.decode_with_jacobian
+
+    def doubled(self, z, basis):
+        decoded, jacobian = decode_with_jacobian(self, z, basis)
+        return decoded, 2 * jacobian
+
+    monkeypatch.setattr(BasisDecoder, "decode_with_jacobian", doubled)
+    after = uses()
+    np.testing.assert_allclose(after[0], 2 * before[0], rtol=1e-5)
+    np.testing.assert_allclose(after[1], 2 * before[1], rtol=1e-5)
+    assert not torch.allclose(after[2], before[2])  # the normal matrix JᵀWJ + Λ

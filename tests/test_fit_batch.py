@@ -16,8 +16,7 @@ import pytest
 import torch
 
 from stargon.model.batch import make_batch
-from stargon.model.checkpoint import load_checkpoint, resolve_checkpoint
-from stargon.model.fit import fit_spectra, fit_spectrum, template_pyramid
+from stargon.model.fitter import Fitter
 from stargon.surveys import read_file
 
 LAMOST_DR8 = "lamost_dr8/20220313_CCF_test_grouped_fits"
@@ -30,25 +29,24 @@ MIXED = [
 
 
 @pytest.fixture(scope="module")
-def default_model():
-    model, _, extra = load_checkpoint(resolve_checkpoint(None))
-    return model, model.decoder.pyramid(), template_pyramid(model, extra.get("prototypes"))
+def fitter() -> Fitter:
+    return Fitter.from_checkpoint(None)
 
 
 def lamost_files(data, n: int) -> list:
     return sorted((data / LAMOST_DR8).iterdir())[:n]
 
 
-def test_a_batch_fits_each_spectrum_as_it_is_fitted_alone(data, default_model):
+def test_a_batch_fits_each_spectrum_as_it_is_fitted_alone(data, fitter):
     """Observed-frame LAMOST DR8 stars (v fitted) with rest-frame MILES and STELIB stars (v
     held) of other lengths, in one padded batch: RV within 0.1 σ_v, χ²/dof within 1 %, latents
     within 0.1 σ_z of the spectrum fitted alone, and the posterior within 0.05."""
-    model, pyramid, templates = default_model
+    model = fitter.model
     spectra = [read_file(path)[0] for path in lamost_files(data, 6)]
     spectra += [read_file(data / name)[0] for name in MIXED]
-    together = fit_spectra(model, spectra, pyramid=pyramid, templates=templates)
+    together = fitter.fit_batch(spectra)  # one padded batch, instruments mixed
     for spectrum, batched in zip(spectra, together, strict=True):
-        alone = fit_spectrum(model, spectrum, pyramid=pyramid, templates=templates)
+        (alone,) = fitter.fit([spectrum])
         assert abs(batched.v_kms - alone.v_kms) <= 0.1 * alone.v_err_kms, spectrum.source
         assert batched.chi2_dof == pytest.approx(alone.chi2_dof, rel=0.01), spectrum.source
         np.testing.assert_array_less(np.abs(batched.z - alone.z), 0.1 * alone.z_err + 1e-6)
@@ -59,14 +57,14 @@ def test_a_batch_fits_each_spectrum_as_it_is_fitted_alone(data, default_model):
     assert all(r.v_kms == 0.0 for r, s in zip(together, spectra, strict=True) if s.frame == "rest")
 
 
-def test_the_fit_ends_at_the_maximum_of_the_posterior(data, default_model):
+def test_the_fit_ends_at_the_maximum_of_the_posterior(data, fitter):
     """From each fitted (z, v), half a σ along any latent or along v — the basis read afresh
     at that v, the continuum solved again — never lowers −2 ln posterior (beyond float32
     round-off): the fit stops at the MAP, not short of it (a fit 0.25 σ off fails)."""
-    model, pyramid, templates = default_model
+    model, pyramid = fitter.model, fitter.pyramid
     spectra = [read_file(path)[0] for path in lamost_files(data, 3)]
     spectra += [read_file(data / name)[0] for name in MIXED[1:]]
-    fits = fit_spectra(model, spectra, pyramid=pyramid, templates=templates)
+    fits = fitter.fit(spectra)
     for spectrum, fit in zip(spectra, fits, strict=True):
         dim = len(fit.z)
         moves = np.zeros((2 * dim + 3, dim + 1))

@@ -14,8 +14,9 @@ from torch.func import jvp
 from stargon.core.physics import rest_to_observed
 from stargon.model.batch import make_batch
 from stargon.model.continuum import solve_continuum
-from stargon.model.fit import template_pyramid, template_scan
+from stargon.model.fit_config import FitConfig
 from stargon.model.gon import StarGON
+from stargon.model.velocity import template_bank, template_scan
 from tests.test_gon import trained_a_little
 
 
@@ -53,8 +54,8 @@ def test_the_fast_scan_matches_a_brute_force_chi2_of_velocity(model, spectra):
     lamost = moved(spectra[2], 0.0)
     batch = make_batch([lamost], dtype=torch.float64)
     batch = dataclasses.replace(batch, design=batch.design.double())
-    templates = template_pyramid(model)
-    [(v_grid, fast)] = template_scan(model, batch, templates)
+    templates = template_bank(model)
+    [(v_grid, fast)] = template_scan(model, batch, templates, FitConfig())
     fast = fast[0]
     picks = np.r_[np.argsort(fast)[:5], np.linspace(0, len(v_grid) - 1, 12).astype(int)]
     flux, ivar = batch.flux[0], batch.ivar[0]
@@ -142,10 +143,10 @@ def test_a_batch_scans_each_spectrum_as_it_is_scanned_alone(model, spectra):
     spectrum's χ²(v) must be the one it gets alone (LAMOST twice, at two velocities, with
     APOGEE and Gaia RVS, of other widths and lengths)."""
     group = [moved(spectra[2], 0.0), moved(spectra[2], 150.0), spectra[1], spectra[3]]
-    templates = template_pyramid(model)
-    together = template_scan(model, make_batch(group), templates)
+    templates = template_bank(model)
+    together = template_scan(model, make_batch(group), templates, FitConfig())
     assert together[0][1].shape == together[1][1].shape != together[2][1].shape
     for spectrum, (v_grid, chi2) in zip(group, together, strict=True):
-        [(alone_grid, alone)] = template_scan(model, make_batch([spectrum]), templates)
+        [(alone_grid, alone)] = template_scan(model, make_batch([spectrum]), templates, FitConfig())
         np.testing.assert_array_equal(v_grid, alone_grid)
         np.testing.assert_allclose(chi2, alone, rtol=1e-6)

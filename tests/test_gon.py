@@ -17,7 +17,7 @@ from stargon.core.physics import observed_to_rest
 from stargon.model.batch import make_batch
 from stargon.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from stargon.model.decoder import ModelConfig
-from stargon.model.fit import fit_spectrum
+from stargon.model.fitter import Fitter
 from stargon.model.gon import StarGON
 from stargon.model.prior import LatentPrior
 from stargon.model.sampling import sample_spectra
@@ -140,7 +140,7 @@ def test_radial_velocity_recovered_on_an_injected_shift(data, v_true):
         source="injected",
         star_id="injected",
     )
-    result = fit_spectrum(model, observed)
+    (result,) = Fitter(model, None).fit([observed])
     assert result.v_err_kms < 0.1
     assert abs(result.v_kms - v_true) < max(4 * result.v_err_kms, 0.05)
     assert result.chi2_dof == pytest.approx(1.0, abs=0.15)

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from stargon.model.batch import make_batch
-from stargon.model.checkpoint import load_checkpoint, resolve_checkpoint
-from stargon.model.fit import fit_spectra, template_pyramid
+from stargon.model.fitter import Fitter
 from stargon.surveys import read_file
 
 pytestmark = [
@@ -24,18 +23,15 @@ FILES = [
 ]
 
 
-def on(device: str):
-    model, _, extra = load_checkpoint(resolve_checkpoint(None), torch.device(device))
-    with torch.no_grad():
-        pyramid = model.decoder.pyramid()
-    return model, pyramid, template_pyramid(model, extra.get("prototypes"))
+def on(device: str) -> Fitter:
+    return Fitter.from_checkpoint(None, torch.device(device))
 
 
 def test_fits_and_the_training_loss_agree_on_cpu_and_gpu(data):
     spectra = [read_file(data / name)[0] for name in FILES]
-    (cpu, cpu_pyramid, cpu_templates), (gpu, gpu_pyramid, gpu_templates) = on("cpu"), on("cuda")
-    on_cpu = fit_spectra(cpu, spectra, pyramid=cpu_pyramid, templates=cpu_templates)
-    on_gpu = fit_spectra(gpu, spectra, device="cuda", pyramid=gpu_pyramid, templates=gpu_templates)
+    cpu_fitter, gpu_fitter = on("cpu"), on("cuda")
+    cpu, gpu = cpu_fitter.model, gpu_fitter.model
+    on_cpu, on_gpu = cpu_fitter.fit_batch(spectra), gpu_fitter.fit_batch(spectra)
     for a, b in zip(on_cpu, on_gpu, strict=True):
         assert abs(a.v_kms - b.v_kms) <= 0.1 * a.v_err_kms
         assert b.chi2_dof == pytest.approx(a.chi2_dof, rel=0.01)

@@ -9,7 +9,7 @@ import torch
 
 from stargon.assets import atmosphere_bands
 from stargon.model.batch import make_batch
-from stargon.model.fit import fit_spectrum
+from stargon.model.fitter import Fitter
 from stargon.model.whitening import Whitening
 from stargon.surveys import Spectrum
 from stargon.surveys.atmosphere import atmosphere_mask
@@ -103,7 +103,7 @@ def test_latent_uncertainty_matches_the_scatter_over_noise_realisations(model, s
             resolving_power=miles.resolving_power, frame="rest", normalised=True,
             source="model-made", star_id="model",
         )  # fmt: skip
-        result = fit_spectrum(model, noisy, fit_velocity=False)
+        (result,) = Fitter(model, None).fit([noisy], fit_velocity=False)
         fitted.append(result.z)
         errors.append(result.z_err)
         chi2.append(result.chi2_dof)

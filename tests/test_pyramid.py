@@ -13,9 +13,9 @@ import torch
 
 from stargon.model.batch import make_batch
 from stargon.model.decoder import LatentMLP, ModelConfig
-from stargon.model.fit import scan_templates, template_pyramid
 from stargon.model.gon import StarGON
 from stargon.model.pyramid import LsfPyramid, pyramid_plan
+from stargon.model.velocity import scan_templates, template_bank
 from stargon.surveys import read_file
 from tests.oracle import cascade_pyramid
 
@@ -154,7 +154,7 @@ def test_every_reader_sees_a_level_perturbed_in_the_pyramid(default_model_and_sp
         with torch.no_grad():
             basis = model.observation_basis(wave, 0.0, resolving_power)
             observed = model.observe(z, basis)[0]
-            scanned = scan_templates(model, template_pyramid(model), torch.log(wave), sigma)[0]
+            scanned = scan_templates(model, template_bank(model), torch.log(wave), sigma)[0]
             own = model.decoder.pixel_model(
                 z, wave[None], torch.zeros(1, 1, dtype=torch.float64), batch.resolving_power,
                 model.decoder.pyramid(),

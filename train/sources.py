@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from stargon.core.spectrum import Spectrum
 from stargon.model.batch import make_batch
-from stargon.model.fit import find_velocities, find_velocity, template_pyramid
+from stargon.model.fitter import Fitter
 from stargon.model.gon import StarGON
 from stargon.train import distributed
 from stargon.train.coverage import CoverageCounter, resolution_coverage
@@ -115,13 +115,10 @@ class MemorySource:
         context, spectra = self.context, self.dataset.spectra
         observed = np.array([i for i, s in enumerate(spectra) if s.frame == "observed"], int)
         mine = np.array_split(observed, context.world_size)[context.rank]
-        with torch.no_grad():
-            pyramid = model.decoder.pyramid()
-        templates = template_pyramid(model, self._prototypes(model))
+        fitter = Fitter(model, self._prototypes(model), context.device)
         estimates = torch.zeros(len(self.velocities), dtype=torch.float64)
         for i in tqdm(mine, desc="radial velocities", leave=False, disable=not context.is_main):
-            batch = make_batch([spectra[i]]).to(context.device)
-            estimates[i] = find_velocity(model, batch, pyramid, templates)
+            estimates[i] = float(fitter.velocities(make_batch([spectra[i]]))[0])
         estimates = distributed.sum_over_ranks(estimates.to(context.device), context).cpu()
         self.velocities = self.velocities.copy()
         self.velocities[observed] = estimates.numpy()[observed]
@@ -171,7 +168,7 @@ class StreamSource:
         self.watched: list[Spectrum] | None = None  # read when first asked (rank 0 only)
         self.found: dict[str, dict[int, float]] = {}  # per lane: row id → v, this period
         self.velocity_model: StarGON | None = None
-        self._tools = None  # the velocity model's pyramid and template bank
+        self._fitter: Fitter | None = None  # the velocity model's, with its template bank
 
     def summary(self) -> dict:
         return self.stream.counts
@@ -205,7 +202,7 @@ class StreamSource:
         got, records, self.cursor = next(self._batches)
         assert got == step, (got, step)
         if _refresh_due(self.config, step):
-            self.velocity_model, self._tools, self.found = copy.deepcopy(model), None, {}
+            self.velocity_model, self._fitter, self.found = copy.deepcopy(model), None, {}
         lanes = np.array([lane for lane, _, _ in records])
         ids = np.array([i for _, i, _ in records])
         spectra = [spectrum for _, _, spectrum in records]
@@ -228,14 +225,12 @@ class StreamSource:
         todo = [k for k, s in enumerate(spectra) if s.frame == "observed" and ids[k] not in found]
         if todo and self.velocity_model is not None:
             model = self.velocity_model
-            if self._tools is None:
-                with torch.no_grad():
-                    pyramid = model.decoder.pyramid()
+            if self._fitter is None:
                 bank = prototype_spectra(self.config.shards)
                 z = model.encode(make_batch(bank, n_pixels=2000).to(self.context.device))
-                self._tools = pyramid, template_pyramid(model, z)
-            batch = make_batch([spectra[k] for k in todo]).to(self.context.device)
-            for k, v in zip(todo, find_velocities(model, batch, *self._tools), strict=True):
+                self._fitter = Fitter(model, z, self.context.device)
+            batch = make_batch([spectra[k] for k in todo])
+            for k, v in zip(todo, self._fitter.velocities(batch), strict=True):
                 found[ids[k]] = float(v)
         pairs = zip(ids, spectra, strict=True)
         return [found.get(i, 0.0) if s.frame == "observed" else 0.0 for i, s in pairs]
