@@ -73,11 +73,11 @@ def split_by_star(n: int, held_out_fraction: float = 0.15, seed: int = 0):
 
 def load_fitter(checkpoint: str | None, **settings):
     """The `Fitter` of a model folder (None: the embedded model), with FitConfig `settings`."""
-    from stargon.model.checkpoint import resolve_checkpoint
     from stargon.model.fit_config import FitConfig
     from stargon.model.fitter import Fitter
+    from stargon.model.release import Release
 
-    return Fitter.from_checkpoint(resolve_checkpoint(checkpoint), config=FitConfig(**settings))
+    return Fitter.from_release(Release.load(checkpoint), config=FitConfig(**settings))
 
 
 def code_at(

@@ -29,6 +29,7 @@ from stargon.model.batch import make_batch
 from stargon.model.checkpoint import load_checkpoint
 from stargon.model.devices import keep_freed_memory
 from stargon.model.fitter import Fitter
+from stargon.model.release import Release
 from stargon.train.coverage import resolution_coverage, smoothness_cells
 from stargon.train.dataset import load_training_set
 from stargon.train.loop import TrainConfig
@@ -142,7 +143,7 @@ def prepare_steps(config: TrainConfig, n_steps: int) -> list:
     coverage = resolution_coverage(
         [data.spectra[i] for i in pool], config.model, config.coverage_count
     )
-    fitter = Fitter.from_checkpoint(None)
+    fitter = Fitter.from_release(Release.load(None))
     steps = []
     for step in range(config.warmup_steps, config.warmup_steps + n_steps):
         rng = np.random.default_rng([config.seed, step])

@@ -9,25 +9,42 @@ from pathlib import Path
 import numpy as np
 
 from stargon.evaluate.release import encode_all
-from stargon.model.checkpoint import load_checkpoint, resolve_checkpoint
 from stargon.model.fitter import Fitter
 from stargon.model.gon import StarGON
 from stargon.model.prior import LatentPrior
+from stargon.model.release import Release
 from stargon.model.whitening import Whitening
 from stargon.train.dataset import SYNTHETIC_SURVEY, TrainingSet, load_training_set
 
 
 @dataclass
 class Evaluation:
-    checkpoint: Path
-    model: StarGON
-    card: dict
-    prior: LatentPrior | None
-    fitter: Fitter  # the model's, with its template bank
+    release: Release
+    fitter: Fitter  # the release's, with its template bank
     dataset: TrainingSet
     velocities: np.ndarray  # km/s per spectrum; 0 for rest-frame ones
     latents: np.ndarray  # (N, D) one-step GON latents (raw)
-    whitening: Whitening  # the checkpoint's readable frame (identity for an old checkpoint)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.release.folder
+
+    @property
+    def model(self) -> StarGON:
+        return self.release.model
+
+    @property
+    def card(self) -> dict:
+        return self.release.card
+
+    @property
+    def prior(self) -> LatentPrior | None:
+        return self.release.prior
+
+    @property
+    def whitening(self) -> Whitening:
+        """The release's readable frame (the identity for an old one)."""
+        return self.release.whitening
 
     @property
     def whitened(self) -> np.ndarray:
@@ -49,9 +66,8 @@ class Evaluation:
 def prepare(checkpoint: str | Path | None, data: str | Path, surveys: list[str] | None = None):
     """Load the checkpoint and the data it was trained on, restoring its held-out split.
     `surveys` narrows the data to those folders (e.g. for a quick report)."""
-    folder = resolve_checkpoint(checkpoint)
-    model, document, extra = load_checkpoint(folder)
-    card = document.get("card", {})
+    release = Release.load(checkpoint)
+    card = release.card
     train_config = card.get("train_config", {})
     synthetic = train_config.get("synthetic", 0)
     if surveys is not None:  # only the folders named; the synthetic survey only if named too
@@ -63,23 +79,12 @@ def prepare(checkpoint: str | Path | None, data: str | Path, surveys: list[str] 
         train_config.get("held_out_fraction", 0.1),
         synthetic=synthetic,
     )
-    recorded = card.get("held_out_star_ids")
-    if recorded is not None:
-        held = set(recorded)
+    if "held_out_star_ids" in card:
+        held = release.held_out_star_ids
         dataset.held_out = np.array([s.star_id in held for s in dataset.spectra], dtype=bool)
-    fitter = Fitter(model, extra.get("prototypes"))
+    fitter = Fitter.from_release(release)
     velocities = np.zeros(len(dataset.spectra))
     observed = [i for i, s in enumerate(dataset.spectra) if s.frame == "observed"]
     velocities[observed] = fitter.velocities([dataset.spectra[i] for i in observed])
-    latents = encode_all(model, dataset, velocities, np.arange(len(dataset.spectra)))
-    return Evaluation(
-        folder,
-        model,
-        card,
-        LatentPrior.from_tensors(extra),
-        fitter,
-        dataset,
-        velocities,
-        latents,
-        Whitening.from_tensors(extra, model.config.latent_dim),
-    )
+    latents = encode_all(release.model, dataset, velocities, np.arange(len(dataset.spectra)))
+    return Evaluation(release, fitter, dataset, velocities, latents)

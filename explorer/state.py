@@ -28,12 +28,10 @@ from sklearn.neighbors import NearestNeighbors
 from stargon.core.interop import UserSettings
 from stargon.core.physics import observed_to_rest
 from stargon.core.spectrum import Spectrum, SpectrumReadError
-from stargon.model.checkpoint import load_checkpoint, resolve_checkpoint
 from stargon.model.fitter import Fitter
-from stargon.model.prior import LatentPrior
 from stargon.model.pseudo_continuum import pseudo_continuum
 from stargon.model.refine import FitResult
-from stargon.model.whitening import Whitening
+from stargon.model.release import Release
 from stargon.surveys import read_file
 from stargon.surveys.fetch import Remote, apogee_star, fetch, galah_arms, lamost_spectrum
 from stargon.surveys.instruments import drawable
@@ -109,21 +107,17 @@ class Explorer:
     def __init__(self, checkpoint: str | Path | None = None, data: str | Path | None = None,
                  device: str = "cpu", archive_url: str | None = None,
                  cache: Path | None = None):  # fmt: skip
-        self.checkpoint = resolve_checkpoint(checkpoint)
         self.archive_url, self.cache = archive_url, cache
         self.device = torch.device(device)
-        self.model, document, extra = load_checkpoint(self.checkpoint, self.device)
-        self.model.eval()
-        self.fitter = Fitter(self.model, extra.get("prototypes"), self.device)
-        self.card = document.get("card", {})
+        release = Release.load(checkpoint, self.device)
+        self.checkpoint, self.model, self.card = release.folder, release.model, release.card
+        self.fitter = Fitter.from_release(release, self.device)
         self.data = Path(data) if data else None
-        self.prior = LatentPrior.from_tensors(extra)
+        self.prior, self.whitening = release.prior, release.whitening
         self.latent_dim = self.model.config.latent_dim
         self.instruments = drawable()
-        self.stars = self.card.get("stars", [])
-        self.whitening = Whitening.from_tensors(extra, self.latent_dim)
-        raw = extra.get("star_latents", torch.zeros(0, self.latent_dim)).double().cpu().numpy()
-        self.star_latents = self.whitening.whiten(raw)
+        self.stars = release.stars
+        self.star_latents = self.whitening.whiten(release.star_latents)
         percentiles = self.card.get("whitened_percentiles", {})
         self.low = np.array(percentiles.get("1", [-3.0] * self.latent_dim))
         self.high = np.array(percentiles.get("99", [3.0] * self.latent_dim))

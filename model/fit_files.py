@@ -24,11 +24,11 @@ from tqdm import tqdm
 
 from stargon.core.interop import UserSettings
 from stargon.core.spectrum import Spectrum, SpectrumReadError
-from stargon.model.checkpoint import resolve_checkpoint
 from stargon.model.devices import pick_device
 from stargon.model.fit_config import FitConfig
 from stargon.model.fitter import Fitter
 from stargon.model.refine import FitResult
+from stargon.model.release import Release
 from stargon.surveys.registry import FileOutcome, iter_files, scan
 
 COLUMNS = ["source", "star_id", "instrument", "frame", "rv_kms", "rv_err_kms", "chi2_dof", "n_pix"]
@@ -62,7 +62,7 @@ def fit_paths(
     `fits_table`). Files of no known survey are read with `user`'s settings (resolving power,
     medium, frame). A missing path or a bad file is a failure; the rest goes on."""
     device = pick_device(device)
-    fitter = Fitter.from_checkpoint(resolve_checkpoint(checkpoint), device, config)
+    fitter = Fitter.from_release(Release.load(checkpoint, device), device, config)
     run = FitRun()
     files = []
     for path in paths:

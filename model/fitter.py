@@ -8,17 +8,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from stargon.core.spectrum import Spectrum
 from stargon.model.batch import PixelBatch, make_batch
-from stargon.model.checkpoint import load_checkpoint
 from stargon.model.fit_config import FitConfig
 from stargon.model.gon import StarGON
 from stargon.model.refine import FitResult, refine, results
+from stargon.model.release import Release
 from stargon.model.velocity import find_velocities, template_bank
 
 
@@ -26,7 +25,7 @@ class Fitter:
     """Fits with one model. The template bank is the model's decoded `prototypes` (a release's
     prior means and survey medoids), or the z = 0 spectrum alone without them — a fit of an
     unusual star then starts from a worse velocity, so pass them when the model has them
-    (`from_checkpoint` does)."""
+    (`from_release` does)."""
 
     def __init__(
         self,
@@ -43,15 +42,11 @@ class Fitter:
         self.templates = template_bank(model, prototypes)
 
     @classmethod
-    def from_checkpoint(
-        cls,
-        folder: str | Path | None = None,
-        device: str | torch.device = "cpu",
-        config: FitConfig | None = None,
+    def from_release(
+        cls, release: Release, device: str | torch.device = "cpu", config: FitConfig | None = None
     ) -> Fitter:
-        """The fitter of a saved model (None: the embedded default), with its template bank."""
-        model, _, extra = load_checkpoint(folder, device)
-        return cls(model.eval(), extra.get("prototypes"), device, config)
+        """The fitter of a released model, with its template bank."""
+        return cls(release.model, release.prototypes, device, config)
 
     def velocities(self, spectra: Sequence[Spectrum] | PixelBatch) -> np.ndarray:
         """v (km/s) of each spectrum (in batches, as `fit`), or of each row of a batch, from

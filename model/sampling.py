@@ -10,9 +10,9 @@ from astropy.io import fits
 from astropy.table import Table
 
 from stargon import __version__
-from stargon.model.checkpoint import load_checkpoint, resolve_checkpoint
 from stargon.model.gon import StarGON
 from stargon.model.prior import LatentPrior
+from stargon.model.release import Release
 from stargon.surveys.instruments import Instrument, instrument
 
 
@@ -32,9 +32,8 @@ def sample_spectra(
 def sample_to_file(
     n: int, instrument_name: str, checkpoint: Path | None, out: Path, v_kms: float, seed: int
 ) -> Path:
-    folder = resolve_checkpoint(checkpoint)
-    model, _, extra = load_checkpoint(folder)
-    prior = LatentPrior.from_tensors(extra)
+    release = Release.load(checkpoint)
+    folder, model, prior = release.folder, release.model, release.prior
     if prior is None:
         raise ValueError(f"{folder}: this checkpoint has no latent prior (release the run first)")
     inst = instrument(instrument_name)

@@ -215,10 +215,6 @@ def train_command(
         model=ModelConfig(**model_settings),
         **train_settings,
     )
-    if config.shards and package:  # said before training, not after it
-        errors.print("[red]error:[/] --shards needs --no-package: packaging a run reads a data "
-                     "folder into memory and does not stream shards yet")  # fmt: skip
-        raise typer.Exit(2)
     run = train(config, resume=resume)
     if package and int(os.environ.get("RANK", "0")) == 0:
         console.print(f"[green]trained[/] {run}; packaging the model …")

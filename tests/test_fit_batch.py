@@ -17,6 +17,7 @@ import torch
 
 from stargon.model.batch import make_batch
 from stargon.model.fitter import Fitter
+from stargon.model.release import Release
 from stargon.surveys import read_file
 
 LAMOST_DR8 = "lamost_dr8/20220313_CCF_test_grouped_fits"
@@ -30,7 +31,7 @@ MIXED = [
 
 @pytest.fixture(scope="module")
 def fitter() -> Fitter:
-    return Fitter.from_checkpoint(None)
+    return Fitter.from_release(Release.load(None))
 
 
 def lamost_files(data, n: int) -> list:

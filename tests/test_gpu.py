@@ -9,6 +9,7 @@ import torch
 
 from stargon.model.batch import make_batch
 from stargon.model.fitter import Fitter
+from stargon.model.release import Release
 from stargon.surveys import read_file
 
 pytestmark = [
@@ -24,7 +25,7 @@ FILES = [
 
 
 def on(device: str) -> Fitter:
-    return Fitter.from_checkpoint(None, torch.device(device))
+    return Fitter.from_release(Release.load(None, device), device)
 
 
 def test_fits_and_the_training_loss_agree_on_cpu_and_gpu(data):

@@ -11,12 +11,16 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from stargon.model.checkpoint import load_checkpoint
 from stargon.model.decoder import ModelConfig
+from stargon.model.fitter import Fitter
 from stargon.model.gon import StarGON
+from stargon.model.release import Release
+from stargon.train.stream import packed_spectra
 
 pytestmark = pytest.mark.slow  # end to end: training subprocesses, kill -9, torchrun
 
@@ -225,3 +229,39 @@ def processes_of(run: Path) -> list[int]:
 
 def test_streamed_training_killed_and_resumed_matches_an_uninterrupted_run(packed, tmp_path):
     assert_kill_and_resume_match(lambda out: shard_command(packed, out, 8), tmp_path, 8)
+
+
+def test_a_run_trained_from_shards_is_released_without_its_data(packed, tmp_path):
+    """Train from shards, then `stargon release` with no data folder anywhere (STARGON_DATA
+    points nowhere): the release holds every real star streamed from the shards with its
+    latent and velocity, and it fits a MILES star."""
+    run = tmp_path / "run"
+    subprocess.run(shard_command(packed, run, 20), check=True, capture_output=True)
+    nowhere = {**os.environ, "STARGON_DATA": str(tmp_path / "no-data")}
+    command = [sys.executable, "-m", "stargon", "release", str(run)]
+    result = subprocess.run(command, capture_output=True, text=True, env=nowhere)
+    assert result.returncode == 0, result.stderr[-3000:]
+    released = Release.load(run / "model")
+    manifest = json.loads((packed / "manifest.json").read_text())
+    counted = sum(c["train"] + c["held_out"] for c in manifest["per_survey"].values())
+    assert len(released.stars) == len(released.star_latents) == counted == 14
+    assert {s["survey"] for s in released.stars} == {"miles", "lamost_dr8"}
+    lamost = [s["v_kms"] for s in released.stars if s["survey"] == "lamost_dr8"]
+    assert all(v != 0.0 for v in lamost)  # found by the released model, not left at 0
+    assert released.prior is not None and released.coverage is not None
+    assert released.card["held_out_metrics"]  # the held-out stars fitted
+    miles = next(s for _, _, s in packed_spectra(packed) if s.instrument == "MILES")
+    (fit,) = Fitter.from_release(released).fit([miles])
+    assert fit.v_kms == 0.0 and np.isfinite(fit.chi2_dof) and fit.chi2_dof < 1e3
+
+
+def test_a_run_from_a_data_folder_is_released_with_its_stars(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    subprocess.run(train_command(tiny_data, run, 3), check=True, capture_output=True)
+    command = [sys.executable, "-m", "stargon", "release", str(run), "--no-evaluate"]
+    subprocess.run(command, check=True, capture_output=True)
+    released = Release.load(run / "model")
+    assert len(released.stars) == len(released.star_latents) == 16
+    assert {s["survey"] for s in released.stars} == {"miles", "gaia_rvs", "stelib"}
+    assert released.held_out_star_ids == {s["star_id"] for s in released.stars if s["held_out"]}
+    assert released.prototypes.shape == (released.prior.means.shape[0] + 3, 4)

@@ -31,6 +31,16 @@ class TrainingSet:
             keep &= np.array([s.frame == frame for s in self.spectra])
         return np.flatnonzero(keep)
 
+    def bank_spectra(self, per_survey: int = 2) -> list[Spectrum]:
+        """A fixed few rest-frame training spectra of every survey (chosen with seed 0): the
+        stars whose latents make a velocity template bank before the model has its own."""
+        pool = self.indices(held_out=False, frame="rest")
+        names = np.array(self.surveys)[pool]
+        rng = np.random.default_rng(0)
+        chosen = [rng.choice(members, min(per_survey, members.size), replace=False)
+                  for members in (pool[names == name] for name in sorted(set(names)))]  # fmt: skip
+        return [self.spectra[i] for i in np.concatenate(chosen)] if chosen else []
+
     def summary(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
         for survey, held in zip(self.surveys, self.held_out, strict=True):

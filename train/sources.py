@@ -123,16 +123,9 @@ class MemorySource:
         self.velocities = self.velocities.copy()
         self.velocities[observed] = estimates.numpy()[observed]
 
-    def _prototypes(self, model: StarGON, per_survey: int = 2) -> torch.Tensor:
-        """Latents of a fixed few rest-frame training spectra of every survey: the bank."""
-        pool = self.train_rest
-        names = np.array(self.dataset.surveys)[pool]
-        rng = np.random.default_rng(0)
-        chosen = np.concatenate(
-            [rng.choice(members, min(per_survey, members.size), replace=False)
-             for members in (pool[names == name] for name in sorted(set(names)))]
-        )  # fmt: skip
-        spectra = [self.dataset.spectra[i] for i in chosen]
+    def _prototypes(self, model: StarGON) -> torch.Tensor:
+        """Latents of the training set's bank spectra (`TrainingSet.bank_spectra`)."""
+        spectra = self.dataset.bank_spectra()
         return model.encode(make_batch(spectra, n_pixels=2000).to(self.context.device))
 
 

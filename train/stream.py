@@ -189,6 +189,17 @@ def prototype_spectra(folder: str | Path, per_survey: int = 2) -> list[Spectrum]
     return chosen
 
 
+def packed_spectra(folder: str | Path) -> Iterator[tuple[str, bool, Spectrum]]:
+    """(survey, held out, spectrum) of every packed spectrum once, in shard order, one row
+    group in memory at a time: what packaging a run streams."""
+    folder = Path(folder)
+    for shard in load_manifest(folder)["shards"]:
+        parquet = pq.ParquetFile(folder / shard["file"])
+        for group in range(shard["row_groups"]):
+            for row in read_rows(parquet, group):
+                yield row["survey"], bool(row["held_out"]), from_row(row)
+
+
 def training_spectra(
     folder: str | Path, survey: str | None = None, shards: Iterable[int] | None = None
 ) -> Iterator[Spectrum]:
