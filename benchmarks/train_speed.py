@@ -26,7 +26,6 @@ import torch
 from benchmarks.common import DATA, code_at, in_child, table
 from stargon.model import decoder, gon
 from stargon.model.batch import make_batch
-from stargon.model.checkpoint import load_checkpoint
 from stargon.model.devices import keep_freed_memory
 from stargon.model.fitter import Fitter
 from stargon.model.release import Release
@@ -99,7 +98,7 @@ class Trainer:
     has them, stepping on given batches."""
 
     def __init__(self, gon_module, decoder_module, config: TrainConfig):
-        model, _, _ = load_checkpoint(None)
+        model = Release.load(None).model
         self.model = gon_module.StarGON(model.config)
         self.model.load_state_dict(model.state_dict())
         self.optimiser = torch.optim.Adam(self.model.parameters(), lr=config.lr)
@@ -207,7 +206,7 @@ def decoded_agreement(rev: str) -> list[dict]:
     the issue's resolving powers: the largest difference relative to the flux (floored at 1 %
     of the continuum, for saturated line cores)."""
     old = code_at(rev)
-    model, _, _ = load_checkpoint(None)
+    model = Release.load(None).model
     old_model = old["gon"].StarGON(model.config)
     old_model.load_state_dict(model.state_dict())
     z = torch.randn(16, model.config.latent_dim, generator=torch.Generator().manual_seed(0))

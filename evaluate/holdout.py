@@ -91,7 +91,7 @@ class SurveyPCA:
             warnings.simplefilter("ignore", RuntimeWarning)
             column_median = np.nanmedian(np.where(w > 0, x, np.nan), axis=0)
         column_median = np.nan_to_num(column_median, nan=1.0)
-        pca = PCA(n_components).fit(np.where(w > 0, x, column_median))
+        pca = PCA(n_components, random_state=0).fit(np.where(w > 0, x, column_median))
         self.basis = np.vstack([pca.mean_, pca.components_])  # (D+1, N)
 
     def project(self, spectra: list[Spectrum]) -> list[dict]:
