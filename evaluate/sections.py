@@ -283,9 +283,11 @@ def realism(
             rest, real = _normalised_real(ev, int(i))
             sets["real"].append(np.interp(grid, rest, real))
             sets["modelled"].append(np.interp(grid, rest, _modelled(ev, int(i))) > 0.999)
-            for name, latent in (("generated", z), *latents.items()):
-                decoded = _normalised_model(ev, int(i), latent[row], rngs[name])
-                sets[name].append(np.interp(grid, rest, decoded))
+            named = {"generated": z, **latents}
+            stacked = torch.stack([latent[row] for latent in named.values()])
+            decoded = _normalised_models(ev, int(i), stacked, [rngs[name] for name in named])
+            for name, values in zip(named, decoded, strict=True):
+                sets[name].append(np.interp(grid, rest, values))
         x = {name: np.array(values) for name, values in sets.items()}
         modelled = x.pop("modelled").all(axis=0)
         tests = {
@@ -337,9 +339,10 @@ def _normalised_real(ev: Evaluation, i: int) -> tuple[np.ndarray, np.ndarray]:
     return observed_to_rest(wave, float(ev.velocities[i])), flux / noisy_continuum(wave, flux)
 
 
-def _normalised_model(ev: Evaluation, i: int, z: torch.Tensor, rng: np.random.Generator):
-    """Latent z decoded at star i's pixels, R and velocity, with its noise, over its own
-    pseudo-continuum: normalised as the real star is."""
+def _normalised_models(ev: Evaluation, i: int, z: torch.Tensor, rngs: list) -> list[np.ndarray]:
+    """Latents z (M, D) decoded at star i's pixels, R and velocity (one basis read), each
+    with its noise (the m-th drawn from rngs[m]), over its own pseudo-continuum: normalised
+    as the real star is."""
     spectrum: Spectrum = ev.dataset.spectra[i]
     valid = spectrum.valid
     wave = spectrum.wave[valid]
@@ -349,10 +352,13 @@ def _normalised_model(ev: Evaluation, i: int, z: torch.Tensor, rng: np.random.Ge
             torch.as_tensor(wave), float(ev.velocities[i]), torch.as_tensor(resolving.copy()),
             ev.fitter.pyramid,
         )  # fmt: skip
-        model = ev.model.observe(z[None], basis)[0].double().numpy()
+        models = ev.model.observe(z, basis).double().numpy()
     sigma = 1.0 / np.sqrt(spectrum.ivar[valid]) / noisy_continuum(wave, spectrum.flux[valid])
-    noisy = model + rng.normal(0.0, 1.0, model.size) * sigma
-    return noisy / noisy_continuum(wave, noisy)
+    out = []
+    for model, rng in zip(models, rngs, strict=True):
+        noisy = model + rng.normal(0.0, 1.0, model.size) * sigma
+        out.append(noisy / noisy_continuum(wave, noisy))
+    return out
 
 
 def noisy_continuum(wave: np.ndarray, flux: np.ndarray) -> np.ndarray:
