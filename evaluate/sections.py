@@ -280,12 +280,13 @@ def realism(
         grid = first.wave[first.valid]
         sets = defaultdict(list)
         for row, i in enumerate(real_idx):
-            rest, real = _normalised_real(ev, int(i))
+            rest, real, continuum = _normalised_real(ev, int(i))
             sets["real"].append(np.interp(grid, rest, real))
             sets["modelled"].append(np.interp(grid, rest, _modelled(ev, int(i))) > 0.999)
             named = {"generated": z, **latents}
             stacked = torch.stack([latent[row] for latent in named.values()])
-            decoded = _normalised_models(ev, int(i), stacked, [rngs[name] for name in named])
+            draws = [rngs[name] for name in named]
+            decoded = _normalised_models(ev, int(i), stacked, draws, continuum)
             for name, values in zip(named, decoded, strict=True):
                 sets[name].append(np.interp(grid, rest, values))
         x = {name: np.array(values) for name, values in sets.items()}
@@ -297,9 +298,9 @@ def realism(
             "c2st_reconstruction_vs_samples": ("one-step", "generated", modelled),
             "c2st_masked_pixels": ("real", "generated", ~modelled),
         }
-        accuracies = {
-            name: c2st_accuracy(x[a][:, columns], x[b][:, columns], seed=seed)[0]
-            if columns.sum() > 10 else None
+        scores = {
+            name: c2st_accuracy(x[a][:, columns], x[b][:, columns], seed=seed)
+            if columns.sum() > 10 else (None, None)
             for name, (a, b, columns) in tests.items()
         }  # fmt: skip
         difference = (x["real"] - x["one-step"]).mean(0) * modelled
@@ -308,10 +309,8 @@ def realism(
                 "survey": survey,
                 "real_from": "held-out" if held.size >= 50 else "all",
                 "n_real": int(real_idx.size),
-                **accuracies,
-                "c2st_std": c2st_accuracy(
-                    x["real"][:, modelled], x["generated"][:, modelled], seed=seed
-                )[1],
+                **{name: accuracy for name, (accuracy, _) in scores.items()},
+                "c2st_std": scores["c2st_accuracy"][1],
                 "modelled_share": float(modelled.mean()),
                 "largest_differences_a": [
                     float(grid[k]) for k in np.argsort(-np.abs(difference))[:5]
@@ -332,17 +331,20 @@ def _modelled(ev: Evaluation, i: int) -> np.ndarray:
     return (masked_ivar(spectrum)[spectrum.valid] > 0).astype(float)
 
 
-def _normalised_real(ev: Evaluation, i: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rest λ, real flux / its pseudo-continuum) at the star's valid pixels."""
+def _normalised_real(ev: Evaluation, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rest λ, real flux / its pseudo-continuum, that continuum) at the valid pixels."""
     spectrum: Spectrum = ev.dataset.spectra[i]
     wave, flux = spectrum.wave[spectrum.valid], spectrum.flux[spectrum.valid]
-    return observed_to_rest(wave, float(ev.velocities[i])), flux / noisy_continuum(wave, flux)
+    continuum = noisy_continuum(wave, flux)
+    return observed_to_rest(wave, float(ev.velocities[i])), flux / continuum, continuum
 
 
-def _normalised_models(ev: Evaluation, i: int, z: torch.Tensor, rngs: list) -> list[np.ndarray]:
+def _normalised_models(
+    ev: Evaluation, i: int, z: torch.Tensor, rngs: list, continuum: np.ndarray
+) -> list[np.ndarray]:
     """Latents z (M, D) decoded at star i's pixels, R and velocity (one basis read), each
-    with its noise (the m-th drawn from rngs[m]), over its own pseudo-continuum: normalised
-    as the real star is."""
+    with the star's noise (its σ over its pseudo-continuum `continuum`; the m-th drawn from
+    rngs[m]), over its own pseudo-continuum: normalised as the real star is."""
     spectrum: Spectrum = ev.dataset.spectra[i]
     valid = spectrum.valid
     wave = spectrum.wave[valid]
@@ -353,7 +355,7 @@ def _normalised_models(ev: Evaluation, i: int, z: torch.Tensor, rngs: list) -> l
             ev.fitter.pyramid,
         )  # fmt: skip
         models = ev.model.observe(z, basis).double().numpy()
-    sigma = 1.0 / np.sqrt(spectrum.ivar[valid]) / noisy_continuum(wave, spectrum.flux[valid])
+    sigma = 1.0 / np.sqrt(spectrum.ivar[valid]) / continuum
     out = []
     for model, rng in zip(models, rngs, strict=True):
         noisy = model + rng.normal(0.0, 1.0, model.size) * sigma
