@@ -31,6 +31,7 @@ from stargon.model.gon import StarGON
 from stargon.model.prior import LatentPrior
 from stargon.model.release import Release
 from stargon.model.whitening import Whitening
+from stargon.surveys.instruments import drawable
 from stargon.train.dataset import TrainingSet, load_training_set
 from stargon.train.loop import TrainConfig
 from stargon.train.stream import packed_spectra, prototype_spectra
@@ -38,6 +39,8 @@ from stargon.train.stream import packed_spectra, prototype_spectra
 CHUNK = 64
 HELD_OUT_PER_SURVEY = 60
 PCA_TRAIN_PER_SURVEY = 1000
+VIEW_COVERAGE = 0.5  # share of an instrument's pixels a survey must span to shape its view
+MIN_VIEW_STARS = 20
 
 
 def release(run: str | Path, out: str | Path | None = None, evaluate: bool = True) -> Path:
@@ -53,7 +56,8 @@ def release(run: str | Path, out: str | Path | None = None, evaluate: bool = Tru
     prior = LatentPrior.fit(latents)
     whitening = Whitening.fit(latents)
     whitened = whitening.whiten(latents)
-    medoids = survey_medoids(seen.latents[train], list(np.array(seen.surveys)[train]))
+    surveys = np.array(seen.surveys)[train]
+    medoids = survey_medoids(seen.latents[train], list(surveys))
     prototypes = torch.as_tensor(np.vstack([prior.means, medoids]), dtype=torch.float32)
     fitter = Fitter(model, prototypes)
     sample = seen.sample()
@@ -83,7 +87,7 @@ def release(run: str | Path, out: str | Path | None = None, evaluate: bool = Tru
     made = Release(
         model=model, prior=prior, whitening=whitening, prototypes=prototypes,
         star_latents=seen.latents[real], stars=seen.star_rows(stars.root), coverage=coverage,
-        card=card,
+        card=card, view_priors=view_priors(seen.latents[train], surveys, seen.wavelength_coverage),
     )  # fmt: skip
     return made.save(Path(out or run / "model"))
 
@@ -250,6 +254,23 @@ def reference_fits(dataset, fits, data: Path, per_survey: int = 2) -> list[dict]
                 "rv_kms": result.v_kms,
             })  # fmt: skip
     return rows
+
+
+def view_priors(
+    latents: np.ndarray, surveys: np.ndarray, coverage: dict[str, list[float]]
+) -> dict[str, LatentPrior]:
+    """Per drawable instrument: the density over the training latents (real or synthetic) of
+    the surveys whose spectra span at least `VIEW_COVERAGE` of its pixels, where there are
+    `MIN_VIEW_STARS` of them (model/prior.py says why)."""
+    priors = {}
+    for key, item in drawable().items():
+        pixels = item.pixels()
+        spanning = [survey for survey, (lo, hi) in coverage.items()
+                    if ((pixels >= lo) & (pixels <= hi)).mean() >= VIEW_COVERAGE]  # fmt: skip
+        rows = np.isin(surveys, spanning)
+        if rows.sum() >= MIN_VIEW_STARS:
+            priors[key] = LatentPrior.fit(latents[rows])
+    return priors
 
 
 def survey_medoids(latents: np.ndarray, surveys: list[str]) -> np.ndarray:

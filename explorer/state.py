@@ -113,7 +113,7 @@ class Explorer:
         self.checkpoint, self.model, self.card = release.folder, release.model, release.card
         self.fitter = Fitter.from_release(release, self.device)
         self.data = Path(data) if data else None
-        self.prior, self.whitening = release.prior, release.whitening
+        self.release, self.whitening = release, release.whitening
         self.latent_dim = self.model.config.latent_dim
         self.instruments = drawable()
         self.stars = release.stars
@@ -202,9 +202,10 @@ class Explorer:
 
     # -- changing the state --------------------------------------------------------------
     def random_view(self, view: View, seed: int) -> View:
-        if self.prior is None:
+        prior = self.release.prior_for(view.instrument)
+        if prior is None:
             raise ValueError(f"{self.checkpoint}: no latent prior in this checkpoint")
-        z = self.whitening.whiten(self.prior.sample(1, seed=seed)[0])
+        z = self.whitening.whiten(prior.sample(1, seed=seed)[0])
         return replace(view, z=z, observation=None)
 
     def from_labels(self, view: View, teff: float, logg: float, fe_h: float) -> View:

@@ -2,6 +2,12 @@
 
 A Gaussian mixture (scikit-learn) is fitted to the GON latents of training spectra; its
 parameters travel in the checkpoint as tensors (`prior.*`), so sampling needs no pickle.
+
+A latent says what the decoder makes of a star only at the wavelengths its training spectra
+covered: an optical star's latent leaves the H band unconstrained. So a release keeps, beside
+the density over all real training stars, one per instrument over the training spectra (real or
+synthetic) that cover that instrument's wavelengths (`prior.view.<instrument>.*`): a random star
+seen by APOGEE is drawn from stars the model has seen in the H band.
 """
 
 from __future__ import annotations
@@ -42,19 +48,18 @@ class LatentPrior:
             )
         return out
 
-    def to_tensors(self) -> dict[str, torch.Tensor]:
+    def to_tensors(self, prefix: str = "prior") -> dict[str, torch.Tensor]:
         return {
-            "prior.weights": torch.as_tensor(self.weights),
-            "prior.means": torch.as_tensor(self.means),
-            "prior.covariances": torch.as_tensor(self.covariances),
+            f"{prefix}.weights": torch.as_tensor(self.weights),
+            f"{prefix}.means": torch.as_tensor(self.means),
+            f"{prefix}.covariances": torch.as_tensor(self.covariances),
         }
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> LatentPrior | None:
-        if "prior.means" not in tensors:
+    def from_tensors(
+        cls, tensors: dict[str, torch.Tensor], prefix: str = "prior"
+    ) -> LatentPrior | None:
+        if f"{prefix}.means" not in tensors:
             return None
-        return cls(
-            tensors["prior.weights"].double().cpu().numpy(),
-            tensors["prior.means"].double().cpu().numpy(),
-            tensors["prior.covariances"].double().cpu().numpy(),
-        )
+        return cls(*(tensors[f"{prefix}.{name}"].double().cpu().numpy()
+                     for name in ("weights", "means", "covariances")))  # fmt: skip

@@ -21,6 +21,8 @@ from stargon.model.gon import StarGON
 from stargon.model.prior import LatentPrior
 from stargon.model.whitening import Whitening
 
+VIEW_PRIOR = "prior.view."
+
 
 @dataclass
 class Release:
@@ -33,6 +35,12 @@ class Release:
     coverage: tuple[np.ndarray, np.ndarray] | None = None  # (λ centres, R reached there)
     card: dict = field(default_factory=dict)  # description, metrics, training record, …
     folder: Path | None = None
+    view_priors: dict[str, LatentPrior] = field(default_factory=dict)  # per instrument key
+
+    def prior_for(self, instrument_key: str) -> LatentPrior | None:
+        """The density to draw a star seen by this instrument from: over the training spectra
+        that cover its wavelengths, or over all real stars where there is none (model/prior)."""
+        return self.view_priors.get(instrument_key, self.prior)
 
     @property
     def velocities(self) -> np.ndarray:
@@ -65,6 +73,11 @@ class Release:
             coverage=coverage,
             card=card,
             folder=folder,
+            view_priors={
+                key.split(".")[2]: LatentPrior.from_tensors(extra, key.rsplit(".", 1)[0])
+                for key in extra
+                if key.startswith(VIEW_PRIOR) and key.endswith(".means")
+            },
         )
 
     def save(self, folder: str | Path) -> Path:
@@ -74,6 +87,8 @@ class Release:
         }
         if self.prior is not None:
             tensors |= self.prior.to_tensors()
+        for key, prior in self.view_priors.items():
+            tensors |= prior.to_tensors(f"{VIEW_PRIOR}{key}")
         if self.prototypes is not None:
             tensors["prototypes"] = self.prototypes
         if self.coverage is not None:

@@ -33,10 +33,10 @@ def sample_to_file(
     n: int, instrument_name: str, checkpoint: Path | None, out: Path, v_kms: float, seed: int
 ) -> Path:
     release = Release.load(checkpoint)
-    folder, model, prior = release.folder, release.model, release.prior
+    inst = instrument(instrument_name)
+    folder, model, prior = release.folder, release.model, release.prior_for(inst.key)
     if prior is None:
         raise ValueError(f"{folder}: this checkpoint has no latent prior (release the run first)")
-    inst = instrument(instrument_name)
     z, flux = sample_spectra(model, prior, inst, n, v_kms, seed)
     if out.suffix.lower() == ".csv":
         columns = {"wavelength_vacuum_angstrom": inst.pixels()}

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from stargon.evaluate.release import view_priors
 from stargon.model.checkpoint import load_checkpoint
 from stargon.model.decoder import ModelConfig
 from stargon.model.fitter import Fitter
@@ -265,3 +266,26 @@ def test_a_run_from_a_data_folder_is_released_with_its_stars(tiny_data, tmp_path
     assert {s["survey"] for s in released.stars} == {"miles", "gaia_rvs", "stelib"}
     assert released.held_out_star_ids == {s["star_id"] for s in released.stars if s["held_out"]}
     assert released.prototypes.shape == (released.prior.means.shape[0] + 3, 4)
+
+
+def test_each_instruments_view_draws_from_stars_seen_at_its_wavelengths(tmp_path):
+    """An optical survey's latents say nothing of the H band: the APOGEE view draws from the
+    H-band survey's density, the optical views from the optical one's, and a view no survey
+    spans enough (Gaia RVS here) from the density over all real stars; all round-trip through
+    a release folder."""
+    rng = np.random.default_rng(0)
+    dim = Release.load().model.config.latent_dim
+    optical = rng.normal(0.0, 0.3, (60, dim)) + 3.0
+    infrared = rng.normal(0.0, 0.3, (60, dim)) - 3.0
+    latents, surveys = np.vstack([optical, infrared]), np.array(["opt"] * 60 + ["ir"] * 60)
+    priors = view_priors(latents, surveys, {"opt": [3500.0, 7000.0], "ir": [15100.0, 17000.0]})
+    assert priors["apogee"].sample(200).mean() == pytest.approx(-3.0, abs=0.2)
+    for view in ("miles", "galah", "lamost", "boss"):
+        assert priors[view].sample(200).mean() == pytest.approx(3.0, abs=0.2), view
+    assert "gaia_rvs" not in priors
+
+    release = Release.load()
+    release.view_priors = priors
+    loaded = Release.load(release.save(tmp_path / "release"))
+    np.testing.assert_allclose(loaded.prior_for("apogee").means, priors["apogee"].means)
+    np.testing.assert_allclose(loaded.prior_for("gaia_rvs").means, release.prior.means)
