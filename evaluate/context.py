@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from stargon.core.spectrum import Spectrum
 from stargon.evaluate.release import encode_all
 from stargon.model.fitter import Fitter
 from stargon.model.gon import StarGON
@@ -61,6 +63,18 @@ class Evaluation:
     @property
     def survey_names(self) -> list[str]:
         return sorted(set(self.dataset.surveys))
+
+    def decode(self, spectrum: Spectrum, v_kms: float, z: torch.Tensor) -> np.ndarray:
+        """Latents z (M, D) decoded as normalised flux at the spectrum's valid pixels, R and
+        velocity (one basis read): (M, n_valid)."""
+        valid = spectrum.valid
+        resolving = np.broadcast_to(spectrum.resolving_power, spectrum.wave.shape)[valid]
+        with torch.no_grad():
+            basis = self.model.observation_basis(
+                torch.as_tensor(spectrum.wave[valid]), float(v_kms),
+                torch.as_tensor(resolving.copy()), self.fitter.pyramid,
+            )  # fmt: skip
+            return self.model.observe(z, basis).double().numpy()
 
 
 def prepare(checkpoint: str | Path | None, data: str | Path, surveys: list[str] | None = None):

@@ -16,7 +16,7 @@ from stargon.evaluate.context import Evaluation
 from stargon.evaluate.injection import inject
 from stargon.evaluate.metrics import partial_spearman, robust_sigma, star_key
 from stargon.surveys.atmosphere import widened_bands
-from stargon.surveys.instruments import instrument
+from stargon.surveys.instruments import instrument, instrument_of
 
 LABELS = ("teff", "logg", "fe_h")
 DEGRADED_SNR = (100.0, 30.0, 10.0)
@@ -130,13 +130,16 @@ def sensitivity_peaks(regions: dict, margin_kms: float = 150.0) -> dict:
 
 
 def prior_samples(ev: Evaluation, n: int = 100, seed: int = 0) -> list[dict]:
-    """n latents drawn from the checkpoint's prior, decoded (normalised, rest frame) on each
-    instrument's pixels: the share of pixels whose flux lies in a star's range."""
+    """n latents drawn from the release's density for each instrument's view, decoded
+    (normalised, rest frame) on its pixels: the share of pixels whose flux lies in a star's
+    range, beside the same share for up to n real spectra of the instrument normalised the
+    same way."""
     if ev.prior is None:
         return []
-    z = torch.as_tensor(ev.prior.sample(n, seed=seed), dtype=torch.float32)
     rows = []
     for name in SAMPLE_INSTRUMENTS:
+        prior = ev.release.prior_for(name)
+        z = torch.as_tensor(prior.sample(n, seed=seed), dtype=torch.float32)
         wave = instrument(name).pixels()
         resolving_power = instrument(name).resolving_power_at(wave)
         with torch.no_grad():
@@ -145,11 +148,40 @@ def prior_samples(ev: Evaluation, n: int = 100, seed: int = 0) -> list[dict]:
                 ev.fitter.pyramid,
             )  # fmt: skip
             flux = ev.model.observe(z, basis).double().numpy()
-        inside = (flux >= FLUX_RANGE[0]) & (flux <= FLUX_RANGE[1])
-        rows.append({"instrument": name, "n_samples": n, "share_in_range": float(inside.mean()),
+        inside = _in_range(flux)
+        n_real, real_share = _real_share_in_range(ev, name, n, seed)
+        rows.append({"instrument": name, "n_samples": n,
+                     "view_density": name in ev.release.view_priors,
+                     "share_in_range": float(inside.mean()),
                      "worst_sample_share": float(inside.mean(1).min()),
+                     "n_real": n_real, "real_share_in_range": real_share,
                      "wave": wave, "flux": flux})  # fmt: skip
     return rows
+
+
+def _in_range(flux: np.ndarray) -> np.ndarray:
+    return (flux >= FLUX_RANGE[0]) & (flux <= FLUX_RANGE[1])
+
+
+def _real_share_in_range(ev: Evaluation, name: str, n: int, seed: int) -> tuple[int, float | None]:
+    """Up to n real spectra of the instrument, each divided by its fit's continuum polynomial
+    alone (flux × f / model, with f the decoder's normalised flux at the fit): normalised as a
+    prior sample is. The share of their valid pixels with flux in FLUX_RANGE."""
+    chosen = [
+        i for i, s in enumerate(ev.dataset.spectra)
+        if not s.synthetic and getattr(instrument_of(s.instrument), "key", None) == name
+    ]  # fmt: skip
+    if not chosen:
+        return 0, None
+    chosen = np.random.default_rng(seed).permutation(chosen)[:n]
+    spectra = [ev.dataset.spectra[i] for i in chosen]
+    inside = []
+    for spectrum, fit in zip(spectra, ev.fitter.fit(spectra), strict=True):
+        decoded = ev.decode(spectrum, fit.v_kms, torch.as_tensor(fit.z[None]))[0]
+        positive = fit.model_flux > 0
+        flux = spectrum.flux[spectrum.valid][positive]
+        inside.append(_in_range(flux * decoded[positive] / fit.model_flux[positive]))
+    return len(spectra), float(np.concatenate(inside).mean())
 
 
 def fitted_extent(ev: Evaluation, fits: dict) -> dict:

@@ -348,13 +348,7 @@ def _normalised_models(
     spectrum: Spectrum = ev.dataset.spectra[i]
     valid = spectrum.valid
     wave = spectrum.wave[valid]
-    resolving = np.broadcast_to(spectrum.resolving_power, spectrum.wave.shape)[valid]
-    with torch.no_grad():
-        basis = ev.model.observation_basis(
-            torch.as_tensor(wave), float(ev.velocities[i]), torch.as_tensor(resolving.copy()),
-            ev.fitter.pyramid,
-        )  # fmt: skip
-        models = ev.model.observe(z, basis).double().numpy()
+    models = ev.decode(spectrum, float(ev.velocities[i]), z)
     sigma = 1.0 / np.sqrt(spectrum.ivar[valid]) / continuum
     out = []
     for model, rng in zip(models, rngs, strict=True):

@@ -85,8 +85,12 @@ def test_evaluate_writes_a_report_of_measured_numbers(default, data, tmp_path):
     sigmas = [r["median_sigma_w"] for r in metrics["degradation"]["rows"]]
     # noisier spectra, wider latent errors: about ∝ noise (×3.3 per step here)
     assert sigmas[1] > 2 * sigmas[0] and sigmas[2] > 2 * sigmas[1], sigmas
-    assert {r["instrument"] for r in metrics["prior_samples"]} == {"miles", "lamost", "galah",
-                                                                  "apogee"}  # fmt: skip
+    samples = {r["instrument"]: r for r in metrics["prior_samples"]}
+    assert set(samples) == {"miles", "lamost", "galah", "apogee"}
+    miles = sum(s.instrument == "MILES" for s in iter_spectra(data / "miles"))
+    assert samples["miles"]["n_real"] == min(100, miles)  # real MILES spectra, fitted
+    assert 0.9 < samples["miles"]["real_share_in_range"] <= 1.0
+    assert samples["apogee"]["n_real"] == 0 and samples["apogee"]["real_share_in_range"] is None
 
 
 def test_the_default_model_step_lowers_chi2_on_real_held_out_spectra(default, data):
