@@ -31,13 +31,13 @@ from stargon.explorer.client import MOVE_SLIDER_JS
 
 # Instruments the spectrum plot's view: each of Bokeh's paints is timed. For the baseline, the
 # curve is drawn as the previous release did: every pixel (a plot "wider" than any column) on the
-# primary layer (with the axes, labels and legend). The source tags are changed in place, so
+# primary layer (with the axes, labels and legend). The curve's fields are changed in place, so
 # nothing is sent to the server.
 SETUP = """(baseline) => {
   let curve = null;
   for (const doc of Bokeh.documents)
-    for (const m of doc.all_models) if (m.tags && m.tags[0] && m.tags[0].stargon_decoder) curve = m;
-  const plot = curve.tags[2], view = Bokeh.index.find_one(plot);
+    for (const m of doc.all_models) if (m.tags && m.tags[0] && m.tags[0].net) curve = m;
+  const fields = curve.tags[0], plot = fields.plot, view = Bokeh.index.find_one(plot);
   const paint = view._actual_paint.bind(view);
   window.stargonPaints = [];
   view._actual_paint = () => {
@@ -46,8 +46,8 @@ SETUP = """(baseline) => {
     window.stargonPaints.push([start, performance.now()]);
   };
   if (baseline) {
-    curve.tags[3].level = "glyph";
-    curve.tags[2] = {x_range: plot.x_range, inner_width: 1e9};
+    fields.renderer.level = "glyph";
+    fields.plot = {x_range: plot.x_range, inner_width: 1e9};
   }
 }"""
 
@@ -90,7 +90,7 @@ RELEASE = (
 )
 
 LOADED = """() => window.Bokeh && Bokeh.documents.length && [...Bokeh.documents[0].all_models]
-  .some((m) => m.tags && m.tags[0] && m.tags[0].stargon_decoder)"""
+  .some((m) => m.tags && m.tags[0] && m.tags[0].net)"""
 
 
 def serve() -> tuple[subprocess.Popen, str]:

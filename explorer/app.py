@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import itertools
 from io import BytesIO
 from typing import ClassVar
 
@@ -16,11 +16,12 @@ from stargon.core.interop import UserSettings
 from stargon.core.spectrum import SpectrumReadError
 from stargon.explorer import client, plots
 from stargon.explorer.figure import view_png
+from stargon.explorer.page_state import PageState
 from stargon.explorer.state import ARCHIVE_IDS, MAX_UPLOAD_BYTES, ZOOMS, Explorer, View
 from stargon.model.pseudo_continuum import stretches
 from stargon.surveys.fetch import FetchError
 
-Refresh = hv.streams.Stream.define("Refresh", revision=0)
+Refresh = hv.streams.Stream.define("Refresh")
 COLOUR_LABELS = {"Teff": "teff", "log g": "logg", "[Fe/H]": "fe_h"}
 LABEL_RANGES = {"teff": (3000.0, 10000.0), "logg": (0.0, 5.5), "fe_h": (-3.0, 1.0)}
 TEACHING = """**What you see.** Hot stars (Teff above ~7,500 K) show broad hydrogen Balmer lines
@@ -37,55 +38,53 @@ class LatentSlider(pn.widgets.FloatSlider):
 
 
 class ExplorerApp(pn.viewable.Viewer):
-    """One session: its own `View`, widgets bound to it, plots redrawn from it."""
+    """One session: its own `PageState`, widgets built from it, plots redrawn when it changes.
 
-    def __init__(self, explorer: Explorer, **params):
+    `location` is the page's URL (`pn.state.location` in a server session): its query and the
+    state follow each other."""
+
+    def __init__(self, explorer: Explorer, location: pn.io.location.Location | None = None,
+                 **params):  # fmt: skip
         super().__init__(**params)
         self.explorer = explorer
-        query = dict(pn.state.location.query_params) if pn.state.location else {}
-        self.view: View = explorer.from_query(query)
-        self.refresh = Refresh()  # every change: the model curve and the map's marker
-        self.refresh_context = Refresh()  # settings changed or a slider let go: shading, data
-        self.refresh_fit = Refresh()  # observation, zoom or frame changed: the residuals
+        self.state = PageState.for_explorer(explorer)
+        self.location = location if location is not None else pn.state.location
+        if self.location is not None:
+            self.location.sync(
+                self.state, self.state.url_names(), on_error=self.state.set_what_is_valid
+            )
+        self.refresh = Refresh()  # the basis changed (instrument, velocity, frame, observation)
+        self.refresh_context = Refresh()  # any change: shading, data, the map's marker
+        self.refresh_fit = Refresh()  # observation, zoom, frame or velocity: the residuals
         self.refresh_strip = Refresh()  # only while the heat strip is shown
-        self.refresh_response = Refresh()  # settings changed or a slider was let go
+        self.refresh_response = Refresh()  # any change: the line response
         self.refresh_colour = Refresh()  # the map's colouring label changed
-        self._syncing = False
-        self._revision = 0
+        self._draws = itertools.count(1)  # seeds of "Random star from the prior"
+        self._model_shown: tuple | None = None
         self._residual_shown: tuple | None = None
         self._build_widgets()
         self._build_map()
+        self.state.param.watch(self._on_state, self.state.watched())
+
+    @property
+    def view(self) -> View:
+        return self.state.view
 
     # -- widgets -------------------------------------------------------------------------
     def _build_widgets(self) -> None:
-        ex, view = self.explorer, self.view
+        ex, state = self.explorer, self.state
+        # Whitened directions w0, w1, … (largest training variance first). A slider sets the
+        # state when it is let go: a move is drawn in the browser (explorer.client).
         self.sliders = [
-            LatentSlider(
-                label=f"w{k}",  # whitened direction k (largest training variance first)
-                start=float(min(ex.low[k], view.z[k])),
-                end=float(max(ex.high[k], view.z[k])),
-                value=float(view.z[k]),
-                step=float((ex.high[k] - ex.low[k]) / 200) or 0.01,
-                sizing_mode="stretch_width",
-            )
-            for k in range(ex.latent_dim)
+            LatentSlider.from_param(state.param[name], throttled=True, sizing_mode="stretch_width")
+            for name in state.latent_names
         ]
-        self.rv = pn.widgets.FloatSlider(
-            label="radial velocity (km/s)",
-            start=-500,
-            end=500,
-            step=0.5,
-            value=view.v_kms,
-            sizing_mode="stretch_width",
-        )
-        self.instrument = pn.widgets.Select(
-            label="instrument", options=list(ex.instruments), value=view.instrument
-        )
-        self.frame = pn.widgets.RadioButtonGroup(options=["observed", "rest"], value=view.frame)
-        self.zoom = pn.widgets.Select(label="zoom", options=list(ZOOMS), value=view.zoom)
-        self.latent = pn.widgets.Select(
-            label="sensitivity of", options=list(range(ex.latent_dim)), value=view.latent
-        )
+        self.rv = pn.widgets.FloatSlider.from_param(state.param.v_kms, sizing_mode="stretch_width")
+        self._widen_sliders()
+        self.instrument = pn.widgets.Select.from_param(state.param.instrument)
+        self.frame = pn.widgets.RadioButtonGroup.from_param(state.param.frame)
+        self.zoom = pn.widgets.Select.from_param(state.param.zoom)
+        self.latent = pn.widgets.Select.from_param(state.param.latent)
         self.heat = pn.widgets.Checkbox(label="all latents (heat strip)", value=False)
         self.reset = pn.widgets.Button(label="Reset", color="default")
         self.random = pn.widgets.Button(label="Random star from the prior", color="primary")
@@ -97,12 +96,12 @@ class ExplorerApp(pn.viewable.Viewer):
         )
         # What a file of no known survey does not say (`UserSettings`; survey files ignore it).
         self.upload_instrument = pn.widgets.Select(
-            name="its instrument (if the file does not say)",
+            label="its instrument (if the file does not say)",
             options=["R below", *ex.instruments],
             value="R below",
         )
         self.upload_resolving_power = pn.widgets.FloatInput(
-            name="resolving power R = λ/FWHM", value=None, start=100, placeholder="e.g. 20000"
+            label="resolving power R = λ/FWHM", value=None, start=100, placeholder="e.g. 20000"
         )
         self.upload_medium = pn.widgets.RadioButtonGroup(
             options=["λ as the file says", "vacuum", "air"], value="λ as the file says"
@@ -153,18 +152,13 @@ class ExplorerApp(pn.viewable.Viewer):
             filename="stargon_spectrum.fits",
             label="Spectrum (FITS)",
         )
-        self._decoder_payload = client.decoder_payload(ex.model, ex.whitening)
+        self._decoder_net = client.decoder_payload(ex.model, ex.whitening)
         self._client_columns: tuple[dict, dict] = ({}, {})  # basis columns, continuum plan
         code, names = client.slider_callback(len(self.sliders))
         for slider in self.sliders:
-            # A move is drawn in the browser (explorer.client); the server redraws on release.
             slider.jscallback(value=code, args=dict(zip(names, self.sliders, strict=True)))
-            slider.param.watch(self._on_latent, "value")
-            slider.param.watch(self._on_release, "value_throttled")
-        self.rv.param.watch(self._on_setting, "value")
-        for widget in (self.instrument, self.frame, self.zoom, self.latent, self.heat):
-            widget.param.watch(self._on_setting, "value")
-        self.reset.on_click(lambda _: self._apply(replace(ex.new_view(), observation=None)))
+        self.heat.param.watch(self._on_heat, "value")
+        self.reset.on_click(lambda _: self._apply(ex.new_view()))
         self.random.on_click(self._on_random)
         self.upload.param.watch(self._on_upload, "value")
         self.star_search.param.watch(self._on_star, "value")
@@ -175,7 +169,14 @@ class ExplorerApp(pn.viewable.Viewer):
         self.archive_go.on_click(self._on_fetch)
         for widget in (self.teff, self.logg, self.fe_h):
             widget.param.watch(self._on_labels, "value_throttled")
-        self.colour.param.watch(lambda _: self.refresh_colour.event(revision=0), "value")
+        self.colour.param.watch(lambda _: self.refresh_colour.event(), "value")
+
+    def _widen_sliders(self) -> None:
+        """A value beyond a slider's range (a star outside the training percentiles, a fast
+        star) widens the slider, not clips the state."""
+        for slider in [*self.sliders, self.rv]:
+            slider.start = min(slider.start, slider.value)
+            slider.end = max(slider.end, slider.value)
 
     def _star_options(self) -> list[str]:
         """Labels of the table stars passing the survey and label filters (a filter left at its
@@ -192,31 +193,22 @@ class ExplorerApp(pn.viewable.Viewer):
         return f"{star['star_id']} · {star['survey']}"
 
     # -- reacting ------------------------------------------------------------------------
-    def _on_latent(self, _event) -> None:
-        """A slider moves: the browser redraws the curve itself; here only the state (the URL
-        follows on release: writing it on every move cost the page a message per move)."""
-        if not self._syncing:
-            self.view.z = np.array([s.value for s in self.sliders])
-
-    def _on_setting(self, _event) -> None:
-        if self._syncing:
+    def _on_state(self, *events) -> None:
+        """One batch of state changes (a slider let go, a setting, a whole new view): the
+        plots follow on the next tick. Another instrument drops the observation fitted on
+        the old one."""
+        names = {event.name for event in events}
+        if "instrument" in names and "observation" not in names:
+            self.state.observation = None  # its own change redraws
             return
-        if self.instrument.value != self.view.instrument:
-            self.view.observation = None
-        self.view = replace(
-            self.view,
-            v_kms=self.rv.value,
-            instrument=self.instrument.value,
-            frame=self.frame.value,
-            zoom=self.zoom.value,
-            latent=self.latent.value,
-        )
-        self._redraw()
-        self._refresh_slow()
+        self._soon(self._redraw)
+
+    def _on_heat(self, event) -> None:
+        if event.new:
+            self.refresh_strip.event()
 
     def _on_random(self, _event) -> None:
-        self._revision += 1
-        self._apply(self.explorer.random_view(self.view, seed=self._revision))
+        self._apply(self.explorer.random_view(self.view, seed=next(self._draws)))
 
     def _on_labels(self, _event) -> None:
         try:
@@ -273,23 +265,6 @@ class ExplorerApp(pn.viewable.Viewer):
             return
         self._fit(spectrum, f"{kind.split()[0]} {identifier}")
 
-    def _on_release(self, _event) -> None:
-        """A slider let go. The page already draws the curve, normalised (`explorer.client`);
-        what follows a release (shading, labels, line response, title, URL) is done here, on
-        the next tick, under the document's lock."""
-        if self._syncing:
-            return
-        self.view.z = np.array([s.value for s in self.sliders])
-        self._soon(self._after_release)
-
-    def _after_release(self) -> None:
-        self._revision += 1
-        if self.heat.value:
-            self.refresh_strip.event(revision=self._revision)
-        self.title.object = f"**{self._title()}**"
-        self._update_location()
-        self._refresh_slow()
-
     @staticmethod
     def _soon(callback) -> None:
         """On the server's next tick, under the document's lock (a release is handled before
@@ -299,13 +274,6 @@ class ExplorerApp(pn.viewable.Viewer):
             callback()
         else:
             document.add_next_tick_callback(callback)
-
-    def _refresh_slow(self) -> None:
-        """What follows a slider only when it is let go (or a setting changes): the sensitivity
-        shading and labels, and the line response. Redrawing them on every move would double
-        the latency of a drag (see benchmarks/explorer.py)."""
-        self.refresh_context.event(revision=self._revision)
-        self.refresh_response.event(revision=self._revision)
 
     def _on_tap(self, index: list[int]) -> None:
         if index:
@@ -340,39 +308,34 @@ class ExplorerApp(pn.viewable.Viewer):
         self.status.object, self.status.alert_type, self.status.visible = text, kind, True
 
     def _apply(self, view: View) -> None:
-        """Move every widget to `view` without a redraw per widget, then redraw once."""
-        self.view = view
-        self._syncing = True
-        try:
-            for slider, value in zip(self.sliders, view.z, strict=True):
-                slider.start, slider.end = min(slider.start, value), max(slider.end, value)
-                slider.value = float(value)
-            self.rv.value = float(np.clip(view.v_kms, -500, 500))
-            self.instrument.value, self.frame.value = view.instrument, view.frame
-            self.zoom.value = view.zoom
-        finally:
-            self._syncing = False
+        """Move the state to `view` in one change (the widgets and the URL follow)."""
         if view.observation is None:
             self.fit_summary.object = ""
-        self._redraw()
-        self._refresh_slow()
+        self.state.show(view)
+        self._widen_sliders()
 
     def _redraw(self) -> None:
-        self._revision += 1
-        self.refresh.event(revision=self._revision)
+        """Redraw what the state changed. The model curve is sent again only when its pixel
+        basis changed: for latents alone the page decodes it itself (`explorer.client`), and
+        sending the basis again would double the latency of a release. The shading, labels,
+        line response and marker follow every change, but a slider sets the state only when
+        let go (redrawing them on every move doubled a drag's latency, benchmarks/explorer.py).
+        """
+        if self._shown_key() != self._model_shown:
+            self.refresh.event()
+        if self._shown_key() != self._residual_shown:
+            self.refresh_fit.event()
         if self.heat.value:
-            self.refresh_strip.event(revision=self._revision)
-        observation = self.view.observation.serial if self.view.observation else None
-        shown = (observation, self.view.zoom, self.view.frame, self.view.v_kms)
-        if shown != self._residual_shown:
-            self._residual_shown = shown
-            self.refresh_fit.event(revision=self._revision)
+            self.refresh_strip.event()
         self.title.object = f"**{self._title()}**"
-        self._update_location()
+        self.refresh_context.event()
+        self.refresh_response.event()
 
-    def _update_location(self) -> None:
-        if pn.state.location is not None:
-            pn.state.location.update_query(**self.explorer.to_query(self.view))
+    def _shown_key(self) -> tuple:
+        """What the model curve and the residuals are drawn for, besides the latents."""
+        view = self.view
+        observation = view.observation.serial if view.observation else None
+        return (observation, view.instrument, view.v_kms, view.frame, view.zoom)
 
     # -- plots ---------------------------------------------------------------------------
     def _build_map(self) -> None:
@@ -399,14 +362,15 @@ class ExplorerApp(pn.viewable.Viewer):
         return dict(x=x, flux=flux, observed=observed, spans=spans, labels=labels,
                     xlim=ZOOMS[view.zoom], title=self._title(), band=band)  # fmt: skip
 
-    def _context(self, revision: int = 0):
+    def _context(self):
         parts = self._figure_parts()
         return plots.spectrum_context(
             parts["x"], parts["observed"], parts["spans"], parts["labels"], parts["xlim"],
             parts["band"],
         )  # fmt: skip
 
-    def _model(self, revision: int = 0):
+    def _model(self):
+        self._model_shown = self._shown_key()
         x, raw, basis, continuum = self.explorer.drawing(self.view)
         wave, _ = self.explorer.pixels(self.view)
         self._client_columns = client.basis_columns(x, basis, stretches(wave))
@@ -421,11 +385,11 @@ class ExplorerApp(pn.viewable.Viewer):
             basis = plot.handles["stargon_basis"] = ColumnDataSource()
             basis.js_on_change("data", CustomJS(args={"curve": source}, code=client.BASIS_JS))
         columns, plan = self._client_columns
-        basis.tags = [plan]  # before the data: its change redraws with this plan
+        basis.tags = [{"plan": plan}]  # before the data: its change redraws with this plan
         basis.data = columns
         renderer = plot.handles["glyph_renderer"]
         renderer.level = "overlay"  # a move repaints this curve alone (explorer.client)
-        source.tags = [self._decoder_payload, basis, plot.state, renderer]
+        source.tags = [client.curve_fields(self._decoder_net, basis, plot.state, renderer)]
         if plot.handles.get("stargon_range") is not x_range:
             plot.handles["stargon_range"] = x_range
             redraw = CustomJS(args={"curve": source}, code=client.RANGE_JS)
@@ -437,13 +401,14 @@ class ExplorerApp(pn.viewable.Viewer):
         residual = observation.residual_sigma if observation is not None else None
         return view_png(residual=residual, **self._figure_parts())
 
-    def _response(self, revision: int = 0):
+    def _response(self):
         ex, view = self.explorer, self.view
         x, values, fluxes = ex.line_response(view, view.latent)
         window = ZOOMS[view.zoom] or plots.focus_window(x, ex.sensitivity(view)[view.latent])
         return plots.line_response(x, values, fluxes, view.latent, window)
 
-    def _residual(self, revision: int = 0):
+    def _residual(self):
+        self._residual_shown = self._shown_key()
         view = self.view
         x = self.explorer.axis(view)
         xlim = ZOOMS[view.zoom] or plots.full_range(x)
@@ -451,18 +416,18 @@ class ExplorerApp(pn.viewable.Viewer):
             return plots.residual_curve(np.array([]), np.array([]), xlim)
         return plots.residual_curve(x, view.observation.residual_sigma, xlim)
 
-    def _strip(self, revision: int = 0):
+    def _strip(self):
         x = self.explorer.axis(self.view)
         return plots.sensitivity_strip(
             x, self.explorer.sensitivity(self.view), ZOOMS[self.view.zoom]
         )
 
-    def _points(self, revision: int = 0):
+    def _points(self):
         key = COLOUR_LABELS[self.colour.value]
         colour = np.array([s.get(key, np.nan) for s in self.explorer.stars], dtype=float)
         return plots.latent_points(self._xy, colour, self.colour.value)
 
-    def _marker(self, revision: int = 0):
+    def _marker(self):
         marker = self._pca.transform(self.view.z[None])[0] if self._pca else np.zeros(2)
         return plots.latent_marker(marker)
 

@@ -6,11 +6,12 @@ and cut again when the wavelength range changes.
 
 The page gets, once per instrument/velocity/observation (with the model curve's data): the
 cached pixel basis (K+1 columns of a data source of its own) with the plan of the model's
-pseudo-continuum (its stretches and windows, `model.pseudo_continuum.stretches`), and — once
-per session — the latent MLP's weights and the whitening. A slider's JavaScript callback then
-does what `Explorer.spectrum` does: z = mean + M w, h = MLP(z), g = T₀ + Σ h_k T_k, and
-f = g / pseudo-continuum(g), so the curve is the normalised model at every slider setting, not
-only after a release; a release asks nothing of the server for the curve.
+pseudo-continuum (its stretches and windows, `model.pseudo_continuum.stretches`), and — once per
+session — the latent MLP's weights and the whitening. They reach the JavaScript as named fields
+of the curve's data source (`curve_fields`). A slider's JavaScript callback then does what
+`Explorer.spectrum` does: z = mean + M w, h = MLP(z), g = T₀ + Σ h_k T_k, and f = g / pseudo-
+continuum(g), so the curve is the normalised model at every slider setting, not only after a
+release; a release asks nothing of the server for the curve.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from bokeh.models import ColumnDataSource, GlyphRenderer, Plot
 from torch import nn
 
 from stargon.model import pseudo_continuum
@@ -28,7 +30,7 @@ BASIS_COLUMN = "b{}"
 WAVELENGTH_COLUMN = "x"
 
 
-def decoder_payload(model: StarGON, whitening: Whitening) -> dict:
+def decoder_payload(model: StarGON, whitening: Whitening) -> str:
     """The latent MLP (layer by layer) and the whitening as one JSON string: Bokeh walks every
     list in a model's properties each time the document's models change (a release's plot
     updates walked the ~10⁴ weights 3 times, ~70 ms); a string it passes over."""
@@ -46,7 +48,14 @@ def decoder_payload(model: StarGON, whitening: Whitening) -> dict:
         else:
             raise TypeError(f"the browser decoder has no {type(module).__name__} layer")
     net = {"layers": layers, "mean": whitening.mean.tolist(), "matrix": whitening.matrix.tolist()}
-    return {"stargon_decoder": True, "json": json.dumps(net)}
+    return json.dumps(net)
+
+
+def curve_fields(net: str, basis: ColumnDataSource, plot: Plot, renderer: GlyphRenderer) -> dict:
+    """What the curve's JavaScript reads, by name (Bokeh's `tags` is the one free property of
+    a model, so they travel as its one dict): the decoder, the basis source (its own `tags`
+    hold `{"plan": …}`), the plot (range, width) and the curve's renderer."""
+    return {"net": net, "basis": basis, "plot": plot, "renderer": renderer}
 
 
 def basis_columns(
@@ -77,9 +86,9 @@ def slider_callback(n_sliders: int) -> tuple[str, list[str]]:
 
 # Draws the full curve `curve.stargonFull` (aligned with the basis source's wavelengths) cut to
 # the plot's pixel columns over its current wavelength range: per column its first, lowest,
-# highest and last point. The plot (curve.tags[2]) gives the range and its inner width in CSS
+# highest and last point. The plot (field `plot`) gives the range and its inner width in CSS
 # pixels. A gap (NaN) stays a break; the nearest point beyond each edge is kept so that the line
-# reaches the edge. The curve's renderer (curve.tags[3]) is on Bokeh's overlay layer, so a move
+# reaches the edge. The curve's renderer (field `renderer`) is on Bokeh's overlay layer, so a move
 # repaints the curve alone, not the axes, labels and observation beneath; Bokeh clips glyphs to
 # the frame on its lower layers only, so glyph views are told to clip (once per page).
 DRAW_JS = """
@@ -90,12 +99,13 @@ function stargonBuffer(curve, name, length) {  // reused between moves: no garba
 }
 function stargonDraw(curve) {
   if (!window.stargonClipping) {
-    const view = Bokeh.index.find_one(curve.tags[3]);
+    const view = Bokeh.index.find_one(curve.tags[0].renderer);
     if (view === null) return;
     Object.defineProperty(Object.getPrototypeOf(view), "needs_clip", {get: () => true});
     window.stargonClipping = true;
   }
-  const plot = curve.tags[2], xs = curve.tags[1].data.x, ys = curve.stargonFull;
+  const fields = curve.tags[0];  // client.curve_fields
+  const plot = fields.plot, xs = fields.basis.data.x, ys = curve.stargonFull;
   const start = plot.x_range.start, end = plot.x_range.end;
   const scale = Math.ceil(plot.inner_width * (window.devicePixelRatio || 1)) / (end - start);
   const outX = stargonBuffer(curve, "cutX", xs.length);
@@ -141,9 +151,9 @@ if (curve.stargonDrawn !== undefined && curve.data.flux === curve.stargonDrawn) 
 )
 
 # The model's pseudo-continuum of `flux` into `out`, as `model.pseudo_continuum` computes it:
-# per stretch of the plan (basis source's tags[0]), the 95th percentile of blocks, their running
-# median (the upper middle of an even window, as scipy's), linear interpolation to the pixels and
-# a running mean, both windows clamped at the stretch's ends ("nearest").
+# per stretch of the plan (the basis source's field `plan`), the 95th percentile of blocks,
+# their running median (the upper middle of an even window, as scipy's), linear interpolation to
+# the pixels and a running mean, both windows clamped at the stretch's ends ("nearest").
 ENVELOPE_FN = """
 function stargonEnvelope(flux, plan, out) {
   for (const [start, stop, size] of plan.stretches) {
@@ -192,9 +202,10 @@ DECODE_FN = (
     + """
 function stargonDecode(curve, sliders) {
   curve.stargonSliders = sliders;
-  if (curve.stargonNetOf !== curve.tags[0]) {  // parsed once per payload
-    curve.stargonNet = JSON.parse(curve.tags[0].json);
-    curve.stargonNetOf = curve.tags[0];
+  const fields = curve.tags[0];  // client.curve_fields
+  if (curve.stargonNetOf !== fields.net) {  // parsed once per payload
+    curve.stargonNet = JSON.parse(fields.net);
+    curve.stargonNetOf = fields.net;
   }
   const net = curve.stargonNet;
   const w = sliders.map((s) => s.value);
@@ -211,8 +222,8 @@ function stargonDecode(curve, sliders) {
       x = x.map((v) => v / (1 + Math.exp(-v)));
     }
   }
-  const basis = curve.tags[1].data;  // a source of its own: the curve's holds x and flux only
-  const plan = curve.tags[1].tags[0], length = basis.b0.length;
+  const basis = fields.basis.data;  // a source of its own: the curve's holds x and flux only
+  const plan = fields.basis.tags[0].plan, length = basis.b0.length;
   const last = plan.stretches[plan.stretches.length - 1];
   if (last === undefined || last[1] !== length) return;  // a plan of another basis
   const flux = stargonBuffer(curve, "full", length);
@@ -232,7 +243,7 @@ function stargonDecode(curve, sliders) {
 )
 
 # The slider callback body: `sliders` are all latent sliders; the curve's data source (named
-# `curve`: Panel passes the slider itself as `source`) is the one whose tags carry the decoder.
+# `curve`: Panel passes the slider itself as `source`) is the one whose fields carry the decoder.
 # Times go to window.stargonTimes (ms) for benchmarks.
 DECODE_JS = (
     DRAW_JS
@@ -240,11 +251,12 @@ DECODE_JS = (
     + """
 const start = performance.now();
 let curve = window.stargonSource;
-if (!curve || !curve.tags.length || !curve.tags[0].stargon_decoder) {
+const isCurve = (model) => model.tags && model.tags.length && model.tags[0] && model.tags[0].net;
+if (!curve || !isCurve(curve)) {
   curve = null;
   for (const doc of Bokeh.documents)
     for (const model of doc.all_models)
-      if (model.tags && model.tags.length && model.tags[0] && model.tags[0].stargon_decoder)
+      if (isCurve(model))
         curve = model;
   window.stargonSource = curve;
 }

@@ -1,11 +1,12 @@
 """The explorer's state and computations, free of Panel: testable without a browser.
 
 `Explorer` is loaded once per server (model, prior, star table; read-only and shared by all
-sessions); `View` is one session's state (latents, velocity, instrument, frame, the observation
-being fitted). Latents are shown in the checkpoint's whitened coordinates (decorrelated, unit
-variance over training stars, ordered by variance): `View.z` holds them, and the raw latent the
-decoder takes is `Explorer.raw(view.z)`. Decoding reuses the instrument's pixel basis, cached
-per (instrument, v): a slider move is one small MLP and one matrix product.
+sessions); `View` is one view's values (latents, velocity, instrument, frame, the observation
+being fitted), as a page's `page_state.PageState` hands them to the computations. Latents are
+shown in the checkpoint's whitened coordinates (decorrelated, unit variance over training
+stars, ordered by variance): `View.z` holds them, and the raw latent the decoder takes is
+`Explorer.raw(view.z)`. Decoding reuses the instrument's pixel basis, cached per
+(instrument, v): a slider move is one small MLP and one matrix product.
 """
 
 from __future__ import annotations
@@ -291,33 +292,7 @@ class Explorer:
         wave, _ = self.pixels(view)
         return self.axis(view), values, flux / pseudo_continuum(wave, flux)
 
-    # -- sharing and exporting -----------------------------------------------------------
-    def to_query(self, view: View) -> dict[str, str]:
-        return {"z": ",".join(f"{x:.4g}" for x in view.z), "v": f"{view.v_kms:.3f}",
-                "instrument": view.instrument, "frame": view.frame, "zoom": view.zoom}  # fmt: skip
-
-    def from_query(self, query: dict[str, str]) -> View:
-        """A view from URL parameters; anything missing or malformed keeps its default."""
-        view = self.new_view()
-        try:
-            z = np.array([float(x) for x in query.get("z", "").split(",")])
-            if z.size == self.latent_dim and np.all(np.isfinite(z)):
-                view.z = z
-        except ValueError:
-            pass
-        try:
-            v = float(query.get("v", 0.0))
-            view.v_kms = v if math.isfinite(v) else 0.0
-        except ValueError:
-            pass
-        if query.get("instrument") in self.instruments:
-            view.instrument = query["instrument"]
-        if query.get("frame") in ("observed", "rest"):
-            view.frame = query["frame"]
-        if query.get("zoom") in ZOOMS:
-            view.zoom = query["zoom"]
-        return view
-
+    # -- exporting -----------------------------------------------------------------------
     def export(self, view: View, kind: str) -> bytes:
         """The shown model spectrum as CSV or FITS (vacuum Å, units in the header)."""
         wave, _ = self.pixels(view)

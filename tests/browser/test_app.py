@@ -109,12 +109,14 @@ def page(browser, server, request):
 def test_slider_move_changes_the_plotted_spectrum_and_the_url(page):
     page.wait_for_timeout(2000)  # the first render's data messages settle
     before = page.evaluate(FLUX_SUMS)
+    w0 = "() => new URLSearchParams(window.location.search).get('w0')"
+    url_before = page.evaluate(w0)  # null until the state first changes
     for _attempt in range(3):  # a key press before the slider's JS is ready is lost
         page.locator(".noUi-handle").first.focus()
         for _ in range(10):
             page.keyboard.press("ArrowRight")
         try:
-            page.wait_for_function("() => window.location.search.includes('z=')", timeout=10_000)
+            page.wait_for_function(f"() => ({w0})() !== {json.dumps(url_before)}", timeout=10_000)
             break
         except playwright.TimeoutError:
             continue
@@ -217,7 +219,7 @@ SET_SLIDER = "([index, value]) => {" + MOVE_SLIDER_JS + "return sliders.map((s) 
 DRAWN = """() => [Array.from(window.stargonSource.data.wavelength),
                 Array.from(window.stargonSource.data.flux)]"""
 ZOOM = """([start, end]) => {
-  const range = window.stargonSource.tags[2].x_range;
+  const range = window.stargonSource.tags[0].plot.x_range;
   range.start = start;
   range.end = end;
 }"""
@@ -246,7 +248,7 @@ def test_a_slider_move_is_decoded_in_the_browser_as_torch_decodes_it(page, data)
     start = explorer.new_view()
     x, _ = explorer.spectrum(start)
     page.wait_for_function("() => window.Bokeh && [...Bokeh.documents[0].all_models].some("
-                           "(m) => m.tags && m.tags[0] && m.tags[0].stargon_decoder)")  # fmt: skip
+                           "(m) => m.tags && m.tags[0] && m.tags[0].net)")  # fmt: skip
     for index, value in ((0, 1.5), (3, -0.8), (15, 0.4)):
         w = page.evaluate(SET_SLIDER, [index, value])
         page.wait_for_function("() => window.stargonTimes.length > 0")  # callbacks are async
@@ -256,7 +258,7 @@ def test_a_slider_move_is_decoded_in_the_browser_as_torch_decodes_it(page, data)
         expected = explorer.spectrum(view)[1]
         pixels, flux = _drawn_pixels(page, x)
         np.testing.assert_allclose(flux, expected[pixels], atol=1e-5)
-        columns = page.evaluate("() => window.stargonSource.tags[2].inner_width")
+        columns = page.evaluate("() => window.stargonSource.tags[0].plot.inner_width")
         assert len(pixels) < len(x) and len(pixels) <= 4 * columns + 2
         assert flux.max() == pytest.approx(expected.max(), abs=1e-5)
         assert flux.min() == pytest.approx(expected.min(), abs=1e-5)
