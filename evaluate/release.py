@@ -43,9 +43,17 @@ VIEW_COVERAGE = 0.5  # share of an instrument's pixels a survey must span to sha
 MIN_VIEW_STARS = 20
 
 
-def release(run: str | Path, out: str | Path | None = None, evaluate: bool = True) -> Path:
+def release(
+    run: str | Path, out: str | Path | None = None, evaluate: bool = True, step: int | None = None
+) -> Path:
+    """Package the run's latest checkpoint, or the one of `step` (a point of a learning curve:
+    the model as it was then, before the end's learning-rate decay)."""
     run = Path(run)
     latest = json.loads((run / "latest.json").read_text())
+    if step is not None:
+        latest = {"step": step, "checkpoint": f"checkpoints/step-{step:07d}"}
+        if not (run / latest["checkpoint"]).is_dir():
+            raise FileNotFoundError(f"{run}: no checkpoint of step {step} ({latest['checkpoint']})")
     model, document, extra = load_checkpoint(run / latest["checkpoint"])
     config = TrainConfig.from_dict(document["card"]["train_config"])
     stars = RunStars(config)

@@ -315,11 +315,19 @@ def release_command(
     run: Annotated[Path, typer.Argument(help="A training run folder (with latest.json).")],
     out: Annotated[Path | None, typer.Option(help="Model folder (default RUN/model).")] = None,
     evaluate: Annotated[bool, typer.Option(help="Held-out χ²/dof per survey vs PCA.")] = True,
+    step: Annotated[
+        int | None, typer.Option(help="Package this step's checkpoint, not the latest.")
+    ] = None,
 ) -> None:
     """Package a run's latest checkpoint: latent prior, template bank, model card, metrics."""
     from stargon.evaluate.release import release
 
-    console.print(f"[green]model[/] {release(run, out, evaluate)}")
+    try:
+        folder = release(run, out, evaluate, step)
+    except FileNotFoundError as exc:  # no such run, or no checkpoint of that step
+        errors.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(f"[green]model[/] {folder}")
 
 
 @app.command("evaluate")

@@ -266,6 +266,17 @@ def test_a_run_from_a_data_folder_is_released_with_its_stars(tiny_data, tmp_path
     assert {s["survey"] for s in released.stars} == {"miles", "gaia_rvs", "stelib"}
     assert released.held_out_star_ids == {s["star_id"] for s in released.stars if s["held_out"]}
     assert released.prototypes.shape == (released.prior.means.shape[0] + 3, 4)
+    # A learning curve's point: an earlier checkpoint, packaged as it was at that step.
+    earlier = subprocess.run([*command, "--step", "2", "--out", str(tmp_path / "at-2")],
+                             check=True, capture_output=True)  # fmt: skip
+    at_2 = Release.load(tmp_path / "at-2")
+    assert at_2.card["trained_steps"] == 2 and released.card["trained_steps"] == 3
+    step_2, _, _ = load_checkpoint(run / "checkpoints" / "step-0000002")
+    for name, weight in at_2.model.state_dict().items():
+        assert torch.equal(weight, step_2.state_dict()[name]), name
+    assert earlier.returncode == 0
+    missing = subprocess.run([*command, "--step", "7"], capture_output=True, text=True)
+    assert missing.returncode != 0 and "no checkpoint of step 7" in missing.stderr
 
 
 def test_each_instruments_view_draws_from_stars_seen_at_its_wavelengths(tmp_path):
