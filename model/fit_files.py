@@ -64,10 +64,10 @@ def fit_paths(
     device = pick_device(device)
     fitter = Fitter.from_release(Release.load(checkpoint, device), device, config)
     run = FitRun()
-    files = []
+    files = []  # (path, named by the user): a named file is never skipped in silence
     for path in paths:
         try:
-            files.extend(iter_files(path))
+            files.extend((found, found == path) for found in iter_files(path))
         except SpectrumReadError as exc:
             run.failures.append((str(exc.path), exc.problem))
     dim = fitter.model.config.latent_dim
@@ -101,25 +101,28 @@ def fit_paths(
     return run
 
 
-def read_ahead(files: list[Path], user: UserSettings | None, workers: int) -> Iterator[FileOutcome]:
-    """One outcome per file, in order; with `workers` processes reading up to 2 × workers
-    files ahead of the fitting (bounded: memory does not grow with the number of files)."""
+def read_ahead(
+    files: list[tuple[Path, bool]], user: UserSettings | None, workers: int
+) -> Iterator[FileOutcome]:
+    """One outcome per (file, named by the user), in order; with `workers` processes reading up
+    to 2 × workers files ahead of the fitting (bounded: memory does not grow with the number
+    of files)."""
     read = functools.partial(_read_one, user=user)
     if workers <= 0:
-        yield from map(read, files)
+        yield from (read(path, named) for path, named in files)
         return
     with ProcessPoolExecutor(workers) as pool:
         pending: deque = deque()
-        for path in files:
-            pending.append(pool.submit(read, path))
+        for path, named in files:
+            pending.append(pool.submit(read, path, named))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
 
 
-def _read_one(path: Path, user: UserSettings | None) -> FileOutcome:
-    return next(scan(path, user=user))
+def _read_one(path: Path, named: bool, user: UserSettings | None) -> FileOutcome:
+    return next(scan(path, user=user, skip_non_spectra=not named))
 
 
 def _pixels(bucket: list[Spectrum]) -> int:

@@ -259,14 +259,20 @@ def _excluded_folder(name: str) -> bool:
 
 
 def scan(
-    root: str | Path, survey: str | None = None, user: UserSettings | None = None
+    root: str | Path,
+    survey: str | None = None,
+    user: UserSettings | None = None,
+    skip_non_spectra: bool = True,
 ) -> Iterator[FileOutcome]:
     """Read every file under `root`, one outcome per file; a bad file never stops the batch.
-    Files of no known survey are read with `user`'s settings."""
+    Files of no known survey are read with `user`'s settings. A file that holds no spectrum
+    is skipped in a folder's walk; with `skip_non_spectra` False (a file the user named) its
+    reading fails with the reason."""
     for path in iter_files(root):
         try:
             with probed(path) as probe:
-                if survey is None and not probe.has_spectrum_data and find_reader(probe) is None:
+                unknown = not probe.has_spectrum_data and find_reader(probe) is None
+                if survey is None and skip_non_spectra and unknown:
                     outcome = FileOutcome(path, skipped=True)
                 else:
                     reader = resolve_reader(probe, survey, user)

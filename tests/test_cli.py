@@ -1,18 +1,22 @@
-"""The `stargon data check` command on the whole shared data folder, table and JSON."""
+"""The `stargon` command: `data check` on the whole shared data folder (table and JSON), and
+what each command says when the user has something to fix."""
 
 from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
+
+import pytest
 
 from stargon import __version__
 
 
-def stargon(*args: str) -> subprocess.CompletedProcess:
+def stargon(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "stargon", *args], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "stargon", *args], capture_output=True, text=True, check=check
     )
 
 
@@ -36,3 +40,37 @@ def test_data_check_json_and_table_agree_with_the_manifest(data, manifest):
         assert numbers[1] == entry["n_spectra"], row
         assert numbers[2] == 0, row
     assert "files failed" not in table
+
+
+def test_a_named_file_that_holds_no_spectrum_fails_with_its_reason(tmp_path):
+    """A folder's walk skips what is not a spectrum; a file the user names is never skipped
+    in silence."""
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n3,4\n")
+    run = stargon("fit", "--resolving-power", "2000", "--out", str(tmp_path / "x.csv"), str(bad),
+                  check=False)  # fmt: skip
+    assert run.returncode == 1
+    assert f"failed {bad}: found columns a, b; no wavelength or flux column" in run.stderr
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["serve"], ["sample", "-n", "1"]])
+def test_a_missing_checkpoint_is_one_error_line(command, tmp_path):
+    run = stargon(*command, "--checkpoint", str(tmp_path / "nope"), check=False)
+    assert run.returncode == 2 and "Traceback" not in run.stderr + run.stdout
+    assert (
+        run.stderr.strip() == f"error: {tmp_path / 'nope'}: a checkpoint is not there "
+        "(expected model.json and model.safetensors)"
+    )
+
+
+def test_serving_on_a_port_in_use_is_one_error_line():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = stargon("serve", "--port", str(port), check=False)
+    assert run.returncode == 2 and "Traceback" not in run.stderr + run.stdout
+    assert (
+        run.stderr.strip() == f"error: port {port} is in use: choose another with --port "
+        "(0 takes any free one)"
+    )
