@@ -3,8 +3,11 @@ serve."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -29,6 +32,25 @@ app.add_typer(data_app, name="data")
 data_app.add_typer(fetch_app, name="fetch")
 console = Console(width=None if Console().is_terminal else 160)
 errors = Console(stderr=True, soft_wrap=True)  # an error stays one line
+
+
+@contextmanager
+def said_in_one_line(port: int | None = None) -> Iterator[None]:
+    """What the user can fix — a checkpoint or run that is not there, a port taken — as one
+    `error:` line and exit status 2, not a traceback."""
+    from stargon.model.checkpoint import CheckpointError
+
+    try:
+        yield
+    except (CheckpointError, FileNotFoundError) as exc:
+        errors.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        errors.print(f"[red]error:[/] port {port} is in use: choose another with --port "
+                     "(0 takes any free one)")  # fmt: skip
+        raise typer.Exit(2) from exc
 
 
 def default_data_dir() -> Path:
@@ -306,7 +328,8 @@ def sample_command(
     """Draw new spectra from the latent prior, on an instrument's pixels and resolution."""
     from stargon.model.sampling import sample_to_file
 
-    sample_to_file(n, instrument, checkpoint, out, v_kms, seed)
+    with said_in_one_line():
+        sample_to_file(n, instrument, checkpoint, out, v_kms, seed)
     console.print(f"[green]wrote[/] {out}")
 
 
@@ -322,11 +345,8 @@ def release_command(
     """Package a run's latest checkpoint: latent prior, template bank, model card, metrics."""
     from stargon.evaluate.release import release
 
-    try:
+    with said_in_one_line():
         folder = release(run, out, evaluate, step)
-    except FileNotFoundError as exc:  # no such run, or no checkpoint of that step
-        errors.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from exc
     console.print(f"[green]model[/] {folder}")
 
 
@@ -346,14 +366,15 @@ def evaluate_command(
     """Report how good a checkpoint is and what its latents mean (Markdown, PNG, JSON)."""
     from stargon.evaluate.report import evaluate
 
-    folder = evaluate(
-        checkpoint,
-        data or default_data_dir(),
-        out,
-        max_per_survey=max_per_survey,
-        injection_trials=injection_trials,
-        surveys=surveys.split(",") if surveys else None,
-    )
+    with said_in_one_line():
+        folder = evaluate(
+            checkpoint,
+            data or default_data_dir(),
+            out,
+            max_per_survey=max_per_survey,
+            injection_trials=injection_trials,
+            surveys=surveys.split(",") if surveys else None,
+        )
     console.print(f"[green]report[/] {folder / 'report.md'}")
 
 
@@ -382,8 +403,11 @@ def serve_command(
 
     device = str(pick_device(device))
     folder = data or default_data_dir()
-    explorer = Explorer(checkpoint, folder if folder.exists() else None, device, archive_url, cache)
-    console.print(
-        f"[green]StarGON explorer[/] on http://{address}:{port}  (model {explorer.checkpoint})"
-    )
-    serve(explorer, address, port, show)
+    with said_in_one_line(port):
+        explorer = Explorer(
+            checkpoint, folder if folder.exists() else None, device, archive_url, cache
+        )
+        console.print(
+            f"[green]StarGON explorer[/] on http://{address}:{port}  (model {explorer.checkpoint})"
+        )
+        serve(explorer, address, port, show)
