@@ -50,8 +50,35 @@ def read_user_file(path: str | Path, settings: UserSettings | None = None) -> li
         if table_hdu is None:
             raise SpectrumReadError(path, f"specutils cannot read it ({exc})") from exc
         table = Table.read(path, hdu=table_hdu, unit_parse_strict="silent")  # with TUNITn
-        return [_from_table(table, path, settings, header)]
+        try:
+            return [_from_table(table, path, settings, header)]
+        except SpectrumReadError as error:
+            extensions = _extensions(path)
+            if len(extensions) <= 2:  # one table: its columns are the answer
+                raise
+            raise SpectrumReadError(
+                path,
+                f"no reader knows its extensions ({'; '.join(extensions)}), and its first "
+                "table has no wavelength and flux columns",
+            ) from error
     return [from_specutils(spectrum, str(path), settings, header)]
+
+
+def _extensions(path: Path) -> list[str]:
+    """Each HDU as `index NAME (table of n columns | image of shape | empty)`, headers only."""
+    described = []
+    with fits.open(path) as hdul:
+        for index, hdu in enumerate(hdul):
+            if isinstance(hdu, fits.BinTableHDU | fits.TableHDU):
+                kind = f"table of {hdu.header.get('TFIELDS', 0)} columns"
+            elif hdu.header.get("NAXIS", 0):
+                shape = " × ".join(str(hdu.header[f"NAXIS{k}"])
+                                   for k in range(hdu.header["NAXIS"], 0, -1))  # fmt: skip
+                kind = f"image {shape}"
+            else:
+                kind = "empty"
+            described.append(f"{index} {hdu.name or '(unnamed)'}: {kind}")
+    return described
 
 
 def _from_table(table: Table, path: Path, settings: UserSettings, header) -> Spectrum:

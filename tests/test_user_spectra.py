@@ -124,6 +124,24 @@ def test_what_cannot_be_read_says_what_was_found(lamost, tmp_path):
         read_file(path, user=UserSettings(resolving_power=1800))
 
 
+def test_a_multi_extension_fits_that_no_reader_knows_is_named_by_its_extensions(tmp_path):
+    """A coadd-like file (a target table, then arms as images): the message lists its
+    extensions, not the first table's columns."""
+    fibermap = Table({"TARGETID": np.arange(3), "PETAL_LOC": np.zeros(3, dtype=int)})
+    hdus = [fits.PrimaryHDU(), fits.table_to_hdu(fibermap),
+            fits.ImageHDU(np.linspace(3600, 5900, 50), name="B_WAVELENGTH"),
+            fits.ImageHDU(np.ones((3, 50)), name="B_FLUX")]  # fmt: skip
+    hdus[1].name = "FIBERMAP"
+    path = tmp_path / "coadd.fits"
+    fits.HDUList(hdus).writeto(path)
+    with pytest.raises(SpectrumReadError) as caught:
+        read_file(path, user=UserSettings(resolving_power=3000))
+    assert caught.value.problem.startswith(
+        "no reader knows its extensions (0 PRIMARY: empty; 1 FIBERMAP: table of 2 columns; "
+        "2 B_WAVELENGTH: image 50; 3 B_FLUX: image 3 × 50)"
+    )
+
+
 def test_stargon_fit_fits_a_plain_csv_like_the_survey_file(lamost, tmp_path):
     """The CLI on the user's CSV and on the LAMOST file itself: the same velocity (the CSV has
     one continuum segment, LAMOST's reader two arms) and a comparable χ²."""
