@@ -31,7 +31,7 @@ from stargon.model.gon import StarGON
 from stargon.model.prior import LatentPrior
 from stargon.model.release import Release
 from stargon.model.whitening import Whitening
-from stargon.surveys.instruments import drawable
+from stargon.surveys.instruments import Instrument, drawable
 from stargon.train.dataset import TrainingSet, load_training_set
 from stargon.train.loop import TrainConfig
 from stargon.train.stream import packed_spectra, prototype_spectra
@@ -272,13 +272,18 @@ def view_priors(
     `MIN_VIEW_STARS` of them (model/prior.py says why)."""
     priors = {}
     for key, item in drawable().items():
-        pixels = item.pixels()
-        spanning = [survey for survey, (lo, hi) in coverage.items()
-                    if ((pixels >= lo) & (pixels <= hi)).mean() >= VIEW_COVERAGE]  # fmt: skip
-        rows = np.isin(surveys, spanning)
+        rows = np.isin(surveys, view_surveys(item, coverage))
         if rows.sum() >= MIN_VIEW_STARS:
             priors[key] = LatentPrior.fit(latents[rows])
     return priors
+
+
+def view_surveys(instrument: Instrument, coverage: dict[str, list[float]]) -> list[str]:
+    """The surveys whose spectra (their (min, max) rest wavelengths) span at least
+    `VIEW_COVERAGE` of the instrument's pixels: those whose stars shape its view's density."""
+    pixels = instrument.pixels()
+    return [survey for survey, (lo, hi) in coverage.items()
+            if ((pixels >= lo) & (pixels <= hi)).mean() >= VIEW_COVERAGE]  # fmt: skip
 
 
 def survey_medoids(latents: np.ndarray, surveys: list[str]) -> np.ndarray:
