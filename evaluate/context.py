@@ -3,7 +3,7 @@ every spectrum's radial velocity and one-step GON latent."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +11,11 @@ import torch
 
 from stargon.core.spectrum import Spectrum
 from stargon.evaluate.release import encode_all
+from stargon.model.batch import make_batch
 from stargon.model.fitter import Fitter
 from stargon.model.gon import StarGON
 from stargon.model.prior import LatentPrior
+from stargon.model.refine import FitResult
 from stargon.model.release import Release
 from stargon.model.whitening import Whitening
 from stargon.train.dataset import SYNTHETIC_SURVEY, TrainingSet, load_training_set
@@ -26,6 +28,7 @@ class Evaluation:
     dataset: TrainingSet
     velocities: np.ndarray  # km/s per spectrum; 0 for rest-frame ones
     latents: np.ndarray  # (N, D) one-step GON latents (raw)
+    _fits: dict[int, FitResult] = field(default_factory=dict, repr=False)
 
     @property
     def checkpoint(self) -> Path:
@@ -64,17 +67,39 @@ class Evaluation:
     def survey_names(self) -> list[str]:
         return sorted(set(self.dataset.surveys))
 
+    def fit(self, indices) -> list[FitResult]:
+        """Full fits (v, latents, continuum) of dataset spectra, each fitted once per
+        evaluation however many sections ask for it (the held-out fits, realism, repeat visits
+        share stars); the ones not yet fitted go to `Fitter.fit` together, in batches."""
+        todo = [int(i) for i in dict.fromkeys(indices) if int(i) not in self._fits]
+        if todo:
+            results = self.fitter.fit([self.dataset.spectra[i] for i in todo])
+            self._fits.update(zip(todo, results, strict=True))
+        return [self._fits[int(i)] for i in indices]
+
     def decode(self, spectrum: Spectrum, v_kms: float, z: torch.Tensor) -> np.ndarray:
         """Latents z (M, D) decoded as normalised flux at the spectrum's valid pixels, R and
-        velocity (one basis read): (M, n_valid)."""
-        valid = spectrum.valid
-        resolving = np.broadcast_to(spectrum.resolving_power, spectrum.wave.shape)[valid]
-        with torch.no_grad():
-            basis = self.model.observation_basis(
-                torch.as_tensor(spectrum.wave[valid]), float(v_kms),
-                torch.as_tensor(resolving.copy()), self.fitter.pyramid,
-            )  # fmt: skip
-            return self.model.observe(z, basis).double().numpy()
+        velocity: (M, n_valid)."""
+        return self.decode_many([spectrum], [v_kms], z[None])[0]
+
+    def decode_many(
+        self, spectra: list[Spectrum], v_kms: list[float], z: torch.Tensor, chunk: int = 32
+    ) -> list[np.ndarray]:
+        """Latents z (N, M, D), M for each of N spectra, decoded as normalised flux at each
+        spectrum's valid pixels, R and velocity: N arrays (M, n_valid). One basis read per
+        chunk of spectra, not per spectrum."""
+        out = []
+        for start in range(0, len(spectra), chunk):
+            group = spectra[start : start + chunk]
+            batch = make_batch(group, v_kms[start : start + chunk], mask_atmosphere=False)
+            with torch.no_grad():
+                basis = self.model.basis(batch, self.fitter.pyramid)
+                decoded = torch.stack(
+                    [self.model.observe(z[start : start + chunk, m], basis)
+                     for m in range(z.shape[1])], dim=1,
+                ).double().numpy()  # fmt: skip
+            out += [rows[:, : s.valid.sum()] for rows, s in zip(decoded, group, strict=True)]
+        return out
 
 
 def prepare(checkpoint: str | Path | None, data: str | Path, surveys: list[str] | None = None):

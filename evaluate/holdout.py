@@ -25,19 +25,30 @@ from stargon.surveys.atmosphere import masked_ivar
 from stargon.train.dataset import TrainingSet
 
 
+def held_out_choice(
+    dataset: TrainingSet, max_per_survey: int = 60, max_pixels: int = 20000
+) -> dict[str, list[int]]:
+    """The held-out spectra that are fitted, per survey: its first `max_per_survey` with at
+    most `max_pixels` valid pixels."""
+    by_survey: dict[str, list[int]] = defaultdict(list)
+    for i in dataset.indices(held_out=True):
+        by_survey[dataset.surveys[i]].append(int(i))
+    chosen = {}
+    for survey, indices in sorted(by_survey.items()):
+        first = indices[:max_per_survey]
+        chosen[survey] = [i for i in first if dataset.spectra[i].valid.sum() <= max_pixels]
+    return chosen
+
+
 def fit_held_out(
     fitter: Fitter, dataset: TrainingSet, max_per_survey: int = 60, max_pixels: int = 20000
 ) -> dict[str, list[tuple[int, FitResult]]]:
     """`Fitter.fit` of (up to `max_per_survey`) held-out spectra of every survey, in batches."""
-    by_survey: dict[str, list[int]] = defaultdict(list)
-    for i in dataset.indices(held_out=True):
-        by_survey[dataset.surveys[i]].append(int(i))
     fits: dict[str, list[tuple[int, FitResult]]] = {}
-    for survey, indices in tqdm(sorted(by_survey.items()), desc="held-out fits", leave=False):
-        first = indices[:max_per_survey]
-        chosen = [i for i in first if dataset.spectra[i].valid.sum() <= max_pixels]
-        results = fitter.fit([dataset.spectra[i] for i in chosen])
-        fits[survey] = list(zip(chosen, results, strict=True))
+    chosen = held_out_choice(dataset, max_per_survey, max_pixels)
+    for survey, indices in tqdm(chosen.items(), desc="held-out fits", leave=False):
+        results = fitter.fit([dataset.spectra[i] for i in indices])
+        fits[survey] = list(zip(indices, results, strict=True))
     return fits
 
 

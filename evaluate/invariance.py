@@ -82,7 +82,7 @@ def repeat_visits(ev: Evaluation, survey: str = "lamost_dr8", seed: int = 0) -> 
     if not repeated:
         return {}
     visits = sorted(i for v in repeated.values() for i in v)
-    results = ev.fitter.fit([ev.dataset.spectra[i] for i in visits])
+    results = ev.fit(visits)
     fitted = {i: (ev.whitening.whiten(r.z), r.v_kms) for i, r in zip(visits, results, strict=True)}
     same, dv = [], []
     for members in repeated.values():
@@ -176,7 +176,7 @@ def _real_share_in_range(ev: Evaluation, name: str, n: int, seed: int) -> tuple[
     chosen = np.random.default_rng(seed).permutation(chosen)[:n]
     spectra = [ev.dataset.spectra[i] for i in chosen]
     inside = []
-    for spectrum, fit in zip(spectra, ev.fitter.fit(spectra), strict=True):
+    for spectrum, fit in zip(spectra, ev.fit(chosen), strict=True):
         decoded = ev.decode(spectrum, fit.v_kms, torch.as_tensor(fit.z[None]))[0]
         positive = fit.model_flux > 0
         flux = spectrum.flux[spectrum.valid][positive]

@@ -1,413 +1,505 @@
-"""The report's measurements, each with the baseline it is judged against (same run)."""
+"""The report's sections, each one object that measures, draws its figures, gives its numbers
+to metrics.json and writes its Markdown — so a section is read, changed or added in one place.
+
+A section computes after the ones listed before it in `report.SECTIONS` and may read their
+results (the held-out fits, the sensitive regions) through `earlier`.
+"""
 
 from __future__ import annotations
 
-from collections import defaultdict
+import math
+from pathlib import Path
 
-import numpy as np
-import torch
-from scipy.stats import ks_2samp, spearmanr
-from sklearn.decomposition import PCA
-from sklearn.linear_model import RidgeCV
-
-from stargon.assets import line_list
-from stargon.core.physics import observed_to_rest
-from stargon.core.spectrum import Spectrum
+from stargon.core.records import format_number as _n
+from stargon.core.records import markdown_table
+from stargon.evaluate import figures, invariance, measurements
 from stargon.evaluate.context import Evaluation
-from stargon.evaluate.holdout import SurveyPCA, evaluate_held_out, fit_held_out, on_grid
-from stargon.evaluate.injection import inject
-from stargon.evaluate.metrics import (
-    c2st_accuracy,
-    fractional_rms,
-    probe_rmse,
-    robust_sigma,
-    star_key,
-)
-from stargon.evaluate.sensitivity import latent_sensitivity, rest_grid, sensitive_regions
-from stargon.model.batch import make_batch
-from stargon.model.continuum import solve_continuum
-from stargon.model.prior import LatentPrior
-from stargon.model.pseudo_continuum import pseudo_continuum
-from stargon.model.refine import FitResult
-from stargon.surveys.atmosphere import masked_ivar
-from stargon.train.dataset import SYNTHETIC_SURVEY
 
-Fits = dict[str, list[tuple[int, FitResult]]]
-LABELS = ("teff", "logg", "fe_h")
-CATASTROPHIC_KMS = 50.0
-
-
-def reconstruction(ev: Evaluation, max_per_survey: int) -> tuple[dict, Fits]:
-    """Held-out χ²/dof (and fractional RMS) per survey against a per-survey PCA."""
-    fits = fit_held_out(ev.fitter, ev.dataset, max_per_survey)
-    return evaluate_held_out(ev.fitter, ev.dataset, fits=fits), fits
-
-
-def label_probes(ev: Evaluation, survey: str = "miles") -> dict:
-    """Linear and kNN probes of Teff, logg, [Fe/H] from latents vs from PCA coefficients,
-    fitted on training stars and scored on held-out stars."""
-    spectra = ev.dataset.spectra
-    idx = np.array([i for i in ev.members(survey) if all(k in spectra[i].labels for k in LABELS)])
-    if idx.size == 0:
-        return {"survey": survey, "rows": [], "note": "no labelled spectra"}
-    y = {k: np.array([spectra[i].labels[k] for i in idx]) for k in LABELS}
-    y["log_teff"] = np.log10(y["teff"])
-    held = ev.dataset.held_out[idx]
-    pca = SurveyPCA([spectra[i] for i in idx[~held]], ev.model.config.latent_dim)
-    features = {
-        "latents": ev.whitened[idx],
-        "pca": np.array([p["coeffs"] for p in pca.project([spectra[i] for i in idx])]),
-    }
-    subsets = {"3500–8000 K": (y["teff"] >= 3500) & (y["teff"] <= 8000), "all": np.ones_like(held)}
-    rows, predictions = [], {}
-    for subset, inside in subsets.items():
-        train, test = inside & ~held, inside & held
-        for label, values in y.items():
-            for kind in ("linear", "knn"):
-                row = {
-                    "subset": subset,
-                    "label": label,
-                    "probe": kind,
-                    "n_train": int(train.sum()),
-                    "n_test": int(test.sum()),
-                }
-                for name, x in features.items():
-                    rmse, predicted = probe_rmse(
-                        kind, x[train], values[train], x[test], values[test]
-                    )
-                    row[f"{name}_rmse"] = rmse
-                    predictions[(subset, label, kind, name)] = (values[test], predicted)
-                rows.append(row)
-    correlation = np.array(
-        [
-            [spearmanr(z_k, y[label]).statistic for label in ("log_teff", "logg", "fe_h")]
-            for z_k in ev.whitened[idx].T
-        ]
-    )
-    return {"survey": survey, "rows": rows, "predictions": predictions, "correlation": correlation}
-
-
-def emulator_fidelity(ev: Evaluation, fits: Fits) -> dict:
-    """Held-out noiseless emulator spectra: mean |model − truth| in normalised flux (PCA in
-    the same run), and a linear probe from latents to the labels that made them."""
-    results = fits.get(SYNTHETIC_SURVEY, [])
-    if not results:
-        return {}
-    spectra = ev.dataset.spectra
-    mae = [np.mean(np.abs(spectra[i].flux[spectra[i].valid] - r.model_flux)) for i, r in results]
-    train_idx = ev.members(SYNTHETIC_SURVEY, held_out=False)
-    held_idx = np.array([i for i, _ in results])
-    pca = SurveyPCA([spectra[i] for i in train_idx], ev.model.config.latent_dim)
-    pca_mae = [
-        np.mean(np.abs(p["x"] - p["model"])[p["valid"]])
-        for p in pca.project([spectra[i] for i in held_idx])
-    ]
-    probes = {}
-    for name in spectra[held_idx[0]].labels:
-        truth_train = np.array([spectra[i].labels[name] for i in train_idx])
-        truth_held = np.array([spectra[i].labels[name] for i in held_idx])
-        rmse, _ = probe_rmse(
-            "linear", ev.latents[train_idx], truth_train, ev.latents[held_idx], truth_held
-        )
-        probes[name] = rmse
-    return {
-        "n_held_out": len(results),
-        "model_mae": float(np.mean(mae)),
-        "model_mae_median": float(np.median(mae)),
-        "pca_mae": float(np.mean(pca_mae)),
-        "label_probe_rmse": probes,
-    }
-
-
-def rv_against_catalogue(ev: Evaluation, fits: Fits) -> list[dict]:
-    """Fitted v − catalogue RV for observed-frame spectra that have one: scan for all, and the
-    full fit for the held-out ones."""
-    refined = {i: r.v_kms for results in fits.values() for i, r in results}
-    rows = []
-    for survey in ev.survey_names:
-        idx = [
-            i
-            for i in ev.members(survey)
-            if ev.dataset.spectra[i].frame == "observed"
-            and abs(ev.dataset.spectra[i].labels.get("rv", np.nan)) < 1000
-        ]
-        if not idx:
-            continue
-        catalogue = np.array([ev.dataset.spectra[i].labels["rv"] for i in idx])
-        full_fit = np.array([refined.get(i, np.nan) for i in idx])
-        for stage, fitted in (
-            ("scan (all)", ev.velocities[idx]),
-            ("full fit (held-out)", full_fit),
-        ):
-            delta = fitted - catalogue
-            delta = delta[np.isfinite(delta)]
-            if delta.size == 0:
-                continue
-            good = np.abs(delta) < CATASTROPHIC_KMS
-            rows.append(
-                {
-                    "survey": survey,
-                    "stage": stage,
-                    "n": int(delta.size),
-                    "bias_kms": float(np.median(delta[good])) if good.any() else np.nan,
-                    "scatter_kms": robust_sigma(delta[good]) if good.any() else np.nan,
-                    "catastrophic": int((~good).sum()),
-                    "catalogue": catalogue.tolist() if stage.startswith("scan") else None,
-                    "fitted": fitted.tolist() if stage.startswith("scan") else None,
-                }
-            )
-    return rows
-
-
-INJECTION_SETTINGS = {
-    "MILES-like (S/N 50)": ("miles", 50.0),
-    "APOGEE-like (S/N 100)": ("apogee_dr17", 100.0),
+TARGETS = {
+    "chi2_apogee_galah": 1.2,
+    "chi2_other": 1.5,
+    "emulator_mae": 0.0015,
+    "probe": {"teff": 150.0, "logg": 0.3, "fe_h": 0.2},
+    "rv_scatter": 5.0,
+    "rv_bias": 2.0,
+    "c2st": 0.75,
+    "snr_partial": 0.3,
+    "degradation_shift": 1.0,
+    "repeat_ratio": 0.25,
+    "repeat_rv": 5.0,
+    "on_lines": 0.7,
+    "samples_below_real": 0.01,  # share in range, prior samples below real spectra
 }
 
 
-def rv_injection(ev: Evaluation, trials: int = 40, seed: int = 0) -> list[dict]:
-    """Real rest-frame spectra moved to v ~ U(−500, 500) km/s with noise, fitted blind."""
-    rows = []
-    for name, (survey, snr) in INJECTION_SETTINGS.items():
-        pool = [i for i in ev.members(survey) if ev.dataset.spectra[i].frame == "rest"]
-        if not pool:
-            continue
-        rng = np.random.default_rng(seed)
-        v_true, injected = [], []
-        for _ in range(trials):
-            v_true.append(rng.uniform(-500, 500))
-            star = ev.dataset.spectra[pool[rng.integers(len(pool))]]
-            injected.append(inject(star, v_true[-1], snr, rng))
-        results = ev.fitter.fit(injected)
-        delta = np.array([r.v_kms for r in results]) - np.array(v_true)
-        sigma = [r.v_err_kms for r in results]
-        good = np.abs(delta) < CATASTROPHIC_KMS
-        rows.append(
-            {
-                "setting": name,
-                "trials": trials,
-                "bias_kms": float(np.median(delta[good])),
-                "scatter_kms": robust_sigma(delta[good]),
-                "median_sigma_v_kms": float(np.median(sigma)),
-                "catastrophic": int((~good).sum()),
-            }
-        )
-    return rows
-
-
-def cross_instrument(ev: Evaluation, pair: tuple[str, str] = ("miles", "stelib")) -> list[dict]:
-    """Encode a star from one instrument, predict its spectrum on the other (its pixels, its
-    resolution; continuum fitted) — against a ridge regression between the two PCAs."""
-    index = {s: {star_key(ev.dataset.spectra[i].star_id): i for i in ev.members(s)} for s in pair}
-    shared = sorted(set(index[pair[0]]) & set(index[pair[1]]))
-    rows = []
-    for source, target in (pair, pair[::-1]):
-        held = [k for k in shared if ev.dataset.held_out[index[source][k]]]
-        train = [k for k in shared if not ev.dataset.held_out[index[source][k]]]
-        if not held or len(train) <= ev.model.config.latent_dim:
-            continue
-        spectra = ev.dataset.spectra
-        source_train = [spectra[i] for i in ev.members(source, held_out=False)]
-        pca = SurveyPCA(source_train, ev.model.config.latent_dim)
-        grid = spectra[index[target][train[0]]].wave
-        x_train, _ = on_grid([spectra[index[target][k]] for k in train], grid)
-        pairs = pca.project([spectra[index[source][k]] for k in train])
-        coeffs = np.array([p["coeffs"] for p in pairs])
-        regression = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(coeffs, x_train)
-        model_rms, pca_rms = [], []
-        fitted = ev.fitter.fit([spectra[index[source][k]] for k in held])
-        for k, result in zip(held, fitted, strict=True):
-            observed = spectra[index[target][k]]
-            batch = make_batch([observed])
-            with torch.no_grad():
-                full, _ = ev.model.model_flux(
-                    torch.as_tensor(result.z[None]), ev.model.basis(batch, ev.fitter.pyramid),
-                    batch,
-                )  # fmt: skip
-            (held_coeffs,) = [p["coeffs"] for p in pca.project([spectra[index[source][k]]])]
-            predicted = regression.predict(held_coeffs[None])[0]
-            on_pixels = np.interp(batch.wave[0].numpy(), grid, predicted)
-            shape = torch.as_tensor(on_pixels[None], dtype=batch.flux.dtype)
-            baseline = solve_continuum(batch.design, batch.flux, batch.ivar, shape) * shape
-            valid = batch.ivar[0] > 0
-            flux = batch.flux[0][valid].numpy()
-            model_rms.append(fractional_rms(flux, full[0][valid].numpy()))
-            pca_rms.append(fractional_rms(flux, baseline[0][valid].numpy()))
-        rows.append(
-            {
-                "from": source,
-                "to": target,
-                "n_held_out_stars": len(held),
-                "n_train_pairs": len(train),
-                "model_fractional_rms": float(np.median(model_rms)),
-                "pca_regression_fractional_rms": float(np.median(pca_rms)),
-            }
-        )
-    return rows
-
-
-def realism(
-    ev: Evaluation, min_spectra: int = 200, max_real: int = 200, seed: int = 0
-) -> list[dict]:
-    """Per survey with > min_spectra spectra: samples from a density fitted to that survey's
-    training latents, seen at real spectra's pixels, R, v and noise, against real spectra —
-    classifier two-sample tests and the depths of strong lines.
-
-    The C2ST is run three ways, so that it says whether the decoder or the latent density
-    fails: real against samples, real against each star's own reconstruction (its one-step
-    latent and its fitted MAP latent, decoded with the same noise), and reconstructions
-    against samples. Each compares the pixels the model is asked to model (no atmosphere band
-    or segment edge in any of the stars); real against samples is also given on the masked
-    pixels alone, which a stellar model does not generate."""
-    rows = []
-    for survey in ev.survey_names:
-        members = ev.members(survey)
-        if members.size <= min_spectra:
-            continue
-        held = ev.members(survey, held_out=True)
-        real_idx = held if held.size >= 50 else members
-        real_idx = np.random.default_rng(seed).permutation(real_idx)[:max_real]
-        prior = LatentPrior.fit(ev.latents[ev.members(survey, held_out=False)])
-        z = torch.as_tensor(prior.sample(real_idx.size, seed=seed + 1), dtype=torch.float32)
-        fitted = ev.fitter.fit([ev.dataset.spectra[i] for i in real_idx])
-        latents = {
-            "one-step": torch.as_tensor(ev.latents[real_idx], dtype=torch.float32),
-            "fitted": torch.as_tensor(np.array([r.z for r in fitted]), dtype=torch.float32),
-        }
-        rngs = {name: np.random.default_rng(seed + k)
-                for k, name in enumerate(("generated", *latents), start=2)}  # fmt: skip
-        first = ev.dataset.spectra[real_idx[0]]
-        grid = first.wave[first.valid]
-        sets = defaultdict(list)
-        for row, i in enumerate(real_idx):
-            rest, real, continuum = _normalised_real(ev, int(i))
-            sets["real"].append(np.interp(grid, rest, real))
-            sets["modelled"].append(np.interp(grid, rest, _modelled(ev, int(i))) > 0.999)
-            named = {"generated": z, **latents}
-            stacked = torch.stack([latent[row] for latent in named.values()])
-            draws = [rngs[name] for name in named]
-            decoded = _normalised_models(ev, int(i), stacked, draws, continuum)
-            for name, values in zip(named, decoded, strict=True):
-                sets[name].append(np.interp(grid, rest, values))
-        x = {name: np.array(values) for name, values in sets.items()}
-        modelled = x.pop("modelled").all(axis=0)
-        tests = {
-            "c2st_accuracy": ("real", "generated", modelled),
-            "c2st_real_vs_reconstruction": ("real", "one-step", modelled),
-            "c2st_real_vs_fitted": ("real", "fitted", modelled),
-            "c2st_reconstruction_vs_samples": ("one-step", "generated", modelled),
-            "c2st_masked_pixels": ("real", "generated", ~modelled),
-        }
-        scores = {
-            name: c2st_accuracy(x[a][:, columns], x[b][:, columns], seed=seed)
-            if columns.sum() > 10 else (None, None)
-            for name, (a, b, columns) in tests.items()
-        }  # fmt: skip
-        difference = (x["real"] - x["one-step"]).mean(0) * modelled
-        rows.append(
-            {
-                "survey": survey,
-                "real_from": "held-out" if held.size >= 50 else "all",
-                "n_real": int(real_idx.size),
-                **{name: accuracy for name, (accuracy, _) in scores.items()},
-                "c2st_std": scores["c2st_accuracy"][1],
-                "modelled_share": float(modelled.mean()),
-                "largest_differences_a": [
-                    float(grid[k]) for k in np.argsort(-np.abs(difference))[:5]
-                ],
-                "line_depths": _line_depths(grid, x["real"], x["generated"], first),
-                "grid": grid,
-                "real": x["real"],
-                "generated": x["generated"],
-            }
-        )
-    return rows
-
-
-def _modelled(ev: Evaluation, i: int) -> np.ndarray:
-    """1 at the valid pixels the model is asked to fit (atmosphere bands and segment edges
-    masked), 0 elsewhere."""
-    spectrum: Spectrum = ev.dataset.spectra[i]
-    return (masked_ivar(spectrum)[spectrum.valid] > 0).astype(float)
-
-
-def _normalised_real(ev: Evaluation, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rest λ, real flux / its pseudo-continuum, that continuum) at the valid pixels."""
-    spectrum: Spectrum = ev.dataset.spectra[i]
-    wave, flux = spectrum.wave[spectrum.valid], spectrum.flux[spectrum.valid]
-    continuum = noisy_continuum(wave, flux)
-    return observed_to_rest(wave, float(ev.velocities[i])), flux / continuum, continuum
-
-
-def _normalised_models(
-    ev: Evaluation, i: int, z: torch.Tensor, rngs: list, continuum: np.ndarray
-) -> list[np.ndarray]:
-    """Latents z (M, D) decoded at star i's pixels, R and velocity (one basis read), each
-    with the star's noise (its σ over its pseudo-continuum `continuum`; the m-th drawn from
-    rngs[m]), over its own pseudo-continuum: normalised as the real star is."""
-    spectrum: Spectrum = ev.dataset.spectra[i]
-    valid = spectrum.valid
-    wave = spectrum.wave[valid]
-    models = ev.decode(spectrum, float(ev.velocities[i]), z)
-    sigma = 1.0 / np.sqrt(spectrum.ivar[valid]) / continuum
-    out = []
-    for model, rng in zip(models, rngs, strict=True):
-        noisy = model + rng.normal(0.0, 1.0, model.size) * sigma
-        out.append(noisy / noisy_continuum(wave, noisy))
-    return out
-
-
-def noisy_continuum(wave: np.ndarray, flux: np.ndarray) -> np.ndarray:
-    """A model-free continuum applied identically to real and generated (noisy) spectra: the
-    running 90th percentile over 9,000 km/s (0.03 in ln λ), smoothed."""
-    return pseudo_continuum(wave, flux, window_kms=9000.0, percentile=90)
-
-
-DEPTH_LINES = ("Ca II K", "Hδ", "Hβ", "Mg b2", "Na D2", "Hα", "Ca II 8544", "Br11", "Mg I 15753")
-
-
-def _line_depths(grid, real_x, generated_x, spectrum: Spectrum) -> list[dict]:
-    """1 − mean normalised flux within ±FWHM of each strong line inside the grid."""
-    resolving = float(np.median(spectrum.resolving_power))
-    out = []
-    for line in line_list():
-        if line.name not in DEPTH_LINES or not grid[0] < line.wavelength < grid[-1]:
-            continue
-        half = max(line.wavelength / resolving, 1.0)
-        window = np.abs(grid - line.wavelength) <= half
-        if window.sum() < 2:
-            continue
-        real = 1 - real_x[:, window].mean(1)
-        generated = 1 - generated_x[:, window].mean(1)
-        out.append(
-            {
-                "line": line.name,
-                "real_median": float(np.median(real)),
-                "generated_median": float(np.median(generated)),
-                "ks_p": float(ks_2samp(real, generated).pvalue),
-                "real": real,
-                "generated": generated,
-            }
-        )
-    return out
-
-
-def sensitivity(ev: Evaluation, n_latents_sampled: int = 64, seed: int = 0) -> dict:
-    """Mean |∂f/∂w_k| (whitened directions) over training latents on a rest grid (R = 5,000),
-    and each direction's strongest regions matched to the line list."""
-    rng = np.random.default_rng(seed)
-    real = [i for i in ev.dataset.indices(held_out=False) if not ev.dataset.spectra[i].synthetic]
-    chosen = rng.choice(real, min(n_latents_sampled, len(real)), replace=False)
-    wave = rest_grid()
-    values = latent_sensitivity(
-        ev.fitter, torch.as_tensor(ev.latents[chosen]), wave, directions=ev.whitening.matrix
+def verdict(value, target: float) -> str:
+    if value is None or not math.isfinite(value):
+        return "not measured"
+    return (
+        f"met ({_n(value)} ≤ {target})"
+        if value <= target
+        else f"**missed** ({_n(value)} > {target})"
     )
-    regions = {k: sensitive_regions(wave, values[k]) for k in range(values.shape[0])}
-    return {"wave": wave, "values": values, "regions": regions}
 
 
-def latent_map(ev: Evaluation) -> dict:
-    """A 2-D PCA projection of every spectrum's latent, with labels where a catalogue has them."""
-    xy = PCA(2, random_state=0).fit_transform(ev.whitened)
-    labels = {k: np.array([s.labels.get(k, np.nan) for s in ev.dataset.spectra]) for k in LABELS}
-    return {"xy": xy, "labels": labels, "surveys": np.array(ev.dataset.surveys)}
+class Section:
+    """One part of the report. `compute` stores what it measured; `draw` writes its figures
+    and remembers their file names for `markdown`; `metrics` is its part of metrics.json
+    (numbers only, no arrays)."""
+
+    name: str
+
+    def __init__(self, ev: Evaluation, **settings) -> None:
+        self.ev = ev
+        self.settings = settings
+        self.figures: dict[str, str] = {}
+
+    def compute(self, earlier: dict[str, Section]) -> None:
+        raise NotImplementedError
+
+    def draw(self, out: Path) -> None:
+        """Most sections have figures; those without keep this."""
+
+    def metrics(self) -> dict:
+        raise NotImplementedError
+
+    def markdown(self) -> list[str]:
+        raise NotImplementedError
+
+
+class Reconstruction(Section):
+    name = "reconstruction"
+
+    def compute(self, earlier: dict[str, Section]) -> None:
+        max_per_survey = self.settings.get("max_per_survey", 60)
+        self.per_survey, self.fits = measurements.reconstruction(self.ev, max_per_survey)
+
+    def draw(self, out: Path) -> None:
+        self.figures = {
+            "reconstruction": figures.reconstruction(self.per_survey, out / "reconstruction.png"),
+            "examples": figures.example_fits(self.ev.dataset, self.fits, out / "example_fits.png"),
+        }
+
+    def metrics(self) -> dict:
+        return {"reconstruction": self.per_survey}
+
+    def markdown(self) -> list[str]:
+        rows, verdicts = [], []
+        for survey, m in self.per_survey.items():
+            rows.append({"survey": survey} | m)
+            if not m["has_errors"] or m["model_chi2_dof"] is None or survey == "payne_synthetic":
+                continue
+            target = (
+                TARGETS["chi2_apogee_galah"]
+                if survey.startswith(("apogee", "galah"))
+                else TARGETS["chi2_other"]
+            )
+            line = f"- {survey}: χ²/dof {verdict(m['model_chi2_dof'], target)}"
+            if m["n_train"] > 50 and m["pca_chi2_dof"] is not None:
+                better = m["model_chi2_dof"] < m["pca_chi2_dof"]
+                line += f"; vs PCA {'below' if better else '**above**'} ({_n(m['pca_chi2_dof'])})"
+            verdicts.append(line)
+        columns = ["survey", "n_train", "n_held_out", "has_errors", "model_chi2_dof",
+                   "pca_chi2_dof", "model_fractional_rms", "pca_fractional_rms"]  # fmt: skip
+        return [
+            "## Reconstruction of held-out stars",
+            "Full fit (v for observed-frame spectra, latents, continuum) on every valid pixel; "
+            "baseline: PCA with as many components as latent dimensions fitted per survey on its "
+            "training spectra. Surveys without published errors (MILES, STELIB, MIKE) carry a "
+            "DER_SNR noise estimate, so their fractional RMS is the fairer number.",
+            markdown_table(rows, columns),
+            "Targets:\n" + "\n".join(verdicts),
+            f"![reconstruction]({self.figures['reconstruction']})",
+            f"![example fits]({self.figures['examples']})",
+        ]
+
+
+class EmulatorFidelity(Section):
+    name = "emulator_fidelity"
+
+    def compute(self, earlier: dict[str, Section]) -> None:
+        self.result = measurements.emulator_fidelity(self.ev, earlier["reconstruction"].fits)
+
+    def metrics(self) -> dict:
+        return {"emulator_fidelity": self.result}
+
+    def markdown(self) -> list[str]:
+        result = self.result
+        if not result:
+            return ["## Emulator fidelity", "No synthetic survey in this checkpoint's data."]
+        probes = ", ".join(f"{k} {_n(v)}" for k, v in result["label_probe_rmse"].items())
+        return [
+            "## Emulator fidelity (controlled benchmark)",
+            f"{result['n_held_out']} held-out noiseless emulator spectra: mean |model − truth| "
+            f"{_n(result['model_mae'])} (median {_n(result['model_mae_median'])}) vs PCA "
+            f"{_n(result['pca_mae'])}; target ≤ {TARGETS['emulator_mae']}: "
+            f"{verdict(result['model_mae'], TARGETS['emulator_mae'])}.",
+            f"Linear probe from latents to the labels that made them (RMSE): {probes}.",
+        ]
+
+
+class LabelProbes(Section):
+    """Probes of catalogue labels from latents, their correlations, and the latent map."""
+
+    name = "probes"
+
+    def compute(self, earlier: dict[str, Section]) -> None:
+        self.result = measurements.label_probes(self.ev)
+        self.latent_map = measurements.latent_map(self.ev)
+
+    def draw(self, out: Path) -> None:
+        self.figures = {"latent_map": figures.latent_map(self.latent_map, out / "latent_map.png")}
+        if self.result["rows"]:
+            self.figures["probes"] = figures.probes(self.result, out / "probes.png")
+            self.figures["correlation"] = figures.correlation(self.result, out / "correlation.png")
+
+    def metrics(self) -> dict:
+        return {"probes": self.result["rows"]}
+
+    def markdown(self) -> list[str]:
+        result = self.result
+        if not result["rows"]:
+            return ["## Label probes", result.get("note", "")]
+        verdicts = []
+        for label, target in TARGETS["probe"].items():
+            best = min(
+                (r for r in result["rows"] if r["subset"] == "3500–8000 K" and r["label"] == label),
+                key=lambda r: r["latents_rmse"],
+            )
+            beats = best["latents_rmse"] < best["pca_rmse"]
+            verdicts.append(
+                f"- {label} ({best['probe']}): {verdict(best['latents_rmse'], target)}; "
+                f"{'better' if beats else '**not better**'} than PCA ({_n(best['pca_rmse'])})"
+            )
+        columns = ["subset", "label", "probe", "n_train", "n_test", "latents_rmse", "pca_rmse"]
+        return [
+            f"## Label probes ({result['survey']}, held-out stars)",
+            "Probes fitted on training stars' latents (one GON step) and, as the baseline, on "
+            "PCA coefficients of the same spectra; scored on held-out stars.",
+            markdown_table(result["rows"], columns),
+            "Targets (3,500–8,000 K):\n" + "\n".join(verdicts),
+            f"![probes]({self.figures['probes']})",
+            f"![correlation]({self.figures['correlation']}) "
+            f"![latent map]({self.figures['latent_map']})",
+        ]
+
+
+class RadialVelocity(Section):
+    """Fitted velocities against catalogues, and blind fits of injected shifts."""
+
+    name = "radial_velocity"
+
+    def compute(self, earlier: dict[str, Section]) -> None:
+        fits = earlier["reconstruction"].fits
+        self.catalogue = measurements.rv_against_catalogue(self.ev, fits)
+        trials = self.settings.get("injection_trials", 40)
+        self.injection = measurements.rv_injection(self.ev, trials)
+
+    def draw(self, out: Path) -> None:
+        if self.catalogue:
+            self.figures["rv"] = figures.radial_velocity(self.catalogue, out / "rv_catalogue.png")
+
+    def metrics(self) -> dict:
+        catalogue = [
+            {k: v for k, v in r.items() if k not in ("catalogue", "fitted")} for r in self.catalogue
+        ]
+        return {"rv_catalogue": catalogue, "rv_injection": self.injection}
+
+    def markdown(self) -> list[str]:
+        parts = ["## Radial velocity"]
+        rows = self.catalogue
+        if rows:
+            scans = [r for r in rows if r["stage"].startswith("scan")]
+            lamost = [r for r in scans if r["survey"].startswith("lamost")]
+            targets = "; ".join(
+                f"{r['survey']} scatter {verdict(r['scatter_kms'], TARGETS['rv_scatter'])}, "
+                f"|bias| {verdict(abs(r['bias_kms']), TARGETS['rv_bias'])}"
+                for r in lamost
+            )
+            parts += [
+                "Fitted v against the catalogue's RV (|Δv| > 50 km/s counted as catastrophic "
+                "and left out of bias and scatter; scatter = 1.4826 MAD).",
+                markdown_table(
+                    rows, ["survey", "stage", "n", "bias_kms", "scatter_kms", "catastrophic"]
+                ),
+                "Targets (LAMOST): " + targets,
+                f"![rv]({self.figures['rv']})",
+            ]
+        if self.injection:
+            columns = ["setting", "trials", "bias_kms", "scatter_kms", "median_sigma_v_kms",
+                       "catastrophic"]  # fmt: skip
+            parts += [
+                "Injection: real rest-frame spectra moved to v ~ U(−500, 500) km/s, noised, "
+                "fitted blind (benchmarks/rv_injection.py runs the 1,000-trial version).",
+                markdown_table(self.injection, columns),
+            ]
+        return parts
+
+
+class CrossInstrument(Section):
+    name = "cross_instrument"
+
+    def compute(self, earlier: dict[str, Section]) -> None:
+        self.rows = measurements.cross_instrument(self.ev)
+
+    def metrics(self) -> dict:
+        return {"cross_instrument": self.rows}
+
+    def markdown(self) -> list[str]:
+        if not self.rows:
+            return ["## Cross-instrument prediction", "No stars shared between MILES and STELIB."]
+        columns = ["from", "to", "n_held_out_stars", "n_train_pairs", "model_fractional_rms",
+                   "pca_regression_fractional_rms"]  # fmt: skip
+        return [
+            "## Cross-instrument prediction",
+            "Held-out stars observed by both MILES and STELIB: latents from one instrument's "
+            "spectrum, the other's predicted on its own pixels and resolution (continuum "
+            "fitted). Baseline: ridge regression from one survey's PCA coefficients to the "
+            "other's flux, trained on the shared training stars, given the same continuum "
+            "freedom.",
+            markdown_table(self.rows, columns),
+        ]
+
+
+class Realism(Section):
+    name = "realism"
+    COLUMNS = ("survey", "real_from", "n_real", "c2st_accuracy", "c2st_std",
+               "c2st_real_vs_reconstruction", "c2st_real_vs_fitted",
+               "c2st_reconstruction_vs_samples", "c2st_masked_pixels",
+               "modelled_share")  # fmt: skip
+
+    def compute(self, earlier: dict[str, Section]) -> None:
+        self.rows = measurements.realism(self.ev)
+
+    def draw(self, out: Path) -> None:
+        if self.rows:
+            self.figures = {
+                "realism": figures.realism(self.rows, out / "realism.png"),
+                "depths": figures.line_depths(self.rows, out / "line_depths.png"),
+            }
+
+    def metrics(self) -> dict:
+        arrays = ("grid", "real", "generated", "line_depths")
+        rows = [
+            {k: v for k, v in row.items() if k not in arrays}
+            | {"line_depths": [_numbers(depth) for depth in row["line_depths"]]}
+            for row in self.rows
+        ]
+        return {"realism": rows}
+
+    def markdown(self) -> list[str]:
+        if not self.rows:
+            return ["## Realism", "No survey with more than 200 spectra."]
+        largest = "largest real − reconstruction at (Å)"
+        table_rows = [
+            {k: r[k] for k in self.COLUMNS}
+            | {largest: ", ".join(f"{w:.0f}" for w in r["largest_differences_a"])}
+            | {"verdict": verdict(r["c2st_accuracy"], TARGETS["c2st"])}
+            for r in self.rows
+        ]
+        depths = [
+            {"survey": r["survey"]} | _numbers(d) for r in self.rows for d in r["line_depths"]
+        ]
+        return [
+            "## Realism of samples",
+            "For each survey with more than 200 spectra: latents drawn from a Gaussian mixture "
+            "fitted to that survey's training latents, decoded at real spectra's pixels, "
+            "resolution and velocity, with their noise; real and generated both divided by the "
+            "same running 90th-percentile pseudo-continuum. C2ST: 5-fold accuracy of a logistic "
+            "regression on 10 PCA features (0.5 = indistinguishable), on the pixels the model is "
+            "asked to model (no atmosphere band or segment edge in any star; `modelled_share` of "
+            "the grid): real against samples (`c2st_accuracy`), real against each star's own "
+            "reconstruction from its one-step and its fitted latent (the decoder's failure), "
+            "reconstructions against samples (the latent density's), and real against samples "
+            "on the masked pixels alone (what a stellar model does not generate). The last "
+            "column: where the mean real − reconstruction difference is largest.",
+            markdown_table(table_rows, [*self.COLUMNS, largest, "verdict"]),
+            "Line depths (1 − mean normalised flux within ±FWHM), real vs generated:",
+            markdown_table(depths, ["survey", "line", "real_median", "generated_median", "ks_p"]),
+            f"![realism]({self.figures['realism']})",
+            f"![line depths]({self.figures['depths']})",
+        ]
+
+
+def _numbers(depth: dict) -> dict:
+    """A line-depth row without its per-star arrays."""
+    return {k: v for k, v in depth.items() if k not in ("real", "generated")}
+
+
+class Sensitivity(Section):
+    name = "sensitivity"
+
+    def compute(self, earlier: dict[str, Section]) -> None:
+        self.result = measurements.sensitivity(self.ev)
+
+    @property
+    def regions(self) -> dict:
+        return self.result["regions"]
+
+    def draw(self, out: Path) -> None:
+        self.figures = {"sensitivity": figures.sensitivity(self.result, out / "sensitivity.png")}
+
+    def metrics(self) -> dict:
+        regions = {
+            str(k): [
+                {
+                    "wavelength": r.wavelength,
+                    "strength": r.strength,
+                    "line": r.line.name if r.line else None,
+                }
+                for r in found
+            ]
+            for k, found in self.regions.items()
+        }
+        return {"sensitivity": regions}
+
+    def markdown(self) -> list[str]:
+        column = "strongest regions (Å, nearest line within 150 km/s)"
+        rows = [
+            {"latent": k, column: ", ".join(
+                f"{r.wavelength:.1f}" + (f" {r.line.name}" if r.line else "") for r in found)}
+            for k, found in self.regions.items()
+        ]  # fmt: skip
+        return [
+            "## What each latent changes",
+            "Mean |∂f/∂w_k| along each whitened direction over 64 training latents on a "
+            "rest-frame grid at R = 5,000, its five strongest peaks matched to the line list in "
+            "`assets/lines.csv`.",
+            markdown_table(rows, ["latent", column]),
+            f"![sensitivity]({self.figures['sensitivity']})",
+        ]
+
+
+SAMPLE_COLUMNS = ["instrument", "view_density", "n_samples", "share_in_range",
+                  "worst_sample_share", "n_real", "real_share_in_range", "verdict"]  # fmt: skip
+
+
+def shortfall(row: dict) -> float | None:
+    """How far prior samples' share of flux in range lies below real spectra's."""
+    real = row.get("real_share_in_range")
+    return None if real is None else round(real - row["share_in_range"], 6)
+
+
+class Invariance(Section):
+    """Whether the latents describe the star, not its noise: S/N, degradation, repeat visits,
+    the same star across instruments, where the latents act, their extent, prior samples."""
+
+    name = "invariance"
+
+    def compute(self, earlier: dict[str, Section]) -> None:
+        ev = self.ev
+        self.snr = invariance.snr_correlation(ev)
+        self.degradation = invariance.degradation(ev)
+        self.repeats = invariance.repeat_visits(ev)
+        self.samples = invariance.prior_samples(ev)
+        self.extent = invariance.fitted_extent(ev, earlier["reconstruction"].fits)
+        self.neighbours = invariance.same_star_neighbours(ev)
+        self.peaks = invariance.sensitivity_peaks(earlier["sensitivity"].regions)
+
+    def draw(self, out: Path) -> None:
+        if self.samples:
+            self.figures["samples"] = figures.prior_samples(self.samples, out / "prior_samples.png")
+
+    def metrics(self) -> dict:
+        samples = [{k: v for k, v in r.items() if k not in ("wave", "flux")} for r in self.samples]
+        return {
+            "snr_correlation": self.snr,
+            "degradation": self.degradation,
+            "repeat_visits": self.repeats,
+            "sensitivity_peaks": self.peaks,
+            "prior_samples": samples,
+            "fitted_extent": self.extent,
+            "same_star_neighbours": self.neighbours,
+        }
+
+    def markdown(self) -> list[str]:
+        parts = [
+            "## Latents that describe the star, not its noise",
+            "Latents are whitened (the checkpoint's PCA of training latents: unit variance, "
+            "ordered by variance). Spearman(S/N, |w|) of one-step latents per survey, and the "
+            "partial correlation given Teff, log g, [Fe/H] where every spectrum has them.",
+            markdown_table(self.snr, ["survey", "n", "spearman", "partial_given_labels"]),
+        ]
+        miles = [r for r in self.snr if r["survey"] == "miles"]
+        if miles and miles[0]["partial_given_labels"] is not None:
+            value = abs(miles[0]["partial_given_labels"])
+            parts.append(f"Target |partial| on MILES: {verdict(value, TARGETS['snr_partial'])}.")
+        parts += self._degradation() + self._repeats() + self._neighbours() + self._peaks()
+        parts += self._extent() + self._samples()
+        return parts
+
+    def _degradation(self) -> list[str]:
+        degraded = self.degradation
+        if not degraded["rows"]:
+            return []
+        at_30 = next(r for r in degraded["rows"] if r["snr"] == 30.0)
+        return [
+            f"The same {degraded['n_stars']} {degraded['survey']} spectra degraded to S/N 100, "
+            "30 and 10 and fitted: median |Δw| from S/N 100 in units of the degraded fit's own "
+            "σ_w, and the median σ_w.",
+            markdown_table(degraded["rows"], ["snr", "median_shift_in_sigma", "median_sigma_w"]),
+            "Target S/N 100 → 30: "
+            + verdict(at_30["median_shift_in_sigma"], TARGETS["degradation_shift"])
+            + ".",
+        ]
+
+    def _repeats(self) -> list[str]:
+        repeats = self.repeats
+        if not repeats:
+            return []
+        return [
+            f"{repeats['survey']} repeat visits ({repeats['n_stars']} stars, "
+            f"{repeats['n_pairs']} pairs, full fits): median latent distance within a star "
+            f"{_n(repeats['same_star_distance'])} vs random pairs "
+            f"{_n(repeats['random_pair_distance'])}, ratio "
+            f"{verdict(repeats['distance_ratio'], TARGETS['repeat_ratio'])}; RV difference "
+            "between visits (robust σ) "
+            f"{verdict(repeats['rv_difference_scatter_kms'], TARGETS['repeat_rv'])}, "
+            f"{repeats['rv_difference_over_20_kms']} pairs apart by > 20 km/s."
+        ]
+
+    def _neighbours(self) -> list[str]:
+        found = self.neighbours
+        if not found:
+            return []
+        return [
+            f"The same star across instruments ({found['n_shared']} stars in MILES and STELIB): "
+            f"its latent from one is among the {found['k']} nearest of the other instrument's "
+            f"stars for {found['miles_to_stelib']:.0%} (MILES → STELIB) and "
+            f"{found['stelib_to_miles']:.0%} (STELIB → MILES); target ≥ 50 %."
+        ]
+
+    def _peaks(self) -> list[str]:
+        peaks = self.peaks
+        return [
+            f"Sensitivity: the median direction has {peaks['median_share_on_lines']:.0%} of its "
+            "five strongest regions within 150 km/s of a listed stellar line; "
+            f"{peaks['latents_at_least_70_percent']} of {peaks['n_latents']} directions reach "
+            f"{TARGETS['on_lines']:.0%}; {peaks['peaks_in_atmosphere_bands']} peaks lie inside an "
+            "atmosphere band of `assets/atmosphere.csv` (target: none)."
+        ]
+
+    def _extent(self) -> list[str]:
+        extent = self.extent
+        if not extent:
+            return []
+        return [
+            f"Fitted latents of {extent['n_fits']} held-out spectra: largest |w_k| "
+            f"{_n(extent['max_abs_w'])} σ; {extent['beyond_10_sigma']} beyond 10 σ."
+        ]
+
+    def _samples(self) -> list[str]:
+        if not self.samples:
+            return []
+        rows = [
+            r | {"verdict": verdict(shortfall(r), TARGETS["samples_below_real"])}
+            for r in self.samples
+        ]
+        return [
+            "Prior samples (100 per instrument, normalised, rest frame) and real spectra of the "
+            "same instrument (each over its fit's continuum polynomial, as a sample is "
+            "normalised): share of pixels with flux in [−0.05, 1.2]; verdict on how far the "
+            f"samples' share lies below the real one (target ≤ {TARGETS['samples_below_real']}).",
+            markdown_table(rows, SAMPLE_COLUMNS),
+            f"![prior samples]({self.figures['samples']})",
+        ]

@@ -12,7 +12,7 @@ from stargon.assets import line_list, nearest_line
 from stargon.core.physics import C_KMS
 from stargon.evaluate.injection import inject
 from stargon.evaluate.metrics import c2st_accuracy, probe_rmse
-from stargon.evaluate.sections import noisy_continuum
+from stargon.evaluate.measurements import noisy_continuum
 from stargon.evaluate.sensitivity import (
     latent_sensitivity,
     rest_grid,
