@@ -18,6 +18,7 @@ from stargon.evaluate.holdout import SurveyPCA, evaluate_held_out, held_out_choi
 from stargon.evaluate.injection import inject
 from stargon.evaluate.metrics import (
     c2st_accuracy,
+    c2st_column_weights,
     fractional_rms,
     probe_rmse,
     robust_sigma,
@@ -309,6 +310,12 @@ def realism(
             for name, (a, b, columns) in tests.items()
         }  # fmt: skip
         difference = (x["real"] - x["one-step"]).mean(0) * modelled
+        looked_at = {
+            f"c2st_{name}_features": _classifier_features(
+                grid[modelled], x["real"][:, modelled], x[other][:, modelled], seed
+            )
+            for name, other in (("samples", "generated"), ("fitted", "fitted"))
+        }
         rows.append(
             {
                 "survey": survey,
@@ -320,6 +327,7 @@ def realism(
                 "largest_differences_a": [
                     float(grid[k]) for k in np.argsort(-np.abs(difference))[:5]
                 ],
+                **looked_at,
                 "line_depths": _line_depths(grid, x["real"], x["generated"], first),
                 "grid": grid,
                 "real": x["real"],
@@ -327,6 +335,18 @@ def realism(
             }
         )
     return rows
+
+
+def _classifier_features(
+    wave: np.ndarray, real: np.ndarray, other: np.ndarray, seed: int
+) -> list[dict]:
+    """The five wavelengths the C2ST's classifier leans on most (peaks of its column weights,
+    300 km/s apart), each with the listed line within 150 km/s, if any."""
+    weights = c2st_column_weights(real, other, seed=seed)
+    return [
+        {"wavelength": r.wavelength, "line": r.line.name if r.line else None}
+        for r in sensitive_regions(wave, weights)
+    ]
 
 
 def _modelled(ev: Evaluation, i: int) -> np.ndarray:

@@ -22,17 +22,34 @@ def c2st_accuracy(
 ) -> tuple[float, float]:
     """Classifier two-sample test: cross-validated accuracy (mean, std over folds) of a linear
     classifier on PCA features telling real from generated rows. 0.5: indistinguishable."""
+    x, y = _two_samples(real, generated)
+    splits = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    scores = cross_val_score(_c2st_classifier(x, seed), x, y, cv=splits, scoring="accuracy")
+    return float(scores.mean()), float(scores.std())
+
+
+def c2st_column_weights(real: np.ndarray, generated: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Which columns (pixels) the C2ST's classifier uses, fitted on every row: |the logit's
+    derivative| with respect to each standardised column, PCA's components times the logistic
+    coefficients. Large where real and generated rows differ."""
+    x, y = _two_samples(real, generated)
+    classifier = _c2st_classifier(x, seed).fit(x, y)
+    pca, logistic = classifier[1], classifier[2]
+    return np.abs(pca.components_.T @ logistic.coef_[0])
+
+
+def _two_samples(real: np.ndarray, generated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x = np.vstack([real, generated])
-    y = np.r_[np.zeros(len(real)), np.ones(len(generated))]
+    return x, np.r_[np.zeros(len(real)), np.ones(len(generated))]
+
+
+def _c2st_classifier(x: np.ndarray, seed: int):
     n_components = min(10, x.shape[1], len(x) // 4)
-    classifier = make_pipeline(
+    return make_pipeline(
         StandardScaler(),
         PCA(n_components, random_state=seed),
         LogisticRegression(max_iter=2000),
     )
-    splits = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    scores = cross_val_score(classifier, x, y, cv=splits, scoring="accuracy")
-    return float(scores.mean()), float(scores.std())
 
 
 def probe(kind: str):

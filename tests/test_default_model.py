@@ -14,6 +14,7 @@ from stargon.model.batch import make_batch
 from stargon.model.checkpoint import default_checkpoint, load_checkpoint
 from stargon.model.fitter import Fitter
 from stargon.surveys import iter_spectra, read_file
+from stargon.surveys.atmosphere import widened_bands
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +77,12 @@ def test_evaluate_writes_a_report_of_measured_numbers(default, data, tmp_path):
     for figure in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report):
         assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
     assert f"{metrics['reconstruction']['miles']['model_chi2_dof']:.3g}" in report
+    for row in metrics["realism"]:  # where the classifiers look: modelled pixels, in the report
+        for features in (row["c2st_samples_features"], row["c2st_fitted_features"]):
+            assert len(features) == 5
+            for feature in features:
+                assert not any(lo <= feature["wavelength"] <= hi for lo, hi in widened_bands(0))
+                assert f"{feature['wavelength']:.0f}" in report
     (miles_snr,) = [r for r in metrics["snr_correlation"] if r["survey"] == "miles"]
     assert -1 <= miles_snr["partial_given_labels"] <= 1 and miles_snr["n_labelled"] > 500
     assert [r["snr"] for r in metrics["degradation"]["rows"]] == [100.0, 30.0, 10.0]

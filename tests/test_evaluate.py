@@ -11,8 +11,8 @@ import torch
 from stargon.assets import line_list, nearest_line
 from stargon.core.physics import C_KMS
 from stargon.evaluate.injection import inject
-from stargon.evaluate.metrics import c2st_accuracy, probe_rmse
 from stargon.evaluate.measurements import noisy_continuum
+from stargon.evaluate.metrics import c2st_accuracy, c2st_column_weights, probe_rmse
 from stargon.evaluate.sensitivity import (
     latent_sensitivity,
     rest_grid,
@@ -32,6 +32,23 @@ def test_c2st_is_one_half_for_one_distribution_and_near_one_for_two():
     shifted, _ = c2st_accuracy(a, b + 0.5)
     bayes = 0.5 * (1 + math.erf(0.5 * 0.5 * math.sqrt(40) / math.sqrt(2)))  # Φ(|Δμ|/2) = 0.943
     assert shifted == pytest.approx(bayes, abs=0.04)
+
+
+def test_c2st_column_weights_peak_where_generated_rows_differ():
+    """Smooth 'spectra' whose generated copies lack depth in one line at column 130: the
+    classifier's weight peaks there, not at the strong line both share at column 60."""
+    rng = np.random.default_rng(3)
+    columns = np.arange(200)
+    line = lambda centre: np.exp(-0.5 * ((columns - centre) / 3.0) ** 2)  # noqa: E731
+
+    def spectra(depth_130: float) -> np.ndarray:
+        depth = rng.uniform(0.2, 0.8, (300, 1))
+        return (1 - depth * line(60) - depth_130 * depth * line(130)
+                + rng.normal(0, 0.02, (300, 200)))  # fmt: skip
+
+    weights = c2st_column_weights(spectra(0.3), spectra(0.0))
+    assert abs(int(np.argmax(weights)) - 130) <= 3
+    assert weights[125:136].max() > 3 * weights[55:66].max()
 
 
 def test_probes_recover_a_linear_label_to_its_noise():
