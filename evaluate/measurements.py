@@ -27,6 +27,7 @@ from stargon.evaluate.metrics import (
 from stargon.evaluate.sensitivity import latent_sensitivity, rest_grid, sensitive_regions
 from stargon.model.batch import make_batch
 from stargon.model.continuum import solve_continuum
+from stargon.model.directions import LabelDirections, line_response
 from stargon.model.prior import LatentPrior
 from stargon.model.pseudo_continuum import pseudo_continuum
 from stargon.model.refine import FitResult
@@ -433,3 +434,41 @@ def latent_map(ev: Evaluation) -> dict:
     xy = PCA(2, random_state=0).fit_transform(ev.whitened)
     labels = {k: np.array([s.labels.get(k, np.nan) for s in ev.dataset.spectra]) for k in LABELS}
     return {"xy": xy, "labels": labels, "surveys": np.array(ev.dataset.surveys)}
+
+
+DIRECTION_SETS = {"miles": LABELS, SYNTHETIC_SURVEY: (*LABELS, "alpha_fe")}
+DIRECTION_STEPS = {"teff": 500.0, "logg": 0.5, "fe_h": 0.5, "alpha_fe": 0.2}
+
+
+def label_directions(ev: Evaluation) -> list[dict]:
+    """Per labelled survey: label directions fitted on its training stars' whitened one-step
+    latents (MILES within 3,500–8,000 K, as the probes), and for each label the depth change
+    of every listed line in the survey's range for one step along it (DIRECTION_STEPS), at the
+    typical latent of the stars' mean labels and the survey's median R."""
+    rows = []
+    for survey, names in DIRECTION_SETS.items():
+        stars = [i for i in ev.members(survey, held_out=False)
+                 if all(k in ev.dataset.spectra[i].labels for k in names)]  # fmt: skip
+        labels = np.array([[ev.dataset.spectra[i].labels[k] for k in names] for i in stars])
+        if survey == "miles" and len(stars):
+            inside = (labels[:, 0] >= 3500) & (labels[:, 0] <= 8000)
+            stars, labels = [i for i, ok in zip(stars, inside, strict=True) if ok], labels[inside]
+        if len(stars) <= 2 * len(names):
+            continue
+        directions = LabelDirections.fit(ev.whitened[stars], labels, names)
+        spectrum = ev.dataset.spectra[stars[0]]
+        span = observed_to_rest(spectrum.wave[spectrum.valid][[0, -1]], ev.velocities[stars[0]])
+        resolving = float(np.median(spectrum.resolving_power))
+        for name in names:
+            step = DIRECTION_STEPS[name]
+            move = step * directions.direction(name)
+            lines = line_response(
+                ev.fitter, ev.whitening, directions.typical(), move, tuple(span), resolving
+            )
+            rows.append({
+                "survey": survey, "label": name, "step": step, "n_stars": len(stars),
+                "resolving_power": resolving,
+                "lines": [{"line": r.line.name, "species": r.line.species, "depth": r.depth,
+                           "change": r.change} for r in lines],
+            })  # fmt: skip
+    return rows

@@ -22,10 +22,11 @@ SECTIONS: tuple[type[sections.Section], ...] = (
     sections.Realism,
     sections.Sensitivity,
     sections.Invariance,
+    sections.Directions,
 )
 # In the order they are written: whether the latents describe the star comes first.
 WRITTEN = ("invariance", "reconstruction", "emulator_fidelity", "probes", "radial_velocity",
-           "cross_instrument", "realism", "sensitivity")  # fmt: skip
+           "cross_instrument", "realism", "sensitivity", "label_directions")  # fmt: skip
 
 
 def evaluate(
@@ -40,11 +41,14 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     ev = prepare(checkpoint, data, surveys)
+    timings = {"prepare": time.perf_counter() - start}
     done: dict[str, sections.Section] = {}
     for kind in SECTIONS:
+        started = time.perf_counter()
         section = kind(ev, max_per_survey=max_per_survey, injection_trials=injection_trials)
         section.compute(done)
         done[section.name] = section
+        timings[section.name] = time.perf_counter() - started
     for section in done.values():
         section.draw(out)
     seconds = time.perf_counter() - start
@@ -52,6 +56,7 @@ def evaluate(
         "checkpoint": str(ev.checkpoint),
         "seconds": seconds,
         "device": f"CPU, {torch.get_num_threads()} threads",
+        "section_seconds": timings,  # where an evaluation's time goes (figures not included)
     }
     for section in done.values():
         metrics |= section.metrics()

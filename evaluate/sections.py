@@ -388,6 +388,41 @@ class Sensitivity(Section):
         ]
 
 
+class Directions(Section):
+    """Where each catalogue label points in latent space, and which lines a step along it
+    deepens: 'does a latent relate to an abundance feature', answered with a number."""
+
+    name = "label_directions"
+
+    def compute(self, earlier: dict[str, Section]) -> None:
+        self.rows = measurements.label_directions(self.ev)
+
+    def metrics(self) -> dict:
+        return {"label_directions": self.rows}
+
+    def markdown(self) -> list[str]:
+        if not self.rows:
+            return ["## Label directions", "No survey with labelled training stars."]
+        column = "lines it deepens most (Δ depth, % of the continuum)"
+        table = []
+        for row in self.rows:
+            deepened = sorted(row["lines"], key=lambda r: r["change"], reverse=True)[:5]
+            table.append({
+                "survey": row["survey"], "direction": f"{row['label']} +{row['step']:g}",
+                "n_stars": row["n_stars"],
+                column: ", ".join(f"{r['line']} {100 * r['change']:+.1f}" for r in deepened),
+            })  # fmt: skip
+        return [
+            "## Label directions",
+            "Whitened one-step latents of each survey's labelled training stars (MILES: "
+            "3,500–8,000 K) regressed on all their labels at once; a label's direction is the "
+            "latent change per unit of it with the others held. From the latent of the stars' "
+            "mean labels, one step along it (±half a step, the survey's median R, rest frame) "
+            "changes each listed line's central depth by Δ depth.",
+            markdown_table(table, ["survey", "direction", "n_stars", column]),
+        ]
+
+
 SAMPLE_COLUMNS = ["instrument", "view_density", "n_samples", "share_in_range",
                   "worst_sample_share", "n_real", "real_share_in_range", "verdict"]  # fmt: skip
 

@@ -83,6 +83,11 @@ def test_evaluate_writes_a_report_of_measured_numbers(default, data, tmp_path):
             for feature in features:
                 assert not any(lo <= feature["wavelength"] <= hi for lo, hi in widened_bands(0))
                 assert f"{feature['wavelength']:.0f}" in report
+    directions = {r["label"]: {x["line"]: x["change"] for x in r["lines"]}
+                  for r in metrics["label_directions"] if r["survey"] == "miles"}  # fmt: skip
+    hotter = directions["teff"]  # 3,500–8,000 K: Balmer lines deepen, neutral metals weaken
+    assert hotter["Hβ"] > 0.02 and hotter["Hδ"] > 0.02 and hotter["Ca I 4228"] < -0.02
+    assert directions["fe_h"]["Fe I 5271"] > 0.01 and "## Label directions" in report
     (miles_snr,) = [r for r in metrics["snr_correlation"] if r["survey"] == "miles"]
     assert -1 <= miles_snr["partial_given_labels"] <= 1 and miles_snr["n_labelled"] > 500
     assert [r["snr"] for r in metrics["degradation"]["rows"]] == [100.0, 30.0, 10.0]
