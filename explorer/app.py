@@ -321,9 +321,10 @@ class ExplorerApp(pn.viewable.Viewer):
         line response and marker follow every change, but a slider sets the state only when
         let go (redrawing them on every move doubled a drag's latency, benchmarks/explorer.py).
         """
-        if self._shown_key() != self._model_shown:
+        shown = self._shown_key()
+        if shown != self._model_shown:
             self.refresh.event()
-        if self._shown_key() != self._residual_shown:
+        if shown != self._residual_shown:
             self.refresh_fit.event()
         if self.heat.value:
             self.refresh_strip.event()
