@@ -116,9 +116,10 @@ GAIA_RVS = Instrument(
     grid=lambda: np.arange(8460.0, 8700.0 + 1e-9, 0.1),
 )  # fmt: skip
 MIKE = Instrument("mike", "MIKE", 28000.0, "air")
+DESI = Instrument("desi", "DESI", 3500.0, "vacuum", (5780.0, 7570.0))  # arms B, R, Z
 
 INSTRUMENTS: dict[str, Instrument] = {
-    i.key: i for i in (APOGEE, GALAH, LAMOST, MILES, STELIB, BOSS, GAIA_RVS, MIKE)
+    i.key: i for i in (APOGEE, GALAH, LAMOST, MILES, STELIB, BOSS, GAIA_RVS, MIKE, DESI)
 }
 
 
