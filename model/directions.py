@@ -9,13 +9,18 @@ on the spectrum can be measured line by line (`line_response`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from stargon.assets import Line, line_list
-from stargon.model.fitter import Fitter
 from stargon.model.whitening import Whitening
+
+if TYPE_CHECKING:
+    from stargon.model.fitter import Fitter
+
+LABELS = ("teff", "logg", "fe_h")
 
 
 @dataclass
@@ -25,6 +30,18 @@ class LabelDirections:
     intercept: np.ndarray  # (D,) the regression's constant
     label_mean: np.ndarray  # (L,) mean labels of the stars it was fitted on
     n_stars: int
+
+    @classmethod
+    def of_stars(
+        cls, whitened: np.ndarray, stars: list[dict], teff_range=(3500.0, 8000.0)
+    ) -> LabelDirections:
+        """Teff, log g, [Fe/H] directions from star records (dicts with those labels) and their
+        whitened latents, over the stars within `teff_range` (where a linear map holds)."""
+        low, high = teff_range
+        labelled = [i for i, star in enumerate(stars) if all(k in star for k in LABELS)]
+        rows = [i for i in labelled if low <= stars[i]["teff"] <= high]
+        labels = np.array([[stars[i][k] for k in LABELS] for i in rows]).reshape(-1, len(LABELS))
+        return cls.fit(whitened[rows], labels, LABELS)
 
     @classmethod
     def fit(cls, whitened: np.ndarray, labels: np.ndarray, names: tuple[str, ...]):

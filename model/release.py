@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from stargon.model.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from stargon.model.directions import LabelDirections
 from stargon.model.gon import StarGON
 from stargon.model.prior import LatentPrior
 from stargon.model.whitening import Whitening
@@ -46,6 +47,15 @@ class Release:
     def velocities(self) -> np.ndarray:
         """The training stars' radial velocities (km/s), rows of `stars`."""
         return np.array([star["v_kms"] for star in self.stars], dtype=float)
+
+    def label_directions(self) -> LabelDirections:
+        """Teff, log g, [Fe/H] directions in the whitened latent space, from the labelled real
+        training stars (3,500–8,000 K) the release carries: where to move a latent to make a
+        star hotter, of lower gravity or more metal-rich (model/directions)."""
+        training = [not star["held_out"] for star in self.stars]
+        stars = [star for star, keep in zip(self.stars, training, strict=True) if keep]
+        whitened = self.whitening.whiten(self.star_latents[np.array(training, dtype=bool)])
+        return LabelDirections.of_stars(whitened, stars)
 
     @property
     def held_out_star_ids(self) -> set[str]:

@@ -9,6 +9,8 @@ import pytest
 from stargon.evaluate.context import prepare
 from stargon.evaluate.measurements import DIRECTION_STEPS, label_directions
 from stargon.model.directions import LabelDirections, line_response
+from stargon.model.fitter import Fitter
+from stargon.model.release import Release
 from stargon.train.dataset import SYNTHETIC_SURVEY
 
 ALPHA_ELEMENTS = {"Mg I", "Si I", "Ti I", "Ca I", "Ca II", "O I"}
@@ -62,3 +64,23 @@ def test_the_alpha_direction_deepens_alpha_element_lines_more_than_iron_lines(da
     scaled = [r * np.linalg.norm(move) / np.linalg.norm(r) for r in random]
     chance = [_alpha_lines_deepen_more_than_iron(measure(r)) for r in scaled]
     assert sum(chance) <= 2
+
+
+def test_the_release_s_directions_move_the_lines_a_teacher_expects():
+    """From the embedded release's labelled training stars: hotter deepens the Balmer lines
+    and weakens Ca I 4228; metal-richer deepens Fe I; higher gravity deepens Mg b."""
+    release = Release.load()
+    directions = release.label_directions()
+    assert directions.names == ("teff", "logg", "fe_h") and directions.n_stars > 500
+    fitter = Fitter.from_release(release)
+
+    def change(label: str, step: float) -> dict[str, float]:
+        move = step * directions.direction(label)
+        lines = line_response(fitter, release.whitening, directions.typical(), move,
+                              (3600.0, 7400.0), 2500.0)  # fmt: skip
+        return {r.line.name: r.change for r in lines}
+
+    hotter, richer, denser = change("teff", 500.0), change("fe_h", 0.5), change("logg", 0.5)
+    assert min(hotter["Hβ"], hotter["Hγ"], hotter["Hδ"]) > 0.03 > -0.03 > hotter["Ca I 4228"]
+    assert richer["Fe I 5271"] > 0.02 and richer["Ca I 4228"] > 0.03
+    assert denser["Mg b1"] > 0.01 and denser["Mg b1"] > denser["Hβ"]
