@@ -24,10 +24,12 @@ from stargon.surveys.fetch import FetchError
 Refresh = hv.streams.Stream.define("Refresh")
 COLOUR_LABELS = {"Teff": "teff", "log g": "logg", "[Fe/H]": "fe_h"}
 LABEL_RANGES = {"teff": (3000.0, 10000.0), "logg": (0.0, 5.5), "fe_h": (-3.0, 1.0)}
-TEACHING = """**What you see.** Hot stars (Teff above ~7,500 K) show broad hydrogen Balmer lines
-(Hα, Hβ); as Teff falls, metal lines (Mg b, Na D, Fe) and, below ~4,000 K, molecular bands take
-over. Lower log g (giants) narrows the wings of strong lines; higher [Fe/H] deepens every metal
-line. Move a slider and watch the shaded regions: they are where the model's spectrum reacts."""
+TEACHING = """**What you see.** Each slider moves the star on screen along one label's direction
+in latent space (learned from the labelled training stars, the other labels held) by as much
+as you move it. Hotter stars show deeper hydrogen Balmer lines (Hα, Hβ) up to ~8,000 K; as Teff
+falls, metal lines (Mg b, Na D, Fe) and, below ~4,000 K, molecular bands take over. Lower log g
+(giants) narrows the wings of strong lines; higher [Fe/H] deepens every metal line. Watch the
+shaded regions: they are where the model's spectrum reacts."""
 
 
 class LatentSlider(pn.widgets.FloatSlider):
@@ -210,13 +212,12 @@ class ExplorerApp(pn.viewable.Viewer):
     def _on_random(self, _event) -> None:
         self._apply(self.explorer.random_view(self.view, seed=next(self._draws)))
 
-    def _on_labels(self, _event) -> None:
+    def _on_labels(self, event) -> None:
+        """A teaching slider moves the shown star along that label's direction by as much as
+        the slider moved: continuous, whatever star is on screen."""
+        label = {self.teff: "teff", self.logg: "logg", self.fe_h: "fe_h"}[event.obj]
         try:
-            self._apply(
-                self.explorer.from_labels(
-                    self.view, self.teff.value, self.logg.value, self.fe_h.value
-                )
-            )
+            self._apply(self.explorer.along_labels(self.view, **{label: event.new - event.old}))
         except ValueError as exc:
             self._message(str(exc), "warning")
 

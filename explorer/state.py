@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import math
 import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -24,11 +23,11 @@ import numpy as np
 import torch
 from astropy.io import fits
 from astropy.table import Table
-from sklearn.neighbors import NearestNeighbors
 
 from stargon.core.interop import UserSettings
 from stargon.core.physics import observed_to_rest
 from stargon.core.spectrum import Spectrum, SpectrumReadError
+from stargon.model.directions import LabelDirections
 from stargon.model.fitter import Fitter
 from stargon.model.pseudo_continuum import pseudo_continuum
 from stargon.model.refine import FitResult
@@ -125,7 +124,7 @@ class Explorer:
         self.centre = np.array(percentiles.get("50", [0.0] * self.latent_dim))
         self._cache: OrderedDict = OrderedDict()
         self._lock = Lock()
-        self._teaching = _TeachingMap(self.stars, self.star_latents)
+        self.directions = _label_directions(release)
 
     def new_view(self) -> View:
         return View(z=self.centre.copy())
@@ -210,7 +209,24 @@ class Explorer:
         return replace(view, z=z, observation=None)
 
     def from_labels(self, view: View, teff: float, logg: float, fe_h: float) -> View:
-        return replace(view, z=self._teaching(teff, logg, fe_h))
+        """The latent the release's label directions give these labels (linear in them: no
+        jump between neighbouring stars)."""
+        return replace(view, z=self._directions().typical(np.array([teff, logg, fe_h])))
+
+    def along_labels(self, view: View, **changes: float) -> View:
+        """The view's star moved along label directions by `changes` (e.g. teff=+200), the
+        other labels held: the teaching view's sliders, continuous from the current star."""
+        directions = self._directions()
+        unknown = set(changes) - set(directions.names)
+        if unknown:
+            raise ValueError(f"unknown labels {sorted(unknown)}; known: {directions.names}")
+        step = sum(change * directions.direction(label) for label, change in changes.items())
+        return replace(view, z=view.z + step)
+
+    def _directions(self) -> LabelDirections:
+        if self.directions is None:
+            raise ValueError("this checkpoint's star table has too few labelled stars")
+        return self.directions
 
     def fit(self, view: View, spectrum: Spectrum) -> View:
         """Fit an observation (v, latents, continuum) and move the view to it."""
@@ -311,25 +327,9 @@ class Explorer:
         return buffer.getvalue().encode()
 
 
-class _TeachingMap:
-    """Physical labels → latents: the mean latent of the 8 stars nearest in (log Teff, log g,
-    [Fe/H]), so a student moves through real stars rather than an extrapolated line."""
-
-    def __init__(self, stars: list[dict], latents: np.ndarray):
-        rows = [i for i, s in enumerate(stars) if all(k in s for k in ("teff", "logg", "fe_h"))]
-        self.available = len(rows) >= 8
-        if not self.available:
-            return
-        labels = np.array([[math.log10(stars[i]["teff"]), stars[i]["logg"], stars[i]["fe_h"]]
-                           for i in rows])  # fmt: skip
-        self.scale = labels.std(axis=0)
-        self.latents = latents[rows]
-        self.neighbours = NearestNeighbors(n_neighbors=8).fit(labels / self.scale)
-
-    def __call__(self, teff: float, logg: float, fe_h: float) -> np.ndarray:
-        if not self.available:
-            raise ValueError("this checkpoint's star table has no labelled stars")
-        point = np.array([[math.log10(teff), logg, fe_h]]) / self.scale
-        distance, index = self.neighbours.kneighbors(point)
-        weights = 1.0 / (distance[0] + 1e-3)
-        return (self.latents[index[0]] * weights[:, None]).sum(0) / weights.sum()
+def _label_directions(release: Release) -> LabelDirections | None:
+    """The release's Teff, log g, [Fe/H] directions, or None without enough labelled stars."""
+    try:
+        return release.label_directions()
+    except ValueError:
+        return None

@@ -127,6 +127,27 @@ def test_teaching_view_follows_physics(explorer):
     assert cool_flux[na_d].min() < hot_flux[na_d].min()  # Na D grows as Teff falls
 
 
+def test_teaching_sliders_move_the_shown_star_along_label_directions(explorer, data):
+    """From a real star, Teff +1,000 K deepens its Hβ; two steps of +500 K land where one of
+    +1,000 K does (continuous, no jump to other stars); the app's slider does the same move."""
+    star = read_file(sorted(data.glob("miles/MILES_*.fits"))[100])[0]
+    view = explorer.fit(explorer.new_view(), star)
+    hotter = explorer.along_labels(view, teff=1000.0)
+    twice = explorer.along_labels(explorer.along_labels(view, teff=500.0), teff=500.0)
+    np.testing.assert_allclose(twice.z, hotter.z, atol=1e-12)
+    wave, before = explorer.spectrum(view)
+    _, after = explorer.spectrum(hotter)
+    h_beta = np.abs(wave - 4862.68) < 2
+    assert after[h_beta].min() < before[h_beta].min() - 0.02
+    with pytest.raises(ValueError, match="unknown labels"):
+        explorer.along_labels(view, vmacro=1.0)
+    app = ExplorerApp(explorer)
+    app._apply(view)
+    with param.edit_constant(app.teff):
+        app.teff.value_throttled = app.teff.value + 1000.0
+    np.testing.assert_allclose(app.view.z, hotter.z, atol=1e-12)
+
+
 def test_sensitive_spans_shade_and_name_a_line():
     x = np.linspace(6500, 6630, 1000)
     sensitivity = np.exp(-0.5 * ((x - 6564.61) / 1.5) ** 2)
