@@ -24,8 +24,10 @@ import torch
 from astropy.io import fits
 from astropy.table import Table
 
+from stargon.assets import line_list
 from stargon.core.interop import UserSettings
-from stargon.core.physics import observed_to_rest
+from stargon.core.line_measurement import bin_widths, line_strength
+from stargon.core.physics import observed_to_rest, rest_to_observed
 from stargon.core.spectrum import Spectrum, SpectrumReadError
 from stargon.model.directions import LabelDirections
 from stargon.model.fitter import Fitter
@@ -307,6 +309,47 @@ class Explorer:
             flux = self.model.observe(self.raw(w), basis).cpu().numpy()
         wave, _ = self.pixels(view)
         return self.axis(view), values, flux / pseudo_continuum(wave, flux)
+
+    def measure_line(self, view: View, name: str, half_width: float | None = None) -> dict:
+        """Equivalent width and depth of the listed line `name` in the fitted observation and
+        in the shown model, each with its 1σ: the data's from its ivar, the model's from the
+        fit's latent covariance (g Σ_z gᵀ, g the measure's gradient through ∂f/∂z). Both are
+        over the fit's continuum polynomial (the decoder's normalised flux, continuum at 1).
+        The window: the line at the view's velocity ± 1.5 FWHM of the observation's R (at
+        least ± 1 Å), or ± `half_width` Å."""
+        if view.observation is None:
+            raise ValueError("fit or load a star first: a line is measured on an observation")
+        known = {line.name: line for line in line_list()}
+        if name not in known:
+            raise ValueError(f"unknown line {name!r}; listed lines: {', '.join(known)}")
+        observation = view.observation
+        wave, resolving = self.pixels(view)
+        centre = float(rest_to_observed(known[name].wavelength, view.v_kms))
+        half = half_width or max(1.5 * centre / float(np.median(resolving)), 1.0)
+        inside = np.abs(wave - centre) <= half
+        if inside.sum() < 2:
+            raise ValueError(f"{name} ({centre:.1f} Å here) lies outside this spectrum's pixels")
+        basis = self._basis(view)
+        latents = torch.as_tensor(np.vstack([observation.fit.z, self.raw(view.z[None]).cpu()]),
+                                  dtype=basis.dtype, device=self.device)  # fmt: skip
+        with torch.no_grad():
+            fitted, shown = self.model.observe(latents, basis).double().cpu().numpy()
+        jacobian = self.fitter.jacobian(latents[1:], basis)[0].double().cpu().numpy()[inside]
+        spectrum = observation.spectrum
+        valid = spectrum.valid
+        over_continuum = fitted / observation.fit.model_flux  # 1 / the continuum polynomial
+        data = spectrum.flux[valid] * over_continuum
+        sigma = over_continuum / np.sqrt(np.where(spectrum.ivar[valid] > 0, spectrum.ivar[valid],
+                                                  np.inf))  # fmt: skip
+        model = line_strength(wave[inside], shown[inside], np.zeros(int(inside.sum())))
+        gradient = -bin_widths(wave[inside]) @ jacobian  # ∂W/∂z
+        covariance = observation.fit.z_cov
+        lowest = jacobian[int(np.argmin(shown[inside]))]
+        model.equivalent_width_error = float(np.sqrt(gradient @ covariance @ gradient))
+        model.depth_error = float(np.sqrt(lowest @ covariance @ lowest))
+        return {"line": name, "window": (centre - half, centre + half),
+                "data": line_strength(wave[inside], data[inside], sigma[inside]),
+                "model": model}  # fmt: skip
 
     # -- exporting -----------------------------------------------------------------------
     def export(self, view: View, kind: str) -> bytes:
