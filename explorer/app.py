@@ -93,6 +93,8 @@ class ExplorerApp(pn.viewable.Viewer):
         self.status = pn.pane.Alert("", alert_type="light", visible=False)
         self.title = pn.pane.Markdown(f"**{self._title()}**")
         self.fit_summary = pn.pane.Markdown("")
+        self.measure = pn.widgets.Select(label="measure a line of the fitted star", options=[])
+        self.measured = pn.pane.Markdown("")
         self.upload = pn.widgets.FileInput(
             accept=".fits,.fit,.fits.gz,.csv,.ecsv,.txt,.dat,.npz", multiple=False
         )
@@ -171,6 +173,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self.archive_go.on_click(self._on_fetch)
         for widget in (self.teff, self.logg, self.fe_h):
             widget.param.watch(self._on_labels, "value_throttled")
+        self.measure.param.watch(lambda _: self._show_measurement(), "value")
         self.colour.param.watch(lambda _: self.refresh_colour.event(), "value")
 
     def _widen_sliders(self) -> None:
@@ -305,6 +308,25 @@ class ExplorerApp(pn.viewable.Viewer):
         self.status.visible = False
         self._apply(view)
 
+    def _show_measurement(self) -> None:
+        """The chosen line's equivalent width and depth in the data and in the shown model."""
+        names = self.explorer.measurable_lines(self.view)
+        if self.measure.options != names:  # a new star: a new choice (once more on its event)
+            self.measure.options = names
+        if not names or self.measure.value not in names:
+            self.measured.object = ""
+            return
+        found = self.explorer.measure_line(self.view, self.measure.value)
+        data, model = found["data"], found["model"]
+        low, high = found["window"]
+        self.measured.object = (
+            f"**{found['line']}** ({low:.1f}–{high:.1f} Å): equivalent width "
+            f"data {data.equivalent_width:.3f} ± {data.equivalent_width_error:.3f} Å, "
+            f"model {model.equivalent_width:.3f} ± {model.equivalent_width_error:.3f} Å; depth "
+            f"data {data.depth:.3f} ± {data.depth_error:.3f}, "
+            f"model {model.depth:.3f} ± {model.depth_error:.3f}"
+        )
+
     def _message(self, text: str, kind: str) -> None:
         self.status.object, self.status.alert_type, self.status.visible = text, kind, True
 
@@ -330,6 +352,7 @@ class ExplorerApp(pn.viewable.Viewer):
         if self.heat.value:
             self.refresh_strip.event()
         self.title.object = f"**{self._title()}**"
+        self._show_measurement()
         self.refresh_context.event()
         self.refresh_response.event()
 
@@ -486,6 +509,8 @@ class ExplorerApp(pn.viewable.Viewer):
             pn.Row(self.upload_medium, self.upload_frame),
             self.status,
             self.fit_summary,
+            self.measure,
+            self.measured,
         )
         teach = pn.Column(  # stretched: a Markdown pane sized by its text runs off the page
             "### Teaching view", self.teff, self.logg, self.fe_h,

@@ -310,6 +310,14 @@ class Explorer:
         wave, _ = self.pixels(view)
         return self.axis(view), values, flux / pseudo_continuum(wave, flux)
 
+    def measurable_lines(self, view: View) -> list[str]:
+        """The listed lines that fall on the view's observation at its velocity."""
+        if view.observation is None:
+            return []
+        wave, _ = self.pixels(view)
+        return [line.name for line in line_list()
+                if wave[0] < rest_to_observed(line.wavelength, view.v_kms) < wave[-1]]  # fmt: skip
+
     def measure_line(self, view: View, name: str, half_width: float | None = None) -> dict:
         """Equivalent width and depth of the listed line `name` in the fitted observation and
         in the shown model, each with its 1σ: the data's from its ivar, the model's from the

@@ -148,6 +148,21 @@ def test_teaching_sliders_move_the_shown_star_along_label_directions(explorer, d
     np.testing.assert_allclose(app.view.z, hotter.z, atol=1e-12)
 
 
+def test_the_page_measures_the_chosen_line_of_the_fitted_star(explorer, data):
+    app = ExplorerApp(explorer)
+    assert app.measure.options == [] and app.measured.object == ""
+    star = read_file(sorted(data.glob("miles/MILES_*.fits"))[100])[0]
+    app._show_fit(star, "a MILES star")
+    assert "Hβ" in app.measure.options and "Ca II 8544" not in app.measure.options
+    app.measure.value = "Hβ"
+    expected = explorer.measure_line(app.view, "Hβ")["data"]
+    assert f"data {expected.equivalent_width:.3f} ± {expected.equivalent_width_error:.3f}" in (
+        app.measured.object
+    )
+    app._apply(explorer.new_view())  # no star: nothing to measure
+    assert app.measure.options == [] and app.measured.object == ""
+
+
 def test_sensitive_spans_shade_and_name_a_line():
     x = np.linspace(6500, 6630, 1000)
     sensitivity = np.exp(-0.5 * ((x - 6564.61) / 1.5) ** 2)
