@@ -337,26 +337,25 @@ class Explorer:
         inside = np.abs(wave - centre) <= half
         if inside.sum() < 2:
             raise ValueError(f"{name} ({centre:.1f} Å here) lies outside this spectrum's pixels")
-        basis = self._basis(view)
+        window = torch.as_tensor(np.flatnonzero(inside), device=self.device)
+        basis = self._basis(view)[:, window]  # the window's pixels alone: this runs per redraw
         latents = torch.as_tensor(np.vstack([observation.fit.z, self.raw(view.z[None]).cpu()]),
                                   dtype=basis.dtype, device=self.device)  # fmt: skip
         with torch.no_grad():
             fitted, shown = self.model.observe(latents, basis).double().cpu().numpy()
-        jacobian = self.fitter.jacobian(latents[1:], basis)[0].double().cpu().numpy()[inside]
+        jacobian = self.fitter.jacobian(latents[1:], basis)[0].double().cpu().numpy()
         spectrum = observation.spectrum
-        valid = spectrum.valid
-        over_continuum = fitted / observation.fit.model_flux  # 1 / the continuum polynomial
-        data = spectrum.flux[valid] * over_continuum
-        sigma = over_continuum / np.sqrt(np.where(spectrum.ivar[valid] > 0, spectrum.ivar[valid],
-                                                  np.inf))  # fmt: skip
-        model = line_strength(wave[inside], shown[inside], np.zeros(int(inside.sum())))
+        flux, ivar = spectrum.flux[spectrum.valid][inside], spectrum.ivar[spectrum.valid][inside]
+        over_continuum = fitted / observation.fit.model_flux[inside]  # 1 / continuum polynomial
+        sigma = over_continuum / np.sqrt(np.where(ivar > 0, ivar, np.inf))
+        model = line_strength(wave[inside], shown, np.zeros(shown.size))
         gradient = -bin_widths(wave[inside]) @ jacobian  # ∂W/∂z
         covariance = observation.fit.z_cov
-        lowest = jacobian[int(np.argmin(shown[inside]))]
+        lowest = jacobian[int(np.argmin(shown))]
         model.equivalent_width_error = float(np.sqrt(gradient @ covariance @ gradient))
         model.depth_error = float(np.sqrt(lowest @ covariance @ lowest))
         return {"line": name, "window": (centre - half, centre + half),
-                "data": line_strength(wave[inside], data[inside], sigma[inside]),
+                "data": line_strength(wave[inside], flux * over_continuum, sigma),
                 "model": model}  # fmt: skip
 
     # -- exporting -----------------------------------------------------------------------
