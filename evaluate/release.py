@@ -28,6 +28,7 @@ from stargon.model.batch import make_batch
 from stargon.model.checkpoint import load_checkpoint
 from stargon.model.fitter import Fitter
 from stargon.model.gon import StarGON
+from stargon.model.outliers import OutlierReference
 from stargon.model.prior import LatentPrior
 from stargon.model.release import Release
 from stargon.model.whitening import Whitening
@@ -68,6 +69,12 @@ def release(
     medoids = survey_medoids(seen.latents[train], list(surveys))
     prototypes = torch.as_tensor(np.vstack([prior.means, medoids]), dtype=torch.float32)
     fitter = Fitter(model, prototypes)
+    instruments, star_z, star_chi2 = fit_real_stars(fitter, stars)
+    outliers = OutlierReference.fit(prior, instruments, star_z, star_chi2)
+    scores = outliers.score(instruments, star_z, star_chi2)
+    star_rows = seen.star_rows(stars.root)
+    for k, row in enumerate(star_rows):
+        row |= {"chi2_dof": float(star_chi2[k])} | scores.row(k)
     sample = seen.sample()
     fits = fit_held_out(fitter, sample, HELD_OUT_PER_SURVEY) if evaluate else {}
     metrics = evaluate_held_out(fitter, sample, fits=fits) if evaluate else {}
@@ -86,6 +93,7 @@ def release(
         },
         "held_out_metrics": metrics,
         "reference_fits": reference_fits(sample, fits, stars.root),
+        "outlier_reference": outliers.to_card(),
         "training_device": _device_name(config.device),
         "training_time_s": _training_time(run),
     }
@@ -94,7 +102,7 @@ def release(
         coverage = tuple(extra[f"coverage.{k}"].double().numpy() for k in ("centres", "covered"))
     made = Release(
         model=model, prior=prior, whitening=whitening, prototypes=prototypes,
-        star_latents=seen.latents[real], stars=seen.star_rows(stars.root), coverage=coverage,
+        star_latents=seen.latents[real], stars=star_rows, coverage=coverage,
         card=card, view_priors=view_priors(seen.latents[train], surveys, seen.wavelength_coverage),
     )  # fmt: skip
     return made.save(Path(out or run / "model"))
@@ -218,6 +226,21 @@ class Seen:
 def _record(spectrum: Spectrum) -> dict:
     labels = {k: spectrum.labels[k] for k in ("teff", "logg", "fe_h") if k in spectrum.labels}
     return {"source": spectrum.source, "star_id": spectrum.star_id, "labels": labels}
+
+
+def fit_real_stars(fitter: Fitter, stars: RunStars) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """MAP fits of every real spectrum, `CHUNK` at a time (rows of `Seen.star_rows`): each one's
+    instrument, latent and χ²/dof — what the outlier score of a star is measured against."""
+    instruments, latents, chi2 = [], [], []
+    real = (spectrum for _, _, spectrum in stars.every() if not spectrum.synthetic)
+    with tqdm(desc="fitting stars", unit="spectra", leave=False) as bar:
+        while chunk := list(itertools.islice(real, CHUNK)):
+            for spectrum, result in zip(chunk, fitter.fit(chunk), strict=True):
+                instruments.append(spectrum.instrument)
+                latents.append(result.z)
+                chi2.append(result.chi2_dof)
+            bar.update(len(chunk))
+    return instruments, np.array(latents), np.array(chi2)
 
 
 def one_step_latents(model: StarGON, spectra, velocities, seeds) -> np.ndarray:

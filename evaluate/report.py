@@ -23,10 +23,12 @@ SECTIONS: tuple[type[sections.Section], ...] = (
     sections.Sensitivity,
     sections.Invariance,
     sections.Directions,
+    sections.Outliers,
 )
 # In the order they are written: whether the latents describe the star comes first.
 WRITTEN = ("invariance", "reconstruction", "emulator_fidelity", "probes", "radial_velocity",
-           "cross_instrument", "realism", "sensitivity", "label_directions")  # fmt: skip
+           "cross_instrument", "realism", "sensitivity", "label_directions",
+           "outliers")  # fmt: skip
 
 
 def evaluate(

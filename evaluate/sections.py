@@ -423,6 +423,38 @@ class Directions(Section):
         ]
 
 
+class Outliers(Section):
+    """Does the outlier score find unusual stars? Anomalies made from held-out stars, ranked
+    among the untouched ones."""
+
+    name = "outliers"
+
+    def compute(self, earlier: dict[str, Section]) -> None:
+        self.result = measurements.outlier_injection(
+            self.ev, self.settings.get("max_per_survey", 60)
+        )
+
+    def metrics(self) -> dict:
+        return {"outliers": self.result}
+
+    def markdown(self) -> list[str]:
+        if "rows" not in self.result:
+            return ["## Unusual stars", self.result["note"] + "."]
+        clean = self.result
+        return [
+            "## Unusual stars",
+            "`stargon fit`'s outlier score on held-out real stars that cover Hα, and on "
+            "anomalies made from some of them (evaluate/anomalies.py). Per kind, one injected "
+            "spectrum per 19 clean ones (5 % of the pool); the top 5 % of the pool by score is "
+            "flagged. The score's parts, standardised against the release's own fitted stars of "
+            "the same instrument: latent_excess (−ln p(z)) and fit_excess (ln χ²/dof). Clean "
+            f"stars' medians: score {_n(clean['clean_median_outlier_score'])}, latent_excess "
+            f"{_n(clean['clean_median_latent_excess'])}, fit_excess "
+            f"{_n(clean['clean_median_fit_excess'])}.",
+            markdown_table(self.result["rows"], list(self.result["rows"][0])),
+        ]
+
+
 SAMPLE_COLUMNS = ["instrument", "view_density", "n_samples", "share_in_range",
                   "worst_sample_share", "n_real", "real_share_in_range", "verdict"]  # fmt: skip
 

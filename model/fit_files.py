@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from astropy.table import Table
 from tqdm import tqdm
 
@@ -27,6 +28,7 @@ from stargon.core.spectrum import Spectrum, SpectrumReadError
 from stargon.model.devices import pick_device
 from stargon.model.fit_config import FitConfig
 from stargon.model.fitter import Fitter
+from stargon.model.outliers import SCORE_COLUMNS, OutlierReference
 from stargon.model.refine import FitResult
 from stargon.model.release import Release
 from stargon.surveys.registry import FileOutcome, iter_files, scan
@@ -62,7 +64,8 @@ def fit_paths(
     `fits_table`). Files of no known survey are read with `user`'s settings (resolving power,
     medium, frame). A missing path or a bad file is a failure; the rest goes on."""
     device = pick_device(device)
-    fitter = Fitter.from_release(Release.load(checkpoint, device), device, config)
+    release = Release.load(checkpoint, device)
+    fitter = Fitter.from_release(release, device, config)
     run = FitRun()
     files = []  # (path, named by the user): a named file is never skipped in silence
     for path in paths:
@@ -71,9 +74,10 @@ def fit_paths(
         except SpectrumReadError as exc:
             run.failures.append((str(exc.path), exc.problem))
     dim = fitter.model.config.latent_dim
-    columns = COLUMNS + [f"{p}_{k}" for p in ("z", "z_err") for k in range(dim)]
+    columns = COLUMNS + list(SCORE_COLUMNS)
+    columns += [f"{p}_{k}" for p in ("z", "z_err") for k in range(dim)]
     done = _rows_done(out, columns) if resume else set()
-    fit = fitter.fit_batch
+    fit = functools.partial(_fit_and_score, fitter.fit_batch, release.outliers)
     with _csv_rows(out, columns, append=resume) as write_rows:
         buckets: dict[str, list[Spectrum]] = defaultdict(list)
         bar = tqdm(total=len(files), unit="file", desc="fitting", disable=not progress)
@@ -148,8 +152,25 @@ def _fit_bucket(fit, bucket: list[Spectrum], write_rows, run: FitRun) -> None:
     bucket.clear()
 
 
-def _row(spectrum: Spectrum, result: FitResult) -> dict:
-    row = {
+def _fit_and_score(
+    fit_batch, reference: OutlierReference | None, spectra: list[Spectrum]
+) -> list[tuple[FitResult, dict]]:
+    """Fit a batch; each result with its outlier score's columns (empty for a release made
+    before the score existed)."""
+    results = fit_batch(spectra)
+    if reference is None:
+        return [(result, dict.fromkeys(SCORE_COLUMNS, "")) for result in results]
+    scores = reference.score(
+        [s.instrument for s in spectra], np.array([r.z for r in results]),
+        [r.chi2_dof for r in results],
+    )  # fmt: skip
+    return [(result, {name: f"{value:.4g}" for name, value in scores.row(k).items()})
+            for k, result in enumerate(results)]  # fmt: skip
+
+
+def _row(spectrum: Spectrum, fitted: tuple[FitResult, dict]) -> dict:
+    result, scores = fitted
+    row = scores | {
         "source": spectrum.source,
         "star_id": spectrum.star_id,
         "instrument": spectrum.instrument,

@@ -19,6 +19,7 @@ import torch
 from stargon.model.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from stargon.model.directions import LabelDirections
 from stargon.model.gon import StarGON
+from stargon.model.outliers import OutlierReference
 from stargon.model.prior import LatentPrior
 from stargon.model.whitening import Whitening
 
@@ -56,6 +57,12 @@ class Release:
         stars = [star for star, keep in zip(self.stars, training, strict=True) if keep]
         whitened = self.whitening.whiten(self.star_latents[np.array(training, dtype=bool)])
         return LabelDirections.of_stars(whitened, stars)
+
+    @property
+    def outliers(self) -> OutlierReference | None:
+        """What a fitted star's outlier score is measured against (None for releases made
+        before the score existed)."""
+        return OutlierReference.from_card(self.prior, self.card)
 
     @property
     def held_out_star_ids(self) -> set[str]:
