@@ -1,1 +1,9 @@
-"""The Panel explorer over a trained checkpoint (issue 6 builds it)."""
+"""The Panel explorer over a trained checkpoint. In a notebook, an `Explorer` shows itself:
+
+from stargon.explorer import Explorer
+Explorer(data="../shared/data")
+"""
+
+from stargon.explorer.state import Explorer
+
+__all__ = ["Explorer"]

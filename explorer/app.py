@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import holoviews as hv
 import numpy as np
+import pandas as pd
 import panel as pn
 from bokeh.models import ColumnDataSource, CustomJS
 from sklearn.decomposition import PCA
@@ -64,6 +65,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self._draws = itertools.count(1)  # seeds of "Random star from the prior"
         self._model_shown: tuple | None = None
         self._residual_shown: tuple | None = None
+        self._lines_shown: list = []  # the listed lines whose ticks are drawn, in order
         self._build_widgets()
         self._build_map()
         self.state.param.watch(self._on_state, self.state.watched())
@@ -130,6 +132,7 @@ class ExplorerApp(pn.viewable.Viewer):
             placeholder="e.g. HD 225239",
             min_characters=1,
         )
+        self.unusual = self._unusual_table()
         self.teff = pn.widgets.FloatSlider(
             label="Teff (K)", start=3500, end=9000, step=50, value=5800
         )
@@ -192,6 +195,25 @@ class ExplorerApp(pn.viewable.Viewer):
         }
         chosen = self.explorer.find_stars(self.survey_filter.value, **ranges)
         return [self._star_label(i) for i in chosen]
+
+    def _unusual_table(self) -> pn.widgets.Tabulator:
+        """The table stars of highest outlier score: sortable by any column, a click loads and
+        fits the star."""
+        stars = self.explorer.stars
+        rows = self.explorer.unusual_stars()
+        frame = pd.DataFrame(
+            [{"star": stars[i]["star_id"], "survey": stars[i]["survey"],
+              "score": stars[i]["outlier_score"], "latent": stars[i]["latent_excess"],
+              "fit": stars[i]["fit_excess"], "χ²/dof": stars[i]["chi2_dof"],
+              "Teff": stars[i].get("teff")} for i in rows],
+            index=pd.Index(rows, name="row"),
+        ).round(2)  # fmt: skip
+        table = pn.widgets.Tabulator(
+            frame, disabled=True, show_index=False, selectable=False, height=240,
+            sizing_mode="stretch_width", visible=bool(rows),
+        )  # fmt: skip
+        table.on_click(lambda event: self._load_star(int(table.value.index[event.row])))
+        return table
 
     def _star_label(self, index: int) -> str:
         star = self.explorer.stars[index]
@@ -412,8 +434,7 @@ class ExplorerApp(pn.viewable.Viewer):
         columns, plan = self._client_columns
         basis.tags = [{"plan": plan}]  # before the data: its change redraws with this plan
         basis.data = columns
-        renderer = plot.handles["glyph_renderer"]
-        renderer.level = "overlay"  # a move repaints this curve alone (explorer.client)
+        renderer = plot.handles["glyph_renderer"]  # the page lifts it to the overlay layer
         source.tags = [client.curve_fields(self._decoder_net, basis, plot.state, renderer)]
         if plot.handles.get("stargon_range") is not x_range:
             plot.handles["stargon_range"] = x_range
@@ -431,6 +452,41 @@ class ExplorerApp(pn.viewable.Viewer):
         x, values, fluxes = ex.line_response(view, view.latent)
         window = ZOOMS[view.zoom] or plots.focus_window(x, ex.sensitivity(view)[view.latent])
         return plots.line_response(x, values, fluxes, view.latent, window)
+
+    def _line_marks(self):
+        self._lines_shown = self.explorer.listed_lines(self.view)
+        return plots.line_marks(self._lines_shown)
+
+    def _line_names(self):
+        view = self.view
+        shown = ZOOMS[view.zoom] or plots.full_range(self.explorer.axis(view))
+        return plots.line_names(self.explorer.listed_lines(view), shown)
+
+    def _thin_names_on_zoom(self, plot, element) -> None:
+        """Plot hook: the names' source keeps every line in view (its `tags`), and the page
+        thins them again whenever the range moves (a pan or a box zoom), as `line_names` did."""
+        source, x_range = plot.handles["source"], plot.handles["x_range"]
+        lines = self.explorer.listed_lines(self.view)
+        source.tags = [{"x": [x for x, _ in lines], "line": [line.name for _, line in lines],
+                        "y": plots.LINE_NAME_Y, "at_most": plots.NAMES_AT_MOST,
+                        "columns": list(source.data)}]  # fmt: skip
+        if plot.handles.get("stargon_names_range") is not x_range:
+            plot.handles["stargon_names_range"] = x_range
+            thin = CustomJS(args={"source": source}, code=client.THIN_NAMES_JS)
+            x_range.js_on_change("start", thin)
+            x_range.js_on_change("end", thin)
+
+    def _on_line_tap(self, index: list[int]) -> None:
+        """A click on a line's tick measures it in the fitted star."""
+        if not index or int(index[0]) >= len(self._lines_shown):
+            return
+        name = self._lines_shown[int(index[0])][1].name
+        if name in self.measure.options:
+            self.measure.value = name
+        else:
+            self._message(
+                f"{name}: fit or load a star first, then click a line to measure it", "info"
+            )
 
     def _residual(self):
         self._residual_shown = self._shown_key()
@@ -461,7 +517,12 @@ class ExplorerApp(pn.viewable.Viewer):
         model = hv.DynamicMap(self._model, streams=[self.refresh]).opts(
             hv.opts.Curve(hooks=[self._attach_decoder])
         )
-        spectrum = (context * model).opts(*plots.SPECTRUM_STYLE)
+        marks = hv.DynamicMap(self._line_marks, streams=[self.refresh_fit])
+        names = hv.DynamicMap(self._line_names, streams=[self.refresh_fit]).opts(
+            hv.opts.Labels(hooks=[self._thin_names_on_zoom])
+        )
+        hv.streams.Selection1D(source=marks).add_subscriber(self._on_line_tap)
+        spectrum = (context * marks * names * model).opts(*plots.SPECTRUM_STYLE)
         residual = hv.DynamicMap(self._residual, streams=[self.refresh_fit])
         strip = pn.pane.HoloViews(
             hv.DynamicMap(self._strip, streams=[self.refresh_strip]),
@@ -507,6 +568,8 @@ class ExplorerApp(pn.viewable.Viewer):
             self.upload_instrument,
             self.upload_resolving_power,
             pn.Row(self.upload_medium, self.upload_frame),
+            "or one of the most unusual stars (outlier score: a rare latent, a poor fit):",
+            self.unusual,
             self.status,
             self.fit_summary,
             self.measure,
@@ -536,7 +599,7 @@ class ExplorerApp(pn.viewable.Viewer):
 
 def serve(explorer: Explorer, address: str = "127.0.0.1", port: int = 5006, show: bool = False):
     """Serve the app; every browser session gets its own `ExplorerApp` (its own state)."""
-    pn.extension(notifications=False)
+    pn.extension("tabulator", notifications=False)
 
     def session():
         # No busy indicator: Panel's is one flag for the whole server, so every open page spun

@@ -88,9 +88,11 @@ def slider_callback(n_sliders: int) -> tuple[str, list[str]]:
 # the plot's pixel columns over its current wavelength range: per column its first, lowest,
 # highest and last point. The plot (field `plot`) gives the range and its inner width in CSS
 # pixels. A gap (NaN) stays a break; the nearest point beyond each edge is kept so that the line
-# reaches the edge. The curve's renderer (field `renderer`) is on Bokeh's overlay layer, so a move
-# repaints the curve alone, not the axes, labels and observation beneath; Bokeh clips glyphs to
-# the frame on its lower layers only, so glyph views are told to clip (once per page).
+# reaches the edge. The first time the page draws the curve, it moves the curve's renderer (field
+# `renderer`) to Bokeh's overlay layer, so that a move repaints the curve alone, not the axes,
+# labels and observation beneath. Bokeh clips glyphs to the frame on its lower layers only, so
+# glyph views are told to clip first (once per page); until then the server's curve stays on the
+# glyph layer, clipped from the first paint.
 DRAW_JS = """
 function stargonBuffer(curve, name, length) {  // reused between moves: no garbage per move
   const buffers = curve.stargonBuffers = curve.stargonBuffers || {};
@@ -105,6 +107,7 @@ function stargonDraw(curve) {
     window.stargonClipping = true;
   }
   const fields = curve.tags[0];  // client.curve_fields
+  if (fields.renderer.level !== "overlay") fields.renderer.level = "overlay";
   const plot = fields.plot, xs = fields.basis.data.x, ys = curve.stargonFull;
   const start = plot.x_range.start, end = plot.x_range.end;
   const scale = Math.ceil(plot.inner_width * (window.devicePixelRatio || 1)) / (end - start);
@@ -286,4 +289,23 @@ MOVE_SLIDER_JS = """
   sliders.sort((a, b) => Number(a.title.slice(1)) - Number(b.title.slice(1)));
   window.stargonTimes = [];
   sliders[index].value = value;
+"""
+
+# The line names' x_range callback (args: source): every listed line in view is in
+# `source.tags[0]` (x, line, y, at_most, and the source's column names), and the names are thinned
+# to the new range as `plots.line_names` thins them.
+THIN_NAMES_JS = """
+const all = source.tags[0];
+if (all === undefined) return;
+const low = Math.min(cb_obj.start, cb_obj.end), high = Math.max(cb_obj.start, cb_obj.end);
+const spacing = (high - low) / all.at_most;
+const xs = [], ys = [], names = [];
+let last = -Infinity;
+for (let i = 0; i < all.x.length; i++) {
+  const x = all.x[i];
+  if (x >= low && x <= high && x - last >= spacing) {
+    xs.push(x); ys.push(all.y); names.push(all.line[i]); last = x;
+  }
+}
+source.data = {[all.columns[0]]: xs, [all.columns[1]]: ys, [all.columns[2]]: names};
 """

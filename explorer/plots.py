@@ -6,7 +6,7 @@ import holoviews as hv
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
-from stargon.assets import line_list, nearest_line
+from stargon.assets import Line, line_list, nearest_line
 from stargon.core.physics import velocity_of_factor
 from stargon.model.pseudo_continuum import gap_starts
 
@@ -40,6 +40,7 @@ SPECTRUM_STYLE = [  # applied once to the DynamicMap: per-redraw .opts calls cos
     hv.opts.Curve("Observation", color="black", line_width=0.8, framewise=True),
     hv.opts.Curve("Model", color="#d62728", line_width=1.2, framewise=True),
     hv.opts.Labels(text_font_size="9pt", text_color="#7a5c00", framewise=True),
+    hv.opts.Labels("LineNames", text_font_size="8pt", text_color="#555555", text_baseline="top"),
     hv.opts.Overlay(
         # Canvas, not Panel's default WebGL: a 16k-point line repainted ~200 ms per slider move
         # in WebGL under Chromium's software GL, ~10× less on canvas (benchmarks/README.md).
@@ -70,7 +71,7 @@ def spectrum_context(
     obs_x, obs_flux = observed if observed is not None else (np.array([]), np.array([]))
     band = with_gaps(*band) if band is not None else (np.array([]), np.array([]), np.array([]))
     rectangles = [(a, FLUX_RANGE[0], b, FLUX_RANGE[1]) for a, b in spans]
-    label_rows = [(lx, 1.25, name) for lx, name in labels]
+    label_rows = [(lx, 1.16, name) for lx, name in labels]
     observed_dim = hv.Dimension("observed", label="normalised flux")
     xlim = xlim or full_range(x)
     return (
@@ -87,6 +88,42 @@ def spectrum_context(
         ).opts(xlim=xlim)
         * hv.Labels(label_rows, [WAVELENGTH, "y"], "line").opts(xlim=xlim)
     )
+
+
+LINE_MARK_Y = 1.32  # where the listed lines' ticks sit, above the spectrum
+LINE_NAME_Y = 1.29
+
+
+def line_marks(lines: list[tuple[float, Line]]) -> hv.Scatter:
+    """Every listed line in view as a tick along the top: hovering names the nearest ones
+    (name, species, rest λ), a click measures one."""
+    rows = [(x, LINE_MARK_Y, line.name, line.species, line.wavelength) for x, line in lines]
+    return hv.Scatter(
+        rows, WAVELENGTH, ["y", "line", "species", hv.Dimension("rest", unit="Å")], group="Lines"
+    ).opts(
+        marker="inverted_triangle", size=7, color="#555555", nonselection_alpha=0.6,
+        selection_color="#d62728", tools=["hover", "tap"], hover_mode="vline",
+        hover_tooltips=[("line", "@line"), ("species", "@species"), ("rest λ", "@rest{0.00} Å")],
+    )  # fmt: skip
+
+
+NAMES_AT_MOST = 12  # line names across the shown range
+
+
+def line_names(
+    lines: list[tuple[float, Line]], x_range: tuple[float, float], at_most: int = NAMES_AT_MOST
+) -> hv.Labels:
+    """The names of the listed lines in `x_range`, thinned so that they do not crowd: from the
+    blue end, a name is kept when it lies at least 1/`at_most` of the range from the last one
+    kept. Zooming in makes room for more (the page thins again as the range moves:
+    `client.THIN_NAMES_JS`)."""
+    low, high = x_range
+    spacing, kept, last = (high - low) / at_most, [], -np.inf
+    for x, line in lines:
+        if low <= x <= high and x - last >= spacing:
+            kept.append((x, LINE_NAME_Y, line.name))
+            last = x
+    return hv.Labels(kept, [WAVELENGTH, "y"], "line", group="LineNames")
 
 
 def model_curve(x: np.ndarray, flux: np.ndarray, xlim=None) -> hv.Curve:

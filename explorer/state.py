@@ -24,7 +24,7 @@ import torch
 from astropy.io import fits
 from astropy.table import Table
 
-from stargon.assets import line_list
+from stargon.assets import Line, line_list
 from stargon.core.interop import UserSettings
 from stargon.core.line_measurement import bin_widths, line_strength
 from stargon.core.physics import observed_to_rest, rest_to_observed
@@ -130,6 +130,22 @@ class Explorer:
 
     def new_view(self) -> View:
         return View(z=self.centre.copy())
+
+    # -- in a notebook -------------------------------------------------------------------
+    def __panel__(self):
+        """The explorer's page over this model (`pn.panel(explorer)`; a new page each time)."""
+        from stargon.explorer.app import ExplorerApp
+
+        return ExplorerApp(self)
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        """An `Explorer` as a notebook cell's last line shows the explorer inline, loading
+        Panel's notebook extension first if the notebook has not."""
+        import panel as pn
+
+        if not pn.extension._loaded:
+            pn.extension("tabulator", notifications=False)
+        return pn.panel(self.__panel__())._repr_mimebundle_(include, exclude)
 
     # -- drawing -------------------------------------------------------------------------
     def pixels(self, view: View) -> tuple[np.ndarray, np.ndarray]:
@@ -289,6 +305,12 @@ class Explorer:
             and all(k in star and lo <= star[k] <= hi for k, (lo, hi) in limits.items())
         ]
 
+    def unusual_stars(self, n: int = 50) -> list[int]:
+        """Indices of the `n` table stars of highest outlier score (model/outliers.py), most
+        unusual first; empty for a release made before the score existed."""
+        scored = [i for i, star in enumerate(self.stars) if "outlier_score" in star]
+        return sorted(scored, key=lambda i: -self.stars[i]["outlier_score"])[:n]
+
     def fetch_star(self, kind: str, identifier: str) -> Spectrum:
         """A spectrum from its survey's archive by id (cached, resumable; `stargon data fetch`).
         Raises ValueError for a malformed id, FetchError or SpectrumReadError naming the file."""
@@ -309,6 +331,17 @@ class Explorer:
             flux = self.model.observe(self.raw(w), basis).cpu().numpy()
         wave, _ = self.pixels(view)
         return self.axis(view), values, flux / pseudo_continuum(wave, flux)
+
+    def listed_lines(self, view: View) -> list[tuple[float, Line]]:
+        """The listed lines within the view's pixels, each with its place on the view's axis
+        (moved by v in the observed frame)."""
+        wave, _ = self.pixels(view)
+        shown = []
+        for line in line_list():
+            seen = float(rest_to_observed(line.wavelength, view.v_kms))
+            if wave[0] < seen < wave[-1]:
+                shown.append((line.wavelength if view.frame == "rest" else seen, line))
+        return shown
 
     def measurable_lines(self, view: View) -> list[str]:
         """The listed lines that fall on the view's observation at its velocity."""

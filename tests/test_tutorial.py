@@ -23,4 +23,6 @@ def test_the_tutorial_runs_as_written(data, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "Hβ EW: data" in printed and "Balmer" not in printed
     assert re.search(r"teff \+500: H", printed)  # hotter: a Balmer line deepens most
+    scored = re.search(r"as observed ([\d.]+), with Hα emission added ([\d.]+)", printed)
+    assert float(scored[2]) > float(scored[1])
     assert namespace["samples"].shape[0] == 5 and namespace["fit"].chi2_dof > 0

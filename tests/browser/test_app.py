@@ -126,6 +126,48 @@ def test_slider_move_changes_the_plotted_spectrum_and_the_url(page):
     assert page.evaluate(FLUX_SUMS) != before
 
 
+MODEL_FRAME = """() => {
+  for (const doc of Bokeh.documents)
+    for (const model of doc.all_models)
+      if (model.tags && model.tags.length && model.tags[0] && model.tags[0].net) {
+        const view = Bokeh.index.find_one(model.tags[0].plot);
+        const canvas = view.canvas_view.el.getBoundingClientRect(), frame = view.frame.bbox;
+        return {left: canvas.left, right: canvas.right, top: canvas.top + frame.top,
+                bottom: canvas.top + frame.bottom, frame_left: canvas.left + frame.left,
+                frame_right: canvas.left + frame.right};
+      }
+  return null;
+}"""
+
+
+def _model_red(png: bytes) -> int:
+    """Pixels of the model curve's colour (#d62728) in a screenshot."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(BytesIO(png)).convert("RGB")).astype(int)
+    return int(((rgb[..., 0] > 170) & (rgb[..., 1] < 100) & (rgb[..., 2] < 100)).sum())
+
+
+def test_the_curve_is_clipped_to_the_frame_from_the_first_paint(browser, server):
+    """Zoomed to Hα in the GALAH view on load, before any slider moves: no pixel of the model
+    curve lies left or right of the plot's frame (it once ran into both margins)."""
+    page = browser.new_page(viewport={"width": 1600, "height": 1100})
+    page.goto(server + "?instrument=galah&zoom=H%CE%B1")
+    page.wait_for_function(f"({MODEL_FRAME})() !== null", timeout=90_000)
+    page.wait_for_timeout(3000)  # the first render settles
+    box = page.evaluate(MODEL_FRAME)
+    height = box["bottom"] - box["top"]
+    inside = {"x": box["frame_left"] + 2, "y": box["top"], "width": 50, "height": height}
+    assert _model_red(page.screenshot(clip=inside)) > 0  # the curve is drawn, and seen red
+    for x0, x1 in ((box["left"], box["frame_left"] - 1), (box["frame_right"] + 1, box["right"])):
+        margin = {"x": x0, "y": box["top"], "width": x1 - x0, "height": height}
+        assert _model_red(page.screenshot(clip=margin)) == 0, margin
+    page.screenshot(path=ARTIFACTS / "clipped_on_first_paint.png")
+    page.close()
+
+
 def test_upload_of_a_real_lamost_file_shows_its_fit(page, data):
     page.locator("input[type=file]").set_input_files(str(data / LAMOST))
     page.get_by_text("χ²/dof").wait_for(timeout=90_000)
@@ -172,6 +214,83 @@ def test_selecting_a_star_on_the_latent_map_fits_it(page):
     summary = page.get_by_text("χ²/dof")
     summary.wait_for(timeout=90_000)
     assert stars[index]["star_id"] in summary.inner_text()
+
+
+def test_the_unusual_stars_list_sorts_and_fits_the_star_clicked(page):
+    from stargon.explorer.state import Explorer
+
+    explorer = Explorer(None)
+    listed = explorer.unusual_stars()
+    scores = [explorer.stars[i]["outlier_score"] for i in listed]
+    assert scores == sorted(scores, reverse=True) and len(listed) == 50
+    cells = page.locator('.tabulator-row .tabulator-cell[tabulator-field="star"]')
+    cells.first.wait_for(timeout=30_000)
+    assert cells.first.inner_text() == explorer.stars[listed[0]]["star_id"]  # most unusual first
+    page.locator('.tabulator-col[tabulator-field="score"] .tabulator-col-title').click()
+    least = explorer.stars[listed[-1]]["star_id"]
+    playwright.expect(cells.first).to_have_text(least, timeout=10_000)  # sorted in the browser
+    cells.first.click()  # the least unusual of the list, now at the top
+    summary = page.get_by_text("χ²/dof")
+    summary.wait_for(timeout=90_000)
+    assert least in summary.inner_text()
+
+
+LINE_NAMES = """() => {
+  for (const doc of Bokeh.documents)
+    for (const model of doc.all_models)
+      if (model.data && model.data.line && model.tags && model.tags[0] && model.tags[0].at_most)
+        return Array.from(model.data.line);
+  return null;
+}"""
+SET_RANGE = """([start, end]) => {  // what a box zoom or a pan does to the spectrum's range
+  for (const doc of Bokeh.documents)
+    for (const model of doc.all_models)
+      if (model.tags && model.tags.length && model.tags[0] && model.tags[0].net) {
+        const range = model.tags[0].plot.x_range;
+        range.start = start;
+        range.end = end;
+      }
+}"""
+LINE_TICK = """(name) => {  // the page position of a listed line's tick
+  for (const doc of Bokeh.documents)
+    for (const model of doc.all_models)
+      if (model.tags && model.tags.length && model.tags[0] && model.tags[0].net) {
+        const view = Bokeh.index.find_one(model.tags[0].plot);
+        for (const other of doc.all_models)
+          if (other.data && other.data.species && other.data.line) {
+            const k = Array.from(other.data.line).indexOf(name);
+            const canvas = view.canvas_view.el.getBoundingClientRect();
+            return {x: canvas.left + view.frame.x_scale.compute(other.data.wavelength[k]),
+                    y: canvas.top + view.frame.y_scale.compute(other.data.y[k])};
+          }
+      }
+  return null;
+}"""
+
+
+def test_line_names_thin_with_zoom_and_a_click_on_a_line_measures_it(page):
+    from stargon.assets import line_list
+    from stargon.explorer.state import Explorer
+
+    listed = {line.name: line.wavelength for line in line_list()}
+    miles = next(i for i, s in enumerate(Explorer(None).stars) if s["survey"] == "miles")
+    whole = page.evaluate(LINE_NAMES)
+    assert 3 <= len(whole) <= 12  # the whole range: thinned, not all ~60 lines in view
+    page.evaluate(SET_RANGE, [4800, 5300])
+    page.wait_for_function(f"JSON.stringify(({LINE_NAMES})()) !== {json.dumps(json.dumps(whole))}")
+    zoomed = page.evaluate(LINE_NAMES)
+    assert all(4800 <= listed[name] <= 5300 for name in zoomed)  # v = 0 on a fresh page
+    assert len(zoomed) > sum(4800 <= listed[name] <= 5300 for name in whole)
+    assert page.evaluate(SELECT_ON_MAP, miles)  # fit a star: its lines can be measured
+    page.get_by_text("χ²/dof").wait_for(timeout=90_000)
+    page.wait_for_timeout(2000)
+    page.evaluate(SET_RANGE, [4800, 4920])
+    page.wait_for_timeout(1000)
+    tick = page.evaluate(LINE_TICK, "Hβ")
+    page.mouse.click(tick["x"], tick["y"])
+    measured = page.get_by_text("equivalent width data")
+    measured.wait_for(timeout=30_000)
+    assert measured.inner_text().startswith("Hβ")
 
 
 TEXT_PAST_RIGHT_EDGE = """() => {
