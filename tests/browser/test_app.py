@@ -175,6 +175,18 @@ def test_upload_of_a_real_lamost_file_shows_its_fit(page, data):
     assert "uploaded spec-55862-B6212_sp06-003.fits" in text and "km/s" in text
 
 
+def test_upload_of_a_desi_coadd_shows_the_fit_of_its_first_target(page):
+    """A DESI file (specutils ships two real cut-down ones) is fitted by a model that has never
+    seen DESI: the decoder reads any wavelength at the arms' own resolution."""
+    import specutils
+
+    coadd = Path(specutils.__file__).parent / "io/default_loaders/tests/desi_test_data"
+    page.locator("input[type=file]").set_input_files(str(coadd / "coadd-sv3-dark-26065.fits"))
+    page.get_by_text("χ²/dof").wait_for(timeout=90_000)
+    text = page.get_by_text("χ²/dof").inner_text()
+    assert "uploaded coadd-sv3-dark-26065.fits" in text and "DESI" in text
+
+
 def test_corrupted_upload_shows_a_message_not_a_traceback(page, data, tmp_path):
     broken = tmp_path / "broken.fits"
     broken.write_bytes((data / LAMOST).read_bytes()[:5000])
