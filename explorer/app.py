@@ -204,7 +204,7 @@ class ExplorerApp(pn.viewable.Viewer):
         frame = pd.DataFrame(
             [{"star": stars[i]["star_id"], "survey": stars[i]["survey"],
               "score": stars[i]["outlier_score"], "latent": stars[i]["latent_excess"],
-              "fit": stars[i]["fit_excess"], "χ²/dof": stars[i]["chi2_dof"],
+              "fit": stars[i]["fit_excess"], "χ² per dof": stars[i]["chi2_dof"],
               "Teff": stars[i].get("teff")} for i in rows],
             index=pd.Index(rows, name="row"),
         ).round(2)  # fmt: skip
