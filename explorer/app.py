@@ -568,8 +568,6 @@ class ExplorerApp(pn.viewable.Viewer):
             self.upload_instrument,
             self.upload_resolving_power,
             pn.Row(self.upload_medium, self.upload_frame),
-            "or one of the most unusual stars (outlier score: a rare latent, a poor fit):",
-            self.unusual,
             self.status,
             self.fit_summary,
             self.measure,
@@ -584,6 +582,15 @@ class ExplorerApp(pn.viewable.Viewer):
             self.colour,
             pn.pane.HoloViews(points * marker, sizing_mode="stretch_width"),
         )
+        unusual = pn.Column(
+            "### The most unusual stars (click one to fit it)",
+            "Outlier score: how rare a star's latent is under the latent density, and how much "
+            "worse its fit is (χ² per degree of freedom) than its instrument's typical one "
+            "(latent, fit: each in robust spreads from typical); sort by any column.",
+            self.unusual,
+            sizing_mode="stretch_width",
+            visible=self.unusual.visible,
+        )
         main = pn.Column(
             self.title,
             pn.pane.HoloViews(spectrum, sizing_mode="stretch_width"),
@@ -591,6 +598,7 @@ class ExplorerApp(pn.viewable.Viewer):
             strip,
             pn.pane.HoloViews(response, sizing_mode="stretch_width"),
             pn.Row(observe, teach, sizing_mode="stretch_width"),
+            unusual,
             map_panel,
             sizing_mode="stretch_width",
         )
