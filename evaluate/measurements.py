@@ -487,15 +487,15 @@ def outlier_injection(ev: Evaluation, max_per_survey: int, seed: int = 0) -> dic
     chosen = held_out_choice(ev.dataset, max_per_survey)
     clean = [i for survey, indices in chosen.items() if survey != SYNTHETIC_SURVEY
              for i in indices if _covers(ev.dataset.spectra[i], H_ALPHA)]  # fmt: skip
-    clean_scores = _scores(reference, [ev.dataset.spectra[i] for i in clean], ev.fit(clean))
+    clean_scores = reference.score_fits([ev.dataset.spectra[i] for i in clean], ev.fit(clean))
     rng = np.random.default_rng(seed)
     n_injected = max(3, int(np.ceil(len(clean) / 19)))
     rows = []
     for kind, make in ANOMALIES.items():
         bases = rng.choice(clean, n_injected, replace=False)
         made = [make(ev.dataset.spectra[i], float(ev.velocities[i]), rng) for i in bases]
-        injected = _scores(reference, made, ev.fitter.fit(made))
-        pool = np.concatenate([clean_scores["outlier_score"], injected["outlier_score"]])
+        injected = reference.score_fits(made, ev.fitter.fit(made))
+        pool = np.concatenate([clean_scores.outlier_score, injected.outlier_score])
         truth = np.r_[np.zeros(len(clean)), np.ones(n_injected)]
         flagged = np.argsort(-pool)[: int(np.ceil(0.05 * len(pool)))]
         hits = truth[flagged].sum()
@@ -503,21 +503,15 @@ def outlier_injection(ev: Evaluation, max_per_survey: int, seed: int = 0) -> dic
             "anomaly": kind, "n_clean": len(clean), "n_injected": n_injected,
             "precision_top5": hits / len(flagged), "recall_top5": hits / n_injected,
             "roc_auc": float(roc_auc_score(truth, pool)),
-            "median_score": float(np.median(injected["outlier_score"])),
-            "median_latent_excess": float(np.median(injected["latent_excess"])),
-            "median_fit_excess": float(np.median(injected["fit_excess"])),
+            "median_score": float(np.median(injected.outlier_score)),
+            "median_latent_excess": float(np.median(injected.latent_excess)),
+            "median_fit_excess": float(np.median(injected.fit_excess)),
         })  # fmt: skip
-    clean_summary = {f"clean_median_{k}": float(np.median(v)) for k, v in clean_scores.items()}
-    return {"rows": rows} | clean_summary
+    summary = {f"clean_median_{name}": float(np.median(getattr(clean_scores, name)))
+               for name in ("outlier_score", "latent_excess", "fit_excess")}  # fmt: skip
+    return {"rows": rows} | summary
 
 
 def _covers(spectrum: Spectrum, wave: float) -> bool:
     valid = spectrum.wave[spectrum.valid]
     return bool(valid[0] + 50 < wave < valid[-1] - 50)
-
-
-def _scores(reference, spectra: list[Spectrum], fits: list[FitResult]) -> dict[str, np.ndarray]:
-    scores = reference.score([s.instrument for s in spectra], np.array([f.z for f in fits]),
-                             [f.chi2_dof for f in fits])  # fmt: skip
-    return {name: getattr(scores, name) for name in ("outlier_score", "latent_excess",
-                                                     "fit_excess")}  # fmt: skip

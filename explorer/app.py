@@ -66,6 +66,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self._model_shown: tuple | None = None
         self._residual_shown: tuple | None = None
         self._lines_shown: list = []  # the listed lines whose ticks are drawn, in order
+        self._names_lines: list = []  # the listed lines the names were last thinned from
         self._build_widgets()
         self._build_map()
         self.state.param.watch(self._on_state, self.state.watched())
@@ -459,14 +460,15 @@ class ExplorerApp(pn.viewable.Viewer):
 
     def _line_names(self):
         view = self.view
+        self._names_lines = self.explorer.listed_lines(view)  # for `_thin_names_on_zoom`
         shown = ZOOMS[view.zoom] or plots.full_range(self.explorer.axis(view))
-        return plots.line_names(self.explorer.listed_lines(view), shown)
+        return plots.line_names(self._names_lines, shown)
 
     def _thin_names_on_zoom(self, plot, element) -> None:
         """Plot hook: the names' source keeps every line in view (its `tags`), and the page
         thins them again whenever the range moves (a pan or a box zoom), as `line_names` did."""
         source, x_range = plot.handles["source"], plot.handles["x_range"]
-        lines = self.explorer.listed_lines(self.view)
+        lines = self._names_lines
         source.tags = [{"x": [x for x, _ in lines], "line": [line.name for _, line in lines],
                         "y": plots.LINE_NAME_Y, "at_most": plots.NAMES_AT_MOST,
                         "columns": list(source.data)}]  # fmt: skip

@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from astropy.table import Table
 from tqdm import tqdm
 
@@ -160,10 +159,7 @@ def _fit_and_score(
     results = fit_batch(spectra)
     if reference is None:
         return [(result, dict.fromkeys(SCORE_COLUMNS, "")) for result in results]
-    scores = reference.score(
-        [s.instrument for s in spectra], np.array([r.z for r in results]),
-        [r.chi2_dof for r in results],
-    )  # fmt: skip
+    scores = reference.score_fits(spectra, results)
     return [(result, {name: f"{value:.4g}" for name, value in scores.row(k).items()})
             for k, result in enumerate(results)]  # fmt: skip
 

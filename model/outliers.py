@@ -21,7 +21,9 @@ import numpy as np
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
+from stargon.core.spectrum import Spectrum
 from stargon.model.prior import LatentPrior
+from stargon.model.refine import FitResult
 
 POOLED = "*"  # the reference over every instrument's stars
 MIN_STARS = 20  # an instrument with fewer fitted stars is scored against the pooled reference
@@ -68,7 +70,7 @@ class OutlierReference:
         z: np.ndarray,
         chi2_dof: np.ndarray,
     ) -> OutlierReference:
-        nll, log_chi2 = latent_nll(prior, z), np.log(np.asarray(chi2_dof, dtype=float))
+        nll, log_chi2 = latent_nll(prior, z), _log(chi2_dof)
         names = np.asarray(instruments)
         groups = {POOLED: np.ones(len(names), dtype=bool)}
         groups |= {name: names == name for name in np.unique(names)}
@@ -82,8 +84,7 @@ class OutlierReference:
     def score(
         self, instruments: Sequence[str], z: np.ndarray, chi2_dof: Sequence[float]
     ) -> OutlierScores:
-        nll = latent_nll(self.prior, z)
-        log_chi2 = np.log(np.maximum(np.asarray(chi2_dof, dtype=float), 1e-12))
+        nll, log_chi2 = latent_nll(self.prior, z), _log(chi2_dof)
         stats = [self.stats.get(name, self.stats[POOLED]) for name in instruments]
 
         def standardised(values: np.ndarray, part: str) -> np.ndarray:
@@ -94,6 +95,11 @@ class OutlierReference:
         score = np.hypot(np.maximum(latent, 0.0), np.maximum(fit, 0.0))
         return OutlierScores(nll, latent, fit, score)
 
+    def score_fits(self, spectra: Sequence[Spectrum], fits: Sequence[FitResult]) -> OutlierScores:
+        """`score` of fitted spectra, each with its fit (as `Fitter.fit` returns them)."""
+        return self.score([s.instrument for s in spectra], np.array([f.z for f in fits]),
+                          [f.chi2_dof for f in fits])  # fmt: skip
+
     def to_card(self) -> dict[str, dict[str, float]]:
         return self.stats
 
@@ -103,6 +109,10 @@ class OutlierReference:
         if prior is None or not stats:
             return None
         return cls(prior, stats)
+
+
+def _log(chi2_dof) -> np.ndarray:
+    return np.log(np.maximum(np.asarray(chi2_dof, dtype=float), 1e-12))
 
 
 def _centre_spread(values: np.ndarray) -> tuple[float, float]:
