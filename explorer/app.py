@@ -17,6 +17,7 @@ from stargon.core.interop import UserSettings
 from stargon.core.spectrum import SpectrumReadError
 from stargon.explorer import client, plots
 from stargon.explorer.figure import view_png
+from stargon.explorer.live import LiveSources
 from stargon.explorer.page_state import PageState
 from stargon.explorer.state import ARCHIVE_IDS, MAX_UPLOAD_BYTES, ZOOMS, Explorer, View
 from stargon.model.pseudo_continuum import stretches
@@ -67,6 +68,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self._residual_shown: tuple | None = None
         self._lines_shown: list = []  # the listed lines whose ticks are drawn, in order
         self._names_lines: list = []  # the listed lines the names were last thinned from
+        self._live = LiveSources()  # what follows the latents, written without a render
         self._build_widgets()
         self._build_map()
         self.state.param.watch(self._on_state, self.state.watched())
@@ -178,7 +180,7 @@ class ExplorerApp(pn.viewable.Viewer):
         for widget in (self.teff, self.logg, self.fe_h):
             widget.param.watch(self._on_labels, "value_throttled")
         self.measure.param.watch(lambda _: self._show_measurement(), "value")
-        self.colour.param.watch(lambda _: self.refresh_colour.event(), "value")
+        self.colour.param.watch(self._on_colour, "value")
 
     def _widen_sliders(self) -> None:
         """A value beyond a slider's range (a star outside the training percentiles, a fast
@@ -230,6 +232,13 @@ class ExplorerApp(pn.viewable.Viewer):
             self.state.observation = None  # its own change redraws
             return
         self._soon(self._redraw)
+
+    def _on_colour(self, _event) -> None:
+        """The map is rendered again with its new colours, and with it the marker's last
+        render: the marker is then written where the state has it."""
+        self.refresh_colour.event()
+        if self._live.follows(self._live_key()):
+            self._write_live()
 
     def _on_heat(self, event) -> None:
         if event.new:
@@ -365,7 +374,9 @@ class ExplorerApp(pn.viewable.Viewer):
         basis changed: for latents alone the page decodes it itself (`explorer.client`), and
         sending the basis again would double the latency of a release. The shading, labels,
         line response and marker follow every change, but a slider sets the state only when
-        let go (redrawing them on every move doubled a drag's latency, benchmarks/explorer.py).
+        let go (redrawing them on every move doubled a drag's latency, benchmarks/explorer.py);
+        when the latents alone changed, their new columns are written into the page's sources
+        (`explorer.live`) instead of rendering their plots again.
         """
         shown = self._shown_key()
         if shown != self._model_shown:
@@ -376,8 +387,26 @@ class ExplorerApp(pn.viewable.Viewer):
             self.refresh_strip.event()
         self.title.object = f"**{self._title()}**"
         self._show_measurement()
-        self.refresh_context.event()
-        self.refresh_response.event()
+        if not (self._live.follows(self._live_key()) and self._write_live()):
+            self.refresh_context.event()
+            self.refresh_response.event()
+
+    def _live_key(self) -> tuple:
+        """What the shading, the line response and the marker are drawn for, besides the
+        latents."""
+        return (*self._shown_key(), self.view.latent)
+
+    def _write_live(self) -> bool:
+        """The view's shading, line response and marker written into the page's sources in
+        one message (only in a served page: a notebook's plots are rendered)."""
+        document = pn.state.curdoc
+        if document is None or document.session_context is None:
+            return False
+        parts = self._figure_parts()
+        x, values, fluxes, window = self._response_data()
+        response = (x, plots.response_labels(self.view.latent, values), fluxes, window)
+        with pn.io.hold(document):
+            return self._live.write(parts["spans"], parts["labels"], response, self._marker_xy())
 
     def _shown_key(self) -> tuple:
         """What the model curve and the residuals are drawn for, besides the latents."""
@@ -411,6 +440,7 @@ class ExplorerApp(pn.viewable.Viewer):
                     xlim=ZOOMS[view.zoom], title=self._title(), band=band)  # fmt: skip
 
     def _context(self):
+        self._live.drew_context(self._live_key())
         parts = self._figure_parts()
         return plots.spectrum_context(
             parts["x"], parts["observed"], parts["spans"], parts["labels"], parts["xlim"],
@@ -449,10 +479,22 @@ class ExplorerApp(pn.viewable.Viewer):
         return view_png(residual=residual, **self._figure_parts())
 
     def _response(self):
+        self._live.drew_response(self._live_key())
+        x, values, fluxes, window = self._response_data()
+        return plots.line_response(x, values, fluxes, self.view.latent, window)
+
+    def _response_data(self):
+        """(x, the latent's values, their fluxes, the window shown) of the line response: the
+        curves only over the window and as much again on either side, to pan a little. The
+        whole spectrum five times over took the page ~40 ms to take in after each release."""
         ex, view = self.explorer, self.view
         x, values, fluxes = ex.line_response(view, view.latent)
         window = ZOOMS[view.zoom] or plots.focus_window(x, ex.sensitivity(view)[view.latent])
-        return plots.line_response(x, values, fluxes, view.latent, window)
+        if None not in window:
+            width = window[1] - window[0]
+            kept = (x >= window[0] - width) & (x <= window[1] + width)
+            x, fluxes = x[kept], fluxes[:, kept]
+        return x, values, fluxes, window
 
     def _line_marks(self):
         self._lines_shown = self.explorer.listed_lines(self.view)
@@ -511,10 +553,13 @@ class ExplorerApp(pn.viewable.Viewer):
         return plots.latent_points(self._xy, colour, self.colour.value)
 
     def _marker(self):
-        marker = self._pca.transform(self.view.z[None])[0] if self._pca else np.zeros(2)
-        return plots.latent_marker(marker)
+        return plots.latent_marker(self._marker_xy())
+
+    def _marker_xy(self) -> np.ndarray:
+        return self._pca.transform(self.view.z[None])[0] if self._pca else np.zeros(2)
 
     def __panel__(self):
+        live = self._live
         context = hv.DynamicMap(self._context, streams=[self.refresh_context])
         model = hv.DynamicMap(self._model, streams=[self.refresh]).opts(
             hv.opts.Curve(hooks=[self._attach_decoder])
@@ -524,7 +569,11 @@ class ExplorerApp(pn.viewable.Viewer):
             hv.opts.Labels(hooks=[self._thin_names_on_zoom])
         )
         hv.streams.Selection1D(source=marks).add_subscriber(self._on_line_tap)
-        spectrum = (context * marks * names * model).opts(*plots.SPECTRUM_STYLE)
+        # The shading's sources are kept by a hook on the whole overlay: options on the
+        # context's own DynamicMap unlinked the line ticks' tap (Selection1D on `marks`).
+        spectrum = (context * marks * names * model).opts(
+            *plots.SPECTRUM_STYLE, hv.opts.Overlay(hooks=[live.keep_context])
+        )
         residual = hv.DynamicMap(self._residual, streams=[self.refresh_fit])
         strip = pn.pane.HoloViews(
             hv.DynamicMap(self._strip, streams=[self.refresh_strip]),
@@ -532,10 +581,14 @@ class ExplorerApp(pn.viewable.Viewer):
             sizing_mode="stretch_width",
         )
         points = hv.DynamicMap(self._points, streams=[self.refresh_colour])
-        marker = hv.DynamicMap(self._marker, streams=[self.refresh_context])
+        marker = hv.DynamicMap(self._marker, streams=[self.refresh_context]).opts(
+            hv.opts.Points(hooks=[live.keep("marker")])
+        )
         tap = hv.streams.Selection1D(source=points)
         tap.add_subscriber(self._on_tap)
-        response = hv.DynamicMap(self._response, streams=[self.refresh_response])
+        response = hv.DynamicMap(self._response, streams=[self.refresh_response]).opts(
+            hv.opts.Curve(hooks=[live.keep_curve])
+        )
         controls = pn.Column(
             "### Latents",
             "Whitened directions w0, w1, …: decorrelated, unit spread over the training stars, "

@@ -7,7 +7,7 @@ import numpy as np
 from scipy.ndimage import uniform_filter1d
 
 from stargon.assets import Line, line_list, nearest_line
-from stargon.core.physics import velocity_of_factor
+from stargon.core.physics import doppler_factor
 from stargon.model.pseudo_continuum import gap_starts
 
 hv.extension("bokeh", logo=False)
@@ -56,6 +56,24 @@ SPECTRUM_STYLE = [  # applied once to the DynamicMap: per-redraw .opts calls cos
 ]
 
 
+SPAN_LABEL_Y = 1.16  # where the shaded regions' line names sit
+
+
+def span_columns(spans: list[tuple[float, float]]) -> dict[str, np.ndarray]:
+    """The shaded regions as the Rectangles of `spectrum_context` hold them in the page (the
+    columns HoloViews draws them from; `explorer.live` writes them directly)."""
+    left, right = (np.array([span[i] for span in spans], dtype=float) for i in (0, 1))
+    bottom, top = (np.full(len(spans), edge) for edge in FLUX_RANGE)
+    return {"left": left, "right": right, "bottom": bottom, "top": top}
+
+
+def label_columns(labels: list[tuple[float, str]]) -> dict[str, np.ndarray]:
+    """The shaded regions' line names as the Labels of `spectrum_context` hold them."""
+    x = np.array([x for x, _ in labels], dtype=float)
+    names = np.array([name for _, name in labels], dtype=object)
+    return {"wavelength": x, "y": np.full(len(labels), SPAN_LABEL_Y), "line": names}
+
+
 def spectrum_context(
     x: np.ndarray,
     observed: tuple[np.ndarray, np.ndarray] | None = None,
@@ -71,7 +89,7 @@ def spectrum_context(
     obs_x, obs_flux = observed if observed is not None else (np.array([]), np.array([]))
     band = with_gaps(*band) if band is not None else (np.array([]), np.array([]), np.array([]))
     rectangles = [(a, FLUX_RANGE[0], b, FLUX_RANGE[1]) for a, b in spans]
-    label_rows = [(lx, 1.16, name) for lx, name in labels]
+    label_rows = [(lx, SPAN_LABEL_Y, name) for lx, name in labels]
     observed_dim = hv.Dimension("observed", label="normalised flux")
     xlim = xlim or full_range(x)
     return (
@@ -173,11 +191,12 @@ def sensitivity_strip(x: np.ndarray, sensitivity: np.ndarray, xlim=None) -> hv.Q
     )
 
 
+MAP_AXES = ["latent PC 1", "latent PC 2"]
+
+
 def latent_points(xy: np.ndarray, colour: np.ndarray, colour_label: str) -> hv.Points:
     """Training stars in a 2-D projection of latent space, coloured by a label; tap to pick."""
-    return hv.Points(
-        (xy[:, 0], xy[:, 1], colour), ["latent PC 1", "latent PC 2"], [colour_label]
-    ).opts(
+    return hv.Points((xy[:, 0], xy[:, 1], colour), MAP_AXES, [colour_label]).opts(
         color=colour_label,
         cmap="viridis",
         colorbar=True,
@@ -191,9 +210,14 @@ def latent_points(xy: np.ndarray, colour: np.ndarray, colour_label: str) -> hv.P
 
 def latent_marker(marker: np.ndarray) -> hv.Points:
     """The current slider state on the latent map (a red star)."""
-    return hv.Points([tuple(marker)], ["latent PC 1", "latent PC 2"]).opts(
+    return hv.Points([tuple(marker)], MAP_AXES).opts(
         marker="star", size=18, color="red", line_color="black"
     )
+
+
+def marker_columns(marker: np.ndarray) -> dict[str, np.ndarray]:
+    """The marker as `latent_marker`'s Points hold it in the page."""
+    return {axis: np.array([float(value)]) for axis, value in zip(MAP_AXES, marker, strict=True)}
 
 
 def focus_window(x: np.ndarray, sensitivity: np.ndarray, half_width: float = 0.004):
@@ -202,12 +226,24 @@ def focus_window(x: np.ndarray, sensitivity: np.ndarray, half_width: float = 0.0
     is chosen (a detector edge is rarely what a student wants to see)."""
     if sensitivity.size == 0 or sensitivity.max() <= 0:
         return (float(x.min()), float(x.max())) if x.size else (None, None)
-    near_line = np.zeros(x.size, dtype=bool)
-    for line in line_list():
-        near_line |= np.abs(velocity_of_factor(x / line.wavelength)) <= 150.0
+    near_line = _near_lines(x, 150.0)
     weighted = np.where(near_line, sensitivity, 0.0) if near_line.any() else sensitivity
     peak = float(x[int(np.argmax(weighted))])
     return peak * (1 - half_width), peak * (1 + half_width)
+
+
+def _near_lines(x: np.ndarray, tolerance_kms: float) -> np.ndarray:
+    """Which pixels of `x` lie within ±tolerance of a listed line (x need not be sorted)."""
+    rest = np.array([line.wavelength for line in line_list()])
+    order = np.argsort(x)
+    starts = np.searchsorted(x[order], rest * doppler_factor(-tolerance_kms))
+    stops = np.searchsorted(x[order], rest * doppler_factor(tolerance_kms), side="right")
+    marks = np.zeros(x.size + 1, dtype=int)
+    np.add.at(marks, starts, 1)
+    np.add.at(marks, stops, -1)
+    near = np.zeros(x.size, dtype=bool)
+    near[order] = np.cumsum(marks[:-1]) > 0
+    return near
 
 
 def line_response(
@@ -218,16 +254,39 @@ def line_response(
     colours = hv.plotting.util.process_cmap("viridis", len(values))
     curves = [
         hv.Curve((x, flux), WAVELENGTH, hv.Dimension("flux", label="normalised flux"),
-                 label=f"w{latent} = {value:+.2f}").opts(color=colour, line_width=1.2,
-                                                        framewise=True, shared_axes=False)
-        for value, flux, colour in zip(values, fluxes, colours, strict=True)
+                 label=name).opts(color=colour, line_width=1.2, framewise=True,
+                                  shared_axes=False)
+        for name, flux, colour in zip(response_labels(latent, values), fluxes, colours,
+                                      strict=True)
     ]  # fmt: skip
     return hv.Overlay(curves).opts(
         responsive=True,
         height=260,
         xlim=xlim or (None, None),
+        ylim=response_ylim(x, fluxes, xlim),
         legend_position="right",
         framewise=True,
         shared_axes=False,  # its own window: zooming here must not move the spectrum above
         title=f"How the spectrum changes along w{latent} (1st → 99th percentile)",
     )
+
+
+def response_labels(latent: int, values: np.ndarray) -> list[str]:
+    """The line response's legend: one entry per value of the latent."""
+    return [f"w{latent} = {value:+.2f}" for value in values]
+
+
+def response_ylim(
+    x: np.ndarray, fluxes: np.ndarray, window, padding: float = 0.05
+) -> tuple[float | None, float | None]:
+    """The flux range of the response's curves within its window (all of them without one),
+    padded: the fan of one line fills the plot, whatever the spectrum does elsewhere."""
+    if fluxes.size == 0:
+        return None, None
+    inside = np.ones(x.shape, dtype=bool)
+    if window and None not in window:
+        inside = (x >= window[0]) & (x <= window[1])
+    shown = fluxes[:, inside] if inside.any() else fluxes
+    low, high = float(np.nanmin(shown)), float(np.nanmax(shown))
+    margin = padding * max(high - low, 1e-3)
+    return low - margin, high + margin

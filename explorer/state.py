@@ -51,6 +51,7 @@ ZOOMS = {  # vacuum Å windows around lines a teacher points at
 }
 MAX_UPLOAD_BYTES = 50 * 2**20
 BASIS_CACHE = 64
+DRAWN_CACHE = 8  # the latest views' drawings and sensitivities: a release reads each twice
 ARCHIVE_IDS = {  # what the page offers to fetch, and an example of the id it expects
     "LAMOST DR8 obsid": "e.g. 101001",
     "GALAH DR3 sobject_id (red arm, Hα)": "e.g. 210115000101001",
@@ -125,6 +126,7 @@ class Explorer:
         self.high = np.array(percentiles.get("99", [3.0] * self.latent_dim))
         self.centre = np.array(percentiles.get("50", [0.0] * self.latent_dim))
         self._cache: OrderedDict = OrderedDict()
+        self._drawn: OrderedDict = OrderedDict()
         self._lock = Lock()
         self.directions = _label_directions(release)
 
@@ -193,9 +195,28 @@ class Explorer:
         x, flux, _, continuum = self.drawing(view)
         return x, flux / continuum
 
+    def _remembered(self, what: str, view: View, compute):
+        """`compute()` for this view, kept for the latest few views (read-only arrays):
+        drawing the shading, the line response and the curve each need the same ones."""
+        key = (what, self.basis_key(view), view.frame, view.z.tobytes())
+        with self._lock:
+            if key in self._drawn:
+                self._drawn.move_to_end(key)
+                return self._drawn[key]
+        value = compute()
+        value = tuple(map(_read_only, value)) if isinstance(value, tuple) else _read_only(value)
+        with self._lock:
+            self._drawn[key] = value
+            while len(self._drawn) > DRAWN_CACHE:
+                self._drawn.popitem(last=False)
+        return value
+
     def drawing(self, view: View) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(x, the model before normalisation, the pixel basis (K+1, P), the pseudo-continuum):
         what the page needs to redraw the curve itself as the sliders move."""
+        return self._remembered("drawing", view, lambda: self._drawing(view))
+
+    def _drawing(self, view: View) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         basis = self._basis(view)
         z = self.raw(view.z[None])
         with torch.no_grad():
@@ -212,6 +233,9 @@ class Explorer:
         on the cached basis times ∂z/∂w, the whitening's matrix. Divided by the view's
         pseudo-continuum, as the shown spectrum is (held fixed, as the page holds it while a
         slider moves)."""
+        return self._remembered("sensitivity", view, lambda: self._sensitivity(view))
+
+    def _sensitivity(self, view: View) -> np.ndarray:
         _, _, _, continuum = self.drawing(view)
         jacobian = self.fitter.jacobian(self.raw(view.z[None]), self._basis(view))[0]  # (P, D)
         directions = torch.as_tensor(self.whitening.matrix, dtype=jacobian.dtype)
@@ -416,3 +440,10 @@ def _label_directions(release: Release) -> LabelDirections | None:
         return release.label_directions()
     except ValueError:
         return None
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """A read-only view (the array itself stays writeable for its owner)."""
+    view = array.view()
+    view.flags.writeable = False
+    return view

@@ -209,6 +209,45 @@ def test_line_response_spans_the_latent_range_with_the_others_held(explorer):
     assert len(overlay) == 4 and window[0] < window[1]
 
 
+def _rendered(element) -> list[dict]:
+    """The data of each glyph source HoloViews draws the element (or overlay) from."""
+    import holoviews as hv
+
+    plot = hv.renderer("bokeh").get_plot(element)
+    subplots = plot.subplots.values() if hasattr(plot, "subplots") and plot.subplots else [plot]
+    return [dict(sub.handles["source"].data) for sub in subplots if "source" in sub.handles]
+
+
+def test_columns_written_after_a_release_are_those_holoviews_draws(explorer):
+    """`explorer.live` writes the shading, its labels, the marker and the line response's
+    curves into the page's sources without HoloViews: the columns must be the ones HoloViews
+    itself draws from the same elements (names and values), or the page shows other data."""
+    view = explorer.new_view()
+    view.instrument, view.latent = "galah", 2
+    view.z = view.z + 0.3
+    x = explorer.axis(view)
+    spans, labels = plots.sensitive_spans(x, explorer.sensitivity(view)[2])
+    assert spans and labels
+    context = _rendered(plots.spectrum_context(x, None, spans, labels))
+    for written in (plots.span_columns(spans), plots.label_columns(labels)):
+        drawn = next(data for data in context if set(data) == set(written))
+        for name, values in written.items():
+            assert list(drawn[name]) == list(values), name
+    marker = np.array([0.3, -1.2])
+    (drawn,) = _rendered(plots.latent_marker(marker))
+    written = plots.marker_columns(marker)
+    assert set(drawn) == set(written)
+    assert all(list(drawn[name]) == list(written[name]) for name in written)
+    xs, values, fluxes = explorer.line_response(view, 2)
+    window = plots.focus_window(xs, explorer.sensitivity(view)[2])
+    element = plots.line_response(xs, values, fluxes, 2, window)
+    assert [curve.label for curve in element] == plots.response_labels(2, values)
+    assert all(set(data) == {"wavelength", "flux"} for data in _rendered(element))
+    low, high = plots.response_ylim(xs, fluxes, window)
+    inside = (xs >= window[0]) & (xs <= window[1])
+    assert low < fluxes[:, inside].min() < fluxes[:, inside].max() < high
+
+
 def test_star_list_filters_by_survey_and_labels(explorer):
     everyone = explorer.find_stars()
     assert everyone == list(range(len(explorer.stars)))
@@ -363,6 +402,7 @@ def test_one_jacobian_serves_the_explorer_the_evaluation_and_training(explorer, 
         return decoded, 2 * jacobian
 
     monkeypatch.setattr(BasisDecoder, "decode_with_jacobian", doubled)
+    explorer._drawn.clear()  # the explorer keeps the latest views' sensitivities
     after = uses()
     np.testing.assert_allclose(after[0], 2 * before[0], rtol=1e-5)
     np.testing.assert_allclose(after[1], 2 * before[1], rtol=1e-5)

@@ -421,3 +421,59 @@ def test_another_users_slider_moves_send_this_page_nothing(page, browser, server
     other.wait_for_timeout(500)
     other.close()
     assert received == []
+
+
+# The sources that follow the latents, as the page holds them: the shading (Rectangles), its
+# line names (Labels without the line names' tags), the map's marker (one point), and the line
+# response's x range and the curves it shows.
+FOLLOWING = """() => {
+  const found = {spans: null, labels: null, marker: null, curves: [], window: null};
+  const list = (values) => Array.from(values, (v) => (typeof v === "number" ? +v.toFixed(6) : v));
+  for (const doc of Bokeh.documents)
+    for (const m of doc.all_models) {
+      if (m.type !== "ColumnDataSource" || (m.tags && m.tags.length)) continue;
+      const keys = Object.keys(m.data).sort().join();
+      if (keys === "bottom,left,right,top") found.spans = [list(m.data.left), list(m.data.right)];
+      else if (keys === "line,wavelength,y") found.labels = list(m.data.line);
+      else if (keys === "latent PC 1,latent PC 2")
+        found.marker = [+m.data["latent PC 1"][0].toFixed(6), +m.data["latent PC 2"][0].toFixed(6)];
+    }
+  for (const doc of Bokeh.documents)
+    for (const m of doc.all_models)
+      if (m.renderers && m.title && /How the spectrum changes/.test(m.title.text)) {
+        found.window = [+m.x_range.start.toFixed(4), +m.x_range.end.toFixed(4)];
+        for (const r of m.renderers)  // a latent's own curves; another's stay, hidden
+          if (r.visible && r.data_source && r.data_source.data.flux)
+            found.curves.push(list(r.data_source.data.flux).reduce((a, b) => a + b, 0).toFixed(4));
+      }
+  found.curves.sort();
+  return found;
+}"""
+
+SET_LATENT_SHOWN = """(value) => {
+  for (const doc of Bokeh.documents)
+    for (const m of doc.all_models)
+      if (m.title === "sensitivity of" && "options" in m) { m.value = value; return true; }
+  return false;
+}"""
+
+
+def test_a_release_writes_what_a_full_render_of_the_same_view_draws(page):
+    """After a slider is let go, the shading, its labels, the marker and the line response
+    are written into the page's sources (`explorer.live`), not rendered by HoloViews. What
+    the page then shows must be what rendering the same view shows: shading another latent
+    and back renders them all, for the same latents."""
+    page.wait_for_timeout(3000)  # the first render settles
+    before = page.evaluate(FOLLOWING)
+    assert before["spans"] and before["marker"] and before["window"] and len(before["curves"]) == 5
+    release = "([index, value]) => {" + MOVE_SLIDER_JS + "sliders[index].value_throttled = value; }"
+    page.evaluate(release, [0, 1.5])
+    page.wait_for_function(f"JSON.stringify(({FOLLOWING})()) !== {json.dumps(json.dumps(before))}")
+    page.wait_for_timeout(1500)
+    written = page.evaluate(FOLLOWING)
+    assert written["marker"] != before["marker"] and written["curves"] != before["curves"]
+    for shown in ("1", "0"):  # another latent and back: rendered each time
+        assert page.evaluate(SET_LATENT_SHOWN, shown)
+        page.wait_for_timeout(3000)
+    rendered = page.evaluate(FOLLOWING)
+    assert rendered == written
