@@ -226,9 +226,16 @@ def main() -> None:
     parser.add_argument("--baseline-rev", default="081de38", help="the commit to compare with")
     parser.add_argument("--steps", type=int, default=8, help="batches per run")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="spectra per step (the recipe of the issue: 64)"
+    )
+    parser.add_argument(
+        "--n-pixels", type=int, default=1000, help="pixels per spectrum (the issue's recipe: 1,000)"
+    )
     args = parser.parse_args()
     keep_freed_memory()
     config = default_config()
+    config.batch_size, config.n_pixels = args.batch_size, args.n_pixels
     steps = prepare_steps(config, args.steps)
     trainers = implementations(args.baseline_rev, config)
     medians = timed_runs(trainers, steps, args.runs)
@@ -245,8 +252,9 @@ def main() -> None:
     for row in rows:
         row["vs baseline"] = row["spectra/s"] / rows[0]["spectra/s"]
     print(f"device: CPU, {torch.get_num_threads()} threads; {args.runs} runs × {args.steps} "
-          f"steps, medians (python -m benchmarks.train_speed --baseline-rev "
-          f"{args.baseline_rev})\n")  # fmt: skip
+          f"steps of {config.batch_size} × {config.n_pixels}, medians (python -m "
+          f"benchmarks.train_speed --baseline-rev {args.baseline_rev} --batch-size "
+          f"{config.batch_size} --n-pixels {config.n_pixels})\n")  # fmt: skip
     print(table(rows, list(rows[0])))
     agreement = decoded_agreement(args.baseline_rev)
     print("\nThe embedded model decoded by both (16 latents, 3,700–16,900 Å, v = 25 km/s):\n")
