@@ -22,8 +22,8 @@ from stargon.explorer import plots
 
 
 class LiveSources:
-    """The Bokeh sources of the plots that follow the latents, and the key of the view their
-    DynamicMaps last drew (`drawn`; None until both have drawn)."""
+    """The Bokeh sources of the plots that follow the latents, and the keys of the view the
+    context's and the response's DynamicMaps last drew (None until each has drawn)."""
 
     def __init__(self) -> None:
         self.sources: dict[str, ColumnDataSource] = {}  # spans, labels, marker

@@ -51,7 +51,7 @@ ZOOMS = {  # vacuum Å windows around lines a teacher points at
 }
 MAX_UPLOAD_BYTES = 50 * 2**20
 BASIS_CACHE = 64
-DRAWN_CACHE = 8  # the latest views' drawings and sensitivities: a release reads each twice
+DRAWN_CACHE = 8  # the latest views' drawings and sensitivities: a release reads each 2–4 times
 ARCHIVE_IDS = {  # what the page offers to fetch, and an example of the id it expects
     "LAMOST DR8 obsid": "e.g. 101001",
     "GALAH DR3 sobject_id (red arm, Hα)": "e.g. 210115000101001",
@@ -166,23 +166,31 @@ class Explorer:
         return pixels, round(view.v_kms, 4)
 
     def _basis(self, view: View) -> torch.Tensor:
-        key = self.basis_key(view)
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
+        return self._kept(self._cache, BASIS_CACHE, self.basis_key(view),
+                          lambda: self._observation_basis(view))  # fmt: skip
+
+    def _observation_basis(self, view: View) -> torch.Tensor:
         wave, resolving = self.pixels(view)
         with torch.no_grad():
-            basis = self.model.observation_basis(
+            return self.model.observation_basis(
                 torch.as_tensor(wave, device=self.device), view.v_kms,
                 torch.as_tensor(np.ascontiguousarray(resolving), device=self.device),
                 self.fitter.pyramid,
             )  # fmt: skip
+
+    def _kept(self, store: OrderedDict, limit: int, key, compute):
+        """`compute()` under `key`, kept in `store` with the `limit` latest used (the sessions
+        of one server share it: guarded by the lock, computed outside it)."""
         with self._lock:
-            self._cache[key] = basis
-            while len(self._cache) > BASIS_CACHE:
-                self._cache.popitem(last=False)
-        return basis
+            if key in store:
+                store.move_to_end(key)
+                return store[key]
+        value = compute()
+        with self._lock:
+            store[key] = value
+            while len(store) > limit:
+                store.popitem(last=False)
+        return value
 
     def raw(self, w: np.ndarray) -> torch.Tensor:
         """The decoder's latents for whitened coordinates w (..., D)."""
@@ -199,17 +207,12 @@ class Explorer:
         """`compute()` for this view, kept for the latest few views (read-only arrays):
         drawing the shading, the line response and the curve each need the same ones."""
         key = (what, self.basis_key(view), view.frame, view.z.tobytes())
-        with self._lock:
-            if key in self._drawn:
-                self._drawn.move_to_end(key)
-                return self._drawn[key]
-        value = compute()
-        value = tuple(map(_read_only, value)) if isinstance(value, tuple) else _read_only(value)
-        with self._lock:
-            self._drawn[key] = value
-            while len(self._drawn) > DRAWN_CACHE:
-                self._drawn.popitem(last=False)
-        return value
+
+        def read_only():
+            value = compute()
+            return tuple(map(_read_only, value)) if isinstance(value, tuple) else _read_only(value)
+
+        return self._kept(self._drawn, DRAWN_CACHE, key, read_only)
 
     def drawing(self, view: View) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(x, the model before normalisation, the pixel basis (K+1, P), the pseudo-continuum):
