@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import numpy as np
+
 from stargon.core.physics import velocity_of_factor
 
 LINE_LIST = Path(__file__).with_name("lines.csv")
@@ -34,10 +36,14 @@ def line_list() -> tuple[Line, ...]:
 
 def nearest_line(wavelength: float, tolerance_kms: float = 150.0) -> Line | None:
     """The line of the list closest to `wavelength` (vacuum Å), if within the tolerance."""
-    lines = line_list()
-    distances = [abs(velocity_of_factor(wavelength / line.wavelength)) for line in lines]
-    best = min(range(len(lines)), key=distances.__getitem__)
-    return lines[best] if distances[best] <= tolerance_kms else None
+    distances = np.abs(velocity_of_factor(wavelength / _line_wavelengths()))
+    best = int(np.argmin(distances))
+    return line_list()[best] if distances[best] <= tolerance_kms else None
+
+
+@cache
+def _line_wavelengths() -> np.ndarray:
+    return np.array([line.wavelength for line in line_list()])
 
 
 ATMOSPHERE = Path(__file__).with_name("atmosphere.csv")

@@ -63,9 +63,9 @@ MOVE = (
 
 
 # A release after a move: the curve is already final (the page normalises it itself); the
-# server sends what follows a release (shading, labels, title, line response). The time from
-# setting value_throttled to the last change the server sends (none for 1.5 s after it), and
-# whether the curve was redrawn.
+# server sends what follows a release (shading, labels, title, line response, the map's
+# marker), then the page's URL. The time from setting value_throttled to the last change the
+# server sends but the URL's (none for 1.5 s after it), and whether the curve was redrawn.
 RELEASE = (
     "async ([index, value]) => {"
     + MOVE_SLIDER_JS
@@ -78,7 +78,10 @@ RELEASE = (
   await new Promise((r) => setTimeout(r, 100));
   const doc = Bokeh.documents[0], drawn = window.stargonSource.stargonDrawn;
   let changed = null;
-  const listener = () => { changed = performance.now(); };
+  const listener = (event) => {  // the page's URL follows the release, after what it shows
+    if (!(event.model && event.model.type === "panel.models.location.Location"))
+      changed = performance.now();
+  };
   doc.on_change(listener);
   const set = performance.now();
   sliders[index].value_throttled = value;

@@ -52,6 +52,10 @@ class ExplorerApp(pn.viewable.Viewer):
         super().__init__(**params)
         self.explorer = explorer
         self.state = PageState.for_explorer(explorer)
+        self._built = False  # until then, a change of the state is the first view itself
+        # The URL follows after the plots' watcher, so that a release's new columns reach the
+        # page before it does.
+        self.state.param.watch(self._on_state, self.state.watched())
         self.location = location if location is not None else pn.state.location
         if self.location is not None:
             self.location.sync(
@@ -71,7 +75,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self._live = LiveSources()  # what follows the latents, written without a render
         self._build_widgets()
         self._build_map()
-        self.state.param.watch(self._on_state, self.state.watched())
+        self._built = True
 
     @property
     def view(self) -> View:
@@ -227,9 +231,14 @@ class ExplorerApp(pn.viewable.Viewer):
         """One batch of state changes (a slider let go, a setting, a whole new view): the
         plots follow on the next tick. Another instrument drops the observation fitted on
         the old one."""
+        if not self._built:  # the URL's values, before the widgets are built from them
+            return
         names = {event.name for event in events}
         if "instrument" in names and "observation" not in names:
             self.state.observation = None  # its own change redraws
+            return
+        if names <= set(self.state.latent_names) and self._live.follows(self._live_key()):
+            self._redraw()  # a release: written into the page's sources now, in this message
             return
         self._soon(self._redraw)
 
@@ -430,7 +439,7 @@ class ExplorerApp(pn.viewable.Viewer):
         """What the spectrum panel and the PNG export both show."""
         ex, view = self.explorer, self.view
         x, flux = ex.spectrum(view)
-        spans, labels = plots.sensitive_spans(x, ex.sensitivity(view)[view.latent])
+        spans, labels = plots.sensitive_spans(x, ex.sensitivity(view, view.latent))
         observed = band = None
         if view.observation is not None:
             spectrum, fit = view.observation.spectrum, view.observation.fit
@@ -488,13 +497,15 @@ class ExplorerApp(pn.viewable.Viewer):
         curves only over the window and as much again on either side, to pan a little. The
         whole spectrum five times over took the page ~40 ms to take in after each release."""
         ex, view = self.explorer, self.view
-        x, values, fluxes = ex.line_response(view, view.latent)
-        window = ZOOMS[view.zoom] or plots.focus_window(x, ex.sensitivity(view)[view.latent])
-        if None not in window:
-            width = window[1] - window[0]
-            kept = (x >= window[0] - width) & (x <= window[1] + width)
-            x, fluxes = x[kept], fluxes[:, kept]
-        return x, values, fluxes, window
+        x, _ = ex.spectrum(view)
+        window = ZOOMS[view.zoom] or plots.focus_window(x, ex.sensitivity(view, view.latent))
+        if None in window:
+            return (*ex.line_response(view, view.latent), window)
+        width = window[1] - window[0]
+        around = (window[0] - width, window[1] + width)
+        x, values, fluxes = ex.line_response(view, view.latent, around=around)
+        kept = (x >= around[0]) & (x <= around[1])
+        return x[kept], values, fluxes[:, kept], window
 
     def _line_marks(self):
         self._lines_shown = self.explorer.listed_lines(self.view)

@@ -291,6 +291,27 @@ MOVE_SLIDER_JS = """
   sliders[index].value = value;
 """
 
+# The carrier's callback (`explorer.live`, args: targets, the sources and ranges by key): a
+# release's numeric columns come as one array, `cb_obj.packed`, and its layout as JSON,
+# `cb_obj.layout` (set before the array): per target source its columns, each a slice
+# [start, stop) of the array or a list of strings, and per range its new ends. The columns are
+# not sent back to the server (eight messages after every release): Bokeh sends a source's
+# data on every change, equal or not, so a later render reaches the page whatever the server
+# held. The ranges are sent back: Bokeh would not send a render's end equal to the one it holds.
+LIVE_JS = """
+const layout = JSON.parse(cb_obj.layout);
+const target = (key) => (targets instanceof Map ? targets.get(key) : targets[key]);
+const packed = cb_obj.packed;
+for (const [key, columns] of Object.entries(layout.sources)) {
+  const data = {};
+  for (const [name, start, stop, strings] of columns)
+    data[name] = strings === null ? packed.slice(start, stop) : strings;
+  target(key).setv({data}, {sync: false});
+}
+for (const [key, low, high] of layout.ranges)
+  target(key).setv({start: low, end: high, reset_start: low, reset_end: high});
+"""
+
 # The line names' x_range callback (args: source): every listed line in view is in
 # `source.tags[0]` (x, line, y, at_most, and the source's column names), and the names are thinned
 # to the new range as `plots.line_names` thins them.

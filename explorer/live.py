@@ -4,21 +4,36 @@ When only the latents change, the shaded regions and their line labels, the line
 curves and window, and the latent map's marker follow them, and nothing else does. Rendering
 their DynamicMaps again costs HoloViews most of a second per release
 (`benchmarks/explorer_browser.py`); here their new columns go into the sources those
-DynamicMaps drew, caught by plot hooks, in one message. Any other change (instrument, velocity,
-frame, zoom, the latent shown, an observation) renders the DynamicMaps as before, and that
-render is what the sources are checked against: its key must be the view's, its columns the
-ones written here.
+DynamicMaps drew, caught by plot hooks. They travel as one array in one message, a carrier's,
+which the page's `client.LIVE_JS` cuts into the sources (a column each went as its own
+websocket buffer, fifty per release). The carrier holds no model references: the targets are
+its callback's arguments, set again only after a render (a reference in a changed property
+makes Bokeh walk every model of the page, on both sides). Any other change (instrument,
+velocity, frame, zoom, the latent shown, an observation) renders the DynamicMaps as before,
+and that render is what the sources are checked against: its key must be the view's, its
+columns the ones written here.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Hashable
 
 import holoviews as hv
 import numpy as np
-from bokeh.models import ColumnDataSource
+from bokeh.core.properties import Any, String
+from bokeh.model import DataModel
+from bokeh.models import ColumnDataSource, CustomJS
 
-from stargon.explorer import plots
+from stargon.explorer import client, plots
+
+
+class LiveColumns(DataModel):
+    """A release's columns as one array, and where each goes (`client.LIVE_JS`)."""
+
+    layout = String(default="{}", help="JSON: per target its columns, per range its ends")
+    # Any, not Seq(Float): Bokeh checks a Seq item by item (22 ms for a release's 21k values)
+    packed = Any(default=None, help="every numeric column, one after the other (an array)")
 
 
 class LiveSources:
@@ -31,30 +46,53 @@ class LiveSources:
         self.response_ranges: tuple | None = None  # its (x_range, y_range)
         self.context_key: Hashable = None
         self.response_key: Hashable = None
+        self.carrier = LiveColumns()
+        self.deliver = CustomJS(args={"targets": {}}, code=client.LIVE_JS)
+        self.carrier.js_on_change("packed", self.deliver)
 
     def keep(self, name: str) -> Callable:
         """A plot hook that keeps the plot's data source under `name`."""
 
         def hook(plot, element) -> None:
             self.sources[name] = plot.handles["source"]
+            self._aim()
 
         return hook
 
     def keep_context(self, plot, element) -> None:
         """Plot hook of the spectrum's overlay: the sources of its shading (Rectangles) and of
         the shading's line names (Labels of the default group; the listed lines' names are
-        another group)."""
+        another group). The figure's tags hold the carrier, which puts it in the page."""
+        plot.state.tags = [self.carrier]
         for subplot in plot.subplots.values():
             frame = subplot.current_frame
             if isinstance(frame, hv.Rectangles):
                 self.sources["spans"] = subplot.handles["source"]
             elif isinstance(frame, hv.Labels) and frame.group == "Labels":
                 self.sources["labels"] = subplot.handles["source"]
+        self._aim()
 
     def keep_curve(self, plot, element) -> None:
         """Plot hook of the line response's curves: each source under its legend label."""
         self.curves[element.label] = plot.handles["source"]
         self.response_ranges = plot.handles["x_range"], plot.handles["y_range"]
+        self._aim()
+
+    def _targets(self) -> dict:
+        """What a release writes into, by the keys of the carrier's layout."""
+        targets = dict(self.sources)
+        if self.response_ranges is not None:
+            targets["x_range"], targets["y_range"] = self.response_ranges
+        targets.update({f"curve {name}": source for name, source in self.curves.items()})
+        return targets
+
+    def _aim(self) -> None:
+        """The carrier's callback gets the targets as a render draws them: changing model
+        references makes Bokeh walk the page's models, which a render does anyway and a
+        release must not."""
+        targets = self._targets()
+        if targets != self.deliver.args["targets"]:
+            self.deliver.args = {"targets": targets}
 
     def drew_context(self, key: Hashable) -> None:
         self.context_key = key
@@ -91,12 +129,27 @@ class LiveSources:
             set(source.data) != {"wavelength", "flux"} for source in self.curves.values()
         ):
             return False
-        for name, new in columns.items():
-            self.sources[name].data = new
-        for name, flux in zip(names, fluxes, strict=True):
-            self.curves[name].data = {"wavelength": x, "flux": flux}
-        x_range, y_range = self.response_ranges
-        low, high = plots.response_ylim(x, fluxes, window)
-        x_range.update(start=window[0], end=window[1], reset_start=window[0], reset_end=window[1])
-        y_range.update(start=low, end=high, reset_start=low, reset_end=high)
+        columns.update({f"curve {name}": {"wavelength": x, "flux": flux}
+                        for name, flux in zip(names, fluxes, strict=True)})  # fmt: skip
+        ends = {"x_range": window, "y_range": plots.response_ylim(x, fluxes, window)}
+        self._send(columns, ends)
         return True
+
+    def _send(self, columns: dict[str, dict], ends: dict[str, tuple]) -> None:
+        """The sources' new columns and the ranges' new ends, as the carrier's one array and
+        its layout (`client.LIVE_JS`)."""
+        self._aim()
+        parts, sources, start = [], {}, 0
+        for key, data in columns.items():
+            sources[key] = []
+            for name, values in data.items():
+                values = np.asarray(values)
+                if values.dtype.kind in "OUS":
+                    sources[key].append([name, 0, 0, [str(value) for value in values]])
+                    continue
+                parts.append(values.astype(np.float64, copy=False))
+                sources[key].append([name, start, start + values.size, None])
+                start += values.size
+        ranges = [[key, low, high] for key, (low, high) in ends.items()]
+        self.carrier.layout = json.dumps({"sources": sources, "ranges": ranges})
+        self.carrier.packed = np.concatenate(parts) if parts else np.zeros(0)

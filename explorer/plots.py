@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import holoviews as hv
 import numpy as np
+from bokeh.models import ColorBar, FixedTicker, LinearColorMapper
 from scipy.ndimage import uniform_filter1d
 
 from stargon.assets import Line, line_list, nearest_line
@@ -250,7 +251,10 @@ def line_response(
     x: np.ndarray, values: np.ndarray, fluxes: np.ndarray, latent: int, xlim=None
 ) -> hv.Overlay:
     """The spectrum at several values of one latent (the others held): a line that deepens,
-    widens or shifts as the slider moves shows as a fan of curves, dark to light."""
+    widens or shifts as the slider moves shows as a fan of curves, dark to light, keyed by a
+    colour bar of the latent's values. A colour bar, not a legend: Bokeh draws a legend's
+    entries again whenever one of its curves' data changes, and a release writes all five
+    (`explorer.live`)."""
     colours = hv.plotting.util.process_cmap("viridis", len(values))
     curves = [
         hv.Curve((x, flux), WAVELENGTH, hv.Dimension("flux", label="normalised flux"),
@@ -264,11 +268,31 @@ def line_response(
         height=260,
         xlim=xlim or (None, None),
         ylim=response_ylim(x, fluxes, xlim),
-        legend_position="right",
+        show_legend=False,
+        hooks=[_value_key(latent, values, colours)],
         framewise=True,
         shared_axes=False,  # its own window: zooming here must not move the spectrum above
         title=f"How the spectrum changes along w{latent} (1st → 99th percentile)",
     )
+
+
+def _value_key(latent: int, values: np.ndarray, colours: list[str]):
+    """A plot hook adding the response's key: one colour per curve, ticked at its value."""
+
+    def hook(plot, element) -> None:
+        half = (values[-1] - values[0]) / max(2 * (len(values) - 1), 1) or 0.5
+        scale = dict(palette=list(colours), low=values[0] - half, high=values[-1] + half)
+        ticks = [float(value) for value in values]
+        key = plot.handles.get("stargon_key")
+        if key is None:  # once per plot, then changed in place: a removed one leaves no view
+            key = ColorBar(color_mapper=LinearColorMapper(**scale), width=12,
+                           ticker=FixedTicker(ticks=ticks), title=f"w{latent}")  # fmt: skip
+            plot.state.add_layout(key, "right")
+            plot.handles["stargon_key"] = key
+        key.color_mapper.update(**scale)
+        key.ticker.ticks, key.title = ticks, f"w{latent}"
+
+    return hook
 
 
 def response_labels(latent: int, values: np.ndarray) -> list[str]:

@@ -31,7 +31,7 @@ from stargon.core.physics import observed_to_rest, rest_to_observed
 from stargon.core.spectrum import Spectrum, SpectrumReadError
 from stargon.model.directions import LabelDirections
 from stargon.model.fitter import Fitter
-from stargon.model.pseudo_continuum import pseudo_continuum
+from stargon.model.pseudo_continuum import pseudo_continuum, stretches
 from stargon.model.refine import FitResult
 from stargon.model.release import Release
 from stargon.surveys import read_file
@@ -231,19 +231,22 @@ class Explorer:
         wave, _ = self.pixels(view)
         return observed_to_rest(wave, view.v_kms) if view.frame == "rest" else wave
 
-    def sensitivity(self, view: View) -> np.ndarray:
-        """|∂f/∂w_k| at every pixel along every whitened direction (D, P): the fitter's ∂f/∂z
-        on the cached basis times ∂z/∂w, the whitening's matrix. Divided by the view's
-        pseudo-continuum, as the shown spectrum is (held fixed, as the page holds it while a
-        slider moves)."""
-        return self._remembered("sensitivity", view, lambda: self._sensitivity(view))
+    def sensitivity(self, view: View, latent: int | None = None) -> np.ndarray:
+        """|∂f/∂w_k| at every pixel along every whitened direction (D, P), or along `latent`
+        alone (P,): the fitter's ∂f/∂z on the cached basis times ∂z/∂w, the whitening's
+        matrix. Divided by the view's pseudo-continuum, as the shown spectrum is (held fixed,
+        as the page holds it while a slider moves)."""
+        what = "sensitivity" if latent is None else f"sensitivity along {latent}"
+        return self._remembered(what, view, lambda: self._sensitivity(view, latent))
 
-    def _sensitivity(self, view: View) -> np.ndarray:
+    def _sensitivity(self, view: View, latent: int | None) -> np.ndarray:
         _, _, _, continuum = self.drawing(view)
-        jacobian = self.fitter.jacobian(self.raw(view.z[None]), self._basis(view))[0]  # (P, D)
-        directions = torch.as_tensor(self.whitening.matrix, dtype=jacobian.dtype)
-        along = (jacobian @ directions.to(self.device)).T
-        return along.abs().cpu().numpy() / continuum
+        matrix = self.whitening.matrix if latent is None else self.whitening.matrix[:, [latent]]
+        basis = self._basis(view)
+        directions = torch.as_tensor(matrix, dtype=basis.dtype, device=self.device)
+        along = self.fitter.jacobian(self.raw(view.z[None]), basis, directions)[0].T  # (M, P)
+        values = along.abs().cpu().numpy() / continuum
+        return values if latent is None else values[0]
 
     # -- changing the state --------------------------------------------------------------
     def random_view(self, view: View, seed: int) -> View:
@@ -346,18 +349,27 @@ class Explorer:
         return read_file(path)[0]
 
     def line_response(
-        self, view: View, latent: int, n_values: int = 5
+        self, view: View, latent: int, n_values: int = 5, around: tuple | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """How the spectrum changes as latent `latent` moves across its training range (1st to
-        99th percentile) with the others held: (x, the values, fluxes (n_values, P))."""
+        99th percentile) with the others held: (x, the values, fluxes (n_values, P)). With
+        `around` (low, high on the view's axis): only the stretches between gaps that reach
+        into it, as the whole spectrum has them there (each stretch's pseudo-continuum is its
+        own)."""
         values = np.linspace(self.low[latent], self.high[latent], n_values)
         w = np.repeat(view.z[None], n_values, axis=0)
         w[:, latent] = values
-        basis = self._basis(view)
-        with torch.no_grad():
-            flux = self.model.observe(self.raw(w), basis).cpu().numpy()
         wave, _ = self.pixels(view)
-        return self.axis(view), values, flux / pseudo_continuum(wave, flux)
+        x, parts = self.axis(view), stretches(wave)
+        if around is not None:
+            parts = [(a, b, size) for a, b, size in parts
+                     if x[a] <= around[1] and x[b - 1] >= around[0]] or parts  # fmt: skip
+        start, stop = parts[0][0], parts[-1][1]
+        with torch.no_grad():
+            flux = self.model.observe(self.raw(w), self._basis(view)[:, start:stop]).cpu().numpy()
+        shifted = [(a - start, b - start, size) for a, b, size in parts]
+        continuum = pseudo_continuum(wave[start:stop], flux, parts=shifted)
+        return x[start:stop], values, flux / continuum
 
     def listed_lines(self, view: View) -> list[tuple[float, Line]]:
         """The listed lines within the view's pixels, each with its place on the view's axis

@@ -293,10 +293,14 @@ class BasisDecoder(nn.Module):
         return self.table[0] + self.h(z) @ self.table[1:]
 
     def decode_with_jacobian(
-        self, z: torch.Tensor, basis: torch.Tensor
+        self, z: torch.Tensor, basis: torch.Tensor, directions: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(`decode(z, basis)`, ∂f/∂z of shape (B, P, D)) from one pass of the latent MLP."""
+        """(`decode(z, basis)`, ∂f/∂z of shape (B, P, D)) from one pass of the latent MLP.
+        With `directions` (D, M): ∂f/∂z · directions (B, P, M), the derivative along each,
+        at M/D of the cost."""
         weights, jacobian = self.h.with_jacobian(z)  # (B, K), (B, K, D)
+        if directions is not None:
+            jacobian = jacobian @ directions
         if basis.ndim == 2:
             return basis[0] + weights @ basis[1:], torch.einsum("kp,bkd->bpd", basis[1:], jacobian)
         decoded = basis[0] + torch.einsum("bk,kbp->bp", weights, basis[1:])

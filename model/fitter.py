@@ -92,12 +92,15 @@ class Fitter:
         )
         return results(self.model, spectra, linearised, z, v, covariance)
 
-    def jacobian(self, z: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-        """∂f/∂z (B, P, D) of the normalised model at latents z (B, D) on a basis (K+1, [B,] P):
-        the one derivative of a spectrum in its latents that fits, the explorer and the
-        evaluation use (`BasisDecoder.decode_with_jacobian`, closed form)."""
+    def jacobian(
+        self, z: torch.Tensor, basis: torch.Tensor, directions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """∂f/∂z (B, P, D) of the normalised model at latents z (B, D) on a basis (K+1, [B,] P),
+        or along `directions` (D, M) only: the one derivative of a spectrum in its latents that
+        fits, the explorer and the evaluation use (`BasisDecoder.decode_with_jacobian`, closed
+        form)."""
         with torch.no_grad():
-            return self.model.decoder.decode_with_jacobian(z, basis)[1]
+            return self.model.decoder.decode_with_jacobian(z, basis, directions)[1]
 
     def _batches(self, spectra: Sequence[Spectrum]) -> list[list[int]]:
         """Indices of the spectra in batches: one instrument each, in order of arrival, cut

@@ -30,12 +30,14 @@ def pseudo_continuum(
     flux: np.ndarray,
     window_kms: float = WINDOW_KMS,
     percentile: float = PERCENTILE,
+    parts: list[tuple[int, int, int]] | None = None,
 ) -> np.ndarray:
     """The upper envelope of `flux` (..., N) at increasing `wave` (N,); 1 where it is not
-    positive."""
+    positive. `parts`: the stretches (`stretches`), when `wave` is a run of whole stretches cut
+    from a longer spectrum (the envelope of each depends on it alone)."""
     flux = np.asarray(flux, dtype=np.float64)
     envelope = np.ones_like(flux)
-    for start, stop, size in stretches(wave, window_kms):
+    for start, stop, size in stretches(wave, window_kms) if parts is None else parts:
         part = slice(start, stop)
         envelope[..., part] = (
             _envelope(flux[..., part], size, percentile) if size else flux[..., part]

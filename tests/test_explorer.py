@@ -209,6 +209,23 @@ def test_line_response_spans_the_latent_range_with_the_others_held(explorer):
     assert len(overlay) == 4 and window[0] < window[1]
 
 
+def test_a_line_response_around_a_window_is_the_whole_spectrum_s_there(explorer):
+    """Around a window, the response decodes only the stretches between gaps that reach into
+    it (GALAH's arms): what it gives must be the whole spectrum's response at those pixels,
+    pseudo-continuum included."""
+    view = explorer.new_view()
+    view.instrument = "galah"
+    view.z = view.z - 0.2
+    x, values, whole = explorer.line_response(view, latent=1)
+    around = (6540.0, 6590.0)  # Hα, in the red arm
+    part_x, part_values, part = explorer.line_response(view, latent=1, around=around)
+    assert part_x.size < x.size / 2 and part_x[0] <= around[0] and part_x[-1] >= around[1]
+    start = int(np.searchsorted(x, part_x[0]))
+    np.testing.assert_array_equal(part_x, x[start : start + part_x.size])
+    np.testing.assert_array_equal(part_values, values)
+    np.testing.assert_allclose(part, whole[:, start : start + part_x.size], rtol=1e-12)
+
+
 def _rendered(element) -> list[dict]:
     """The data of each glyph source HoloViews draws the element (or overlay) from."""
     import holoviews as hv
@@ -381,6 +398,11 @@ def test_one_jacobian_serves_the_explorer_the_evaluation_and_training(explorer, 
         lambda latent: explorer.model.observe(latent[None], basis)[0], z[0]
     )
     torch.testing.assert_close(found, expected, rtol=1e-4, atol=1e-6 * expected.abs().max())
+    continuum = explorer.drawing(view)[3]
+    for latent in (0, 5):  # along one whitened direction alone, as the page shades it
+        along = np.abs(expected.double().numpy() @ explorer.whitening.matrix[:, latent])
+        np.testing.assert_allclose(explorer.sensitivity(view, latent), along / continuum,
+                                   rtol=1e-3, atol=1e-5 * along.max())  # fmt: skip
 
     wave = rest_grid(5000, 5200, 5000)
     batch = make_batch([read_file(explorer.data / LAMOST)[0]], n_pixels=500,
@@ -392,13 +414,14 @@ def test_one_jacobian_serves_the_explorer_the_evaluation_and_training(explorer, 
             explorer.sensitivity(view),
             latent_sensitivity(fitter, z, wave),
             explorer.model.gauss_newton(z, step_basis, batch, 1.0)[1],
+            explorer.sensitivity(view, 3),
         )
 
     before = uses()
     decode_with_jacobian = BasisDecoder.decode_with_jacobian
 
-    def doubled(self, z, basis):
-        decoded, jacobian = decode_with_jacobian(self, z, basis)
+    def doubled(self, z, basis, directions=None):
+        decoded, jacobian = decode_with_jacobian(self, z, basis, directions)
         return decoded, 2 * jacobian
 
     monkeypatch.setattr(BasisDecoder, "decode_with_jacobian", doubled)
@@ -407,6 +430,7 @@ def test_one_jacobian_serves_the_explorer_the_evaluation_and_training(explorer, 
     np.testing.assert_allclose(after[0], 2 * before[0], rtol=1e-5)
     np.testing.assert_allclose(after[1], 2 * before[1], rtol=1e-5)
     assert not torch.allclose(after[2], before[2])  # the normal matrix JᵀWJ + Λ
+    np.testing.assert_allclose(after[3], 2 * before[3], rtol=1e-5)
 
 
 def test_random_stars_in_the_apogee_view_show_no_hump_at_brackett_11(explorer):

@@ -458,6 +458,9 @@ SET_LATENT_SHOWN = """(value) => {
 }"""
 
 
+RELEASE = "([index, value]) => {" + MOVE_SLIDER_JS + "sliders[index].value_throttled = value; }"
+
+
 def test_a_release_writes_what_a_full_render_of_the_same_view_draws(page):
     """After a slider is let go, the shading, its labels, the marker and the line response
     are written into the page's sources (`explorer.live`), not rendered by HoloViews. What
@@ -466,8 +469,7 @@ def test_a_release_writes_what_a_full_render_of_the_same_view_draws(page):
     page.wait_for_timeout(3000)  # the first render settles
     before = page.evaluate(FOLLOWING)
     assert before["spans"] and before["marker"] and before["window"] and len(before["curves"]) == 5
-    release = "([index, value]) => {" + MOVE_SLIDER_JS + "sliders[index].value_throttled = value; }"
-    page.evaluate(release, [0, 1.5])
+    page.evaluate(RELEASE, [0, 1.5])
     page.wait_for_function(f"JSON.stringify(({FOLLOWING})()) !== {json.dumps(json.dumps(before))}")
     page.wait_for_timeout(1500)
     written = page.evaluate(FOLLOWING)
