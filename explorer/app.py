@@ -229,8 +229,9 @@ class ExplorerApp(pn.viewable.Viewer):
     # -- reacting ------------------------------------------------------------------------
     def _on_state(self, *events) -> None:
         """One batch of state changes (a slider let go, a setting, a whole new view): the
-        plots follow on the next tick. Another instrument drops the observation fitted on
-        the old one."""
+        plots follow on the next tick, a release that the page's sources can take at once
+        (in the slider's own message, before the URL follows). Another instrument drops the
+        observation fitted on the old one."""
         if not self._built:  # the URL's values, before the widgets are built from them
             return
         names = {event.name for event in events}

@@ -37,12 +37,13 @@ class LiveColumns(DataModel):
 
 
 class LiveSources:
-    """The Bokeh sources of the plots that follow the latents, and the keys of the view the
-    context's and the response's DynamicMaps last drew (None until each has drawn)."""
+    """The Bokeh sources of the plots that follow the latents, the keys of the view the
+    context's and the response's DynamicMaps last drew (None until each has drawn), and the
+    carrier that takes a release's columns to them."""
 
     def __init__(self) -> None:
         self.sources: dict[str, ColumnDataSource] = {}  # spans, labels, marker
-        self.curves: dict[str, ColumnDataSource] = {}  # the line response's, by legend label
+        self.curves: dict[str, ColumnDataSource] = {}  # the line response's, by curve label
         self.response_ranges: tuple | None = None  # its (x_range, y_range)
         self.context_key: Hashable = None
         self.response_key: Hashable = None
@@ -73,7 +74,7 @@ class LiveSources:
         self._aim()
 
     def keep_curve(self, plot, element) -> None:
-        """Plot hook of the line response's curves: each source under its legend label."""
+        """Plot hook of the line response's curves: each source under its curve's label."""
         self.curves[element.label] = plot.handles["source"]
         self.response_ranges = plot.handles["x_range"], plot.handles["y_range"]
         self._aim()
@@ -150,6 +151,7 @@ class LiveSources:
                 parts.append(values.astype(np.float64, copy=False))
                 sources[key].append([name, start, start + values.size, None])
                 start += values.size
-        ranges = [[key, low, high] for key, (low, high) in ends.items()]
+        ranges = [[key, *(None if end is None else float(end) for end in pair)]
+                  for key, pair in ends.items()]  # fmt: skip
         self.carrier.layout = json.dumps({"sources": sources, "ranges": ranges})
         self.carrier.packed = np.concatenate(parts) if parts else np.zeros(0)
