@@ -20,7 +20,6 @@ from stargon.explorer.figure import view_png
 from stargon.explorer.live import LiveSources
 from stargon.explorer.page_state import PageState
 from stargon.explorer.state import ARCHIVE_IDS, MAX_UPLOAD_BYTES, ZOOMS, Explorer, View
-from stargon.model.pseudo_continuum import stretches
 from stargon.surveys.fetch import FetchError
 
 Refresh = hv.streams.Stream.define("Refresh")
@@ -460,8 +459,7 @@ class ExplorerApp(pn.viewable.Viewer):
     def _model(self):
         self._model_shown = self._shown_key()
         x, raw, basis, continuum = self.explorer.drawing(self.view)
-        wave, _ = self.explorer.pixels(self.view)
-        self._client_columns = client.basis_columns(x, basis, stretches(wave))
+        self._client_columns = client.basis_columns(x, basis, self.explorer.stretches(self.view))
         return plots.model_curve(x, raw / continuum, ZOOMS[self.view.zoom])
 
     def _attach_decoder(self, plot, element) -> None:
@@ -498,7 +496,7 @@ class ExplorerApp(pn.viewable.Viewer):
         curves only over the window and as much again on either side, to pan a little. The
         whole spectrum five times over took the page ~40 ms to take in after each release."""
         ex, view = self.explorer, self.view
-        x, _ = ex.spectrum(view)
+        x = ex.axis(view)
         window = ZOOMS[view.zoom] or plots.focus_window(x, ex.sensitivity(view, view.latent))
         if None in window:
             return (*ex.line_response(view, view.latent), window)

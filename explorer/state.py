@@ -165,6 +165,13 @@ class Explorer:
         pixels = ("observation", view.observation.serial) if view.observation else view.instrument
         return pixels, round(view.v_kms, 4)
 
+    def stretches(self, view: View) -> list[tuple[int, int, int]]:
+        """The view's pixels' stretches between gaps (`pseudo_continuum.stretches`), which the
+        curve, its pseudo-continuum and the line response of every release share."""
+        pixels, _ = self.basis_key(view)
+        return self._kept(self._drawn, DRAWN_CACHE, ("stretches", pixels),
+                          lambda: stretches(self.pixels(view)[0]))  # fmt: skip
+
     def _basis(self, view: View) -> torch.Tensor:
         return self._kept(self._cache, BASIS_CACHE, self.basis_key(view),
                           lambda: self._observation_basis(view))  # fmt: skip
@@ -225,7 +232,8 @@ class Explorer:
         with torch.no_grad():
             flux = self.model.observe(z, basis)[0].cpu().numpy()
         wave, _ = self.pixels(view)
-        return self.axis(view), flux, basis.cpu().numpy(), pseudo_continuum(wave, flux)
+        continuum = pseudo_continuum(wave, flux, parts=self.stretches(view))
+        return self.axis(view), flux, basis.cpu().numpy(), continuum
 
     def axis(self, view: View) -> np.ndarray:
         wave, _ = self.pixels(view)
@@ -360,7 +368,7 @@ class Explorer:
         w = np.repeat(view.z[None], n_values, axis=0)
         w[:, latent] = values
         wave, _ = self.pixels(view)
-        x, parts = self.axis(view), stretches(wave)
+        x, parts = self.axis(view), self.stretches(view)
         if around is not None:
             parts = [(a, b, size) for a, b, size in parts
                      if x[a] <= around[1] and x[b - 1] >= around[0]] or parts  # fmt: skip
