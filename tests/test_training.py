@@ -104,6 +104,25 @@ def test_kill_minus_9_then_resume_matches_an_uninterrupted_run(tiny_data, tmp_pa
     )
 
 
+def test_a_run_grown_from_a_trained_model_starts_from_its_spectra(tiny_data, tmp_path):
+    subprocess.run(train_command(tiny_data, tmp_path / "small", 2), check=True, capture_output=True)
+    trained = tmp_path / "small" / "checkpoints" / "step-0000002"
+    grow = train_command(tiny_data, tmp_path / "grown", 1, "--init-from", str(trained), "--lr", "0")
+    subprocess.run([*grow, "--n-basis", "6"], check=True, capture_output=True)
+    small, _, _ = load_checkpoint(trained)
+    grown, _, _ = load_checkpoint(tmp_path / "grown" / "checkpoints" / "step-0000001")
+    assert grown.config.n_basis == 6
+    z = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    wave = torch.linspace(4000.0, 7000.0, 500, dtype=torch.float64)
+    with torch.no_grad():
+        spectra = [m.observe(z, m.observation_basis(wave, 30.0, 2000.0)) for m in (small, grown)]
+    torch.testing.assert_close(spectra[1], spectra[0], rtol=0, atol=1e-6)
+    refused = subprocess.run([*grow, "--latent-dim", "5"], capture_output=True, text=True)
+    message = "".join(refused.stderr.split())  # the console wraps long lines
+    assert refused.returncode != 0 and f"{trained}:amodelwithothersettings" in message
+    assert "latent_dim=4,not5" in message
+
+
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone",
             "--nproc-per-node", "2", "--module", "stargon"]  # fmt: skip
 

@@ -30,6 +30,7 @@ from stargon.train import distributed
 from stargon.train.coverage import smoothness_cells
 from stargon.train.dataset import TrainingSet
 from stargon.train.sources import MemorySource, StreamSource
+from stargon.train.warm_start import warm_start
 
 
 @dataclass
@@ -69,6 +70,8 @@ class TrainConfig:
     coverage_count: Annotated[int, "Spectra that must reach a resolution to trust it."] = 20
     roughness_cells: Annotated[int, "Rest wavelengths the penalty is evaluated at per step."] = 2000
     device: Annotated[str, "auto, cpu, cuda, cuda:1 …"] = "auto"
+    init_from: Annotated[str | None, "Start from this checkpoint's or released model's weights "
+                         "(fine-tuning; more --n-basis grows it)."] = None  # fmt: skip
     model: ModelConfig = field(default_factory=ModelConfig)
 
     @classmethod
@@ -99,9 +102,12 @@ def _train(config, resume, dataset, context) -> Path:
     start, coverage = 0, None
     if resume and (run / "latest.json").exists():
         start, coverage = _restore(run, model, optimiser, source, context.device)
-    elif context.is_main:
-        write_json(run / "config.json", asdict(config))
-        write_json(run / "split.json", source.split_record())
+    else:
+        if config.init_from:
+            warm_start(model, config.init_from)
+        if context.is_main:
+            write_json(run / "config.json", asdict(config))
+            write_json(run / "split.json", source.split_record())
     wrapped = DistributedDataParallel(model) if context.world_size > 1 else model
     if config.roughness > 0 and coverage is None:  # what the training data resolve
         coverage = source.coverage()
