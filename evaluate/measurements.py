@@ -101,6 +101,7 @@ def emulator_fidelity(ev: Evaluation, fits: Fits) -> dict:
         return {}
     spectra = ev.dataset.spectra
     mae = [np.mean(np.abs(spectra[i].flux[spectra[i].valid] - r.model_flux)) for i, r in results]
+    span = np.array([span_floor(ev.model, spectra[i], r) for i, r in results])
     train_idx = ev.members(SYNTHETIC_SURVEY, held_out=False)
     held_idx = np.array([i for i, _ in results])
     pca = SurveyPCA([spectra[i] for i in train_idx], ev.model.config.latent_dim)
@@ -121,8 +122,28 @@ def emulator_fidelity(ev: Evaluation, fits: Fits) -> dict:
         "model_mae": float(np.mean(mae)),
         "model_mae_median": float(np.median(mae)),
         "pca_mae": float(np.mean(pca_mae)),
+        "model_frac_rms": float(np.mean(span[:, 0])),
+        "span_frac_rms": float(np.mean(span[:, 1])),
         "label_probe_rmse": probes,
     }
+
+
+def span_floor(model, spectrum: Spectrum, fit: FitResult) -> tuple[float, float]:
+    """(fractional RMS of a fit, fractional RMS of the best fit the decoder's span allows):
+    the spectrum's valid pixels fitted by least squares with any weights of the K+1 basis
+    functions, at the fit's velocity and under its continuum polynomial. No latent can do
+    better than the second number; when the fit is close to it, the number of basis functions
+    limits the model, not its training or its latent MLP."""
+    batch = make_batch([spectrum], v_kms=[fit.v_kms])
+    with torch.no_grad():
+        basis = model.basis(batch)
+        decoded = model.observe(torch.as_tensor(fit.z[None], dtype=basis.dtype), basis)
+    basis, decoded = basis[:, 0].double().numpy(), decoded[0].double().numpy()
+    polynomial = fit.model_flux / decoded
+    truth = spectrum.flux[spectrum.valid]
+    design = basis.T * polynomial[:, None]
+    weights, *_ = np.linalg.lstsq(design, truth, rcond=None)
+    return fractional_rms(truth, fit.model_flux), fractional_rms(truth, design @ weights)
 
 
 def rv_against_catalogue(ev: Evaluation, fits: Fits) -> list[dict]:

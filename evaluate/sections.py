@@ -134,6 +134,10 @@ class EmulatorFidelity(Section):
             f"{_n(result['model_mae'])} (median {_n(result['model_mae_median'])}) vs PCA "
             f"{_n(result['pca_mae'])}; target ≤ {TARGETS['emulator_mae']}: "
             f"{verdict(result['model_mae'], TARGETS['emulator_mae'])}.",
+            f"Fractional RMS {_n(result['model_frac_rms'])}; the best any weights of the "
+            f"decoder's {self.ev.model.config.n_basis + 1} basis functions reach, under the same "
+            f"continuum: {_n(result['span_frac_rms'])} (where the two are close, the number of "
+            "basis functions, not training, limits the fit).",
             f"Linear probe from latents to the labels that made them (RMSE): {probes}.",
         ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -11,16 +12,18 @@ import torch
 from stargon.assets import line_list, nearest_line
 from stargon.core.physics import C_KMS
 from stargon.evaluate.injection import inject
-from stargon.evaluate.measurements import noisy_continuum
+from stargon.evaluate.measurements import noisy_continuum, span_floor
 from stargon.evaluate.metrics import c2st_accuracy, c2st_column_weights, probe_rmse
 from stargon.evaluate.sensitivity import (
     latent_sensitivity,
     rest_grid,
     sensitive_regions,
 )
+from stargon.model.batch import make_batch
 from stargon.model.decoder import ModelConfig
 from stargon.model.fitter import Fitter
 from stargon.model.gon import StarGON
+from stargon.model.release import Release
 from stargon.surveys import read_file
 
 
@@ -134,3 +137,25 @@ def test_injection_moves_a_real_line_by_the_doppler_factor_and_keeps_masks(data)
     inside_mask = (moved.wave > masked_rest[0]) & (moved.wave < masked_rest[-1])
     assert inside_mask.any() and not valid[inside_mask].any()
     assert valid.sum() > 0.99 * star.valid.sum() - 60
+
+
+def test_the_span_floor_bounds_a_fit_and_reaches_zero_on_a_spectrum_inside_the_span(spectra):
+    release = Release.load(None)
+    apogee = spectra[1]
+    (fit,) = Fitter.from_release(release).fit([apogee])
+    fit_rms, floor_rms = span_floor(release.model, apogee, fit)
+    assert floor_rms <= fit_rms  # the model's own spectrum is one combination of the basis
+    # A spectrum made of the basis functions themselves, under the fit's continuum: the floor
+    # is the least-squares fit's round-off, and the model's own fit is far from it.
+    batch = make_batch([apogee], v_kms=[fit.v_kms])
+    with torch.no_grad():
+        basis = release.model.basis(batch)[:, 0].double().numpy()
+        decoded = release.model.observe(torch.as_tensor(fit.z[None]), release.model.basis(batch))
+    polynomial = fit.model_flux / decoded[0].double().numpy()
+    weights = np.random.default_rng(0).normal(size=len(basis)) * 0.05
+    weights[0] = 1.0
+    flux = apogee.flux.copy()
+    flux[apogee.valid] = polynomial * (weights @ basis)
+    inside = dataclasses.replace(apogee, flux=flux)
+    fit_rms, floor_rms = span_floor(release.model, inside, fit)
+    assert floor_rms < 1e-5 < 1e-3 < fit_rms
