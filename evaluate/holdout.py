@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from stargon.core.spectrum import Spectrum
 from stargon.evaluate.metrics import fractional_rms
+from stargon.model.batch import make_batch
 from stargon.model.fitter import Fitter
 from stargon.model.refine import FitResult
 from stargon.surveys.atmosphere import masked_ivar
@@ -65,6 +66,10 @@ def evaluate_held_out(
     for survey, results in fits.items():
         model_chi2 = [result.chi2_dof for _, result in results]
         model_rms = [_masked_rms(dataset.spectra[i], r) for i, r in results]
+        span_rms = [
+            span_floor(fitter, dataset.spectra[i], r, _modelled(dataset.spectra[i]))[1]
+            for i, r in results
+        ]
         train = [dataset.spectra[i] for i in dataset.indices() if dataset.surveys[i] == survey]
         held = [dataset.spectra[i] for i, _ in results]
         pca = pca_baseline(train, held, fitter.model.config.latent_dim)
@@ -72,6 +77,7 @@ def evaluate_held_out(
             "n_held_out": len(model_chi2),
             "model_chi2_dof": _median(model_chi2),
             "model_fractional_rms": _median(model_rms),
+            "span_fractional_rms": _median(span_rms),
             "pca_chi2_dof": pca.get("chi2_dof"),
             "pca_fractional_rms": pca.get("fractional_rms"),
             "n_train": len(train),
@@ -82,8 +88,37 @@ def evaluate_held_out(
 
 def _masked_rms(spectrum: Spectrum, result: FitResult) -> float:
     """Fractional RMS over the pixels the model is asked to fit (atmosphere masked)."""
-    used = masked_ivar(spectrum)[spectrum.valid] > 0
+    used = _modelled(spectrum)
     return fractional_rms(spectrum.flux[spectrum.valid][used], result.model_flux[used])
+
+
+def _modelled(spectrum: Spectrum) -> np.ndarray:
+    """Which of a spectrum's valid pixels the model is asked to fit (the atmosphere masked)."""
+    return masked_ivar(spectrum)[spectrum.valid] > 0
+
+
+def span_floor(
+    fitter: Fitter, spectrum: Spectrum, fit: FitResult, used: np.ndarray | None = None
+) -> tuple[float, float]:
+    """(fractional RMS of a fit, fractional RMS of the best fit the decoder's span allows)
+    over the `used` valid pixels (default: all): the spectrum fitted by least squares with any
+    weights of the K+1 basis functions, at the fit's velocity and under its continuum
+    polynomial. No latent can do better than the second number; when the fit is close to it,
+    the number of basis functions limits the model, not its training or its latent MLP."""
+    model = fitter.model
+    batch = make_batch([spectrum], v_kms=[fit.v_kms])
+    with torch.no_grad():
+        basis = model.basis(batch, fitter.pyramid)
+        decoded = model.observe(torch.as_tensor(fit.z[None], dtype=basis.dtype), basis)
+    basis, decoded = basis[:, 0].double().numpy(), decoded[0].double().numpy()
+    used = np.ones(len(decoded), bool) if used is None else used
+    truth = spectrum.flux[spectrum.valid][used]
+    design = (basis.T * (fit.model_flux / decoded)[:, None])[used]  # under the fit's polynomial
+    weights, *_ = np.linalg.lstsq(design, truth, rcond=None)
+    return (
+        fractional_rms(truth, fit.model_flux[used]),
+        fractional_rms(truth, design @ weights),
+    )
 
 
 def _median(values: list[float]) -> float | None:

@@ -16,7 +16,13 @@ from stargon.core.physics import observed_to_rest
 from stargon.core.spectrum import Spectrum
 from stargon.evaluate.anomalies import ANOMALIES, H_ALPHA
 from stargon.evaluate.context import Evaluation
-from stargon.evaluate.holdout import SurveyPCA, evaluate_held_out, held_out_choice, on_grid
+from stargon.evaluate.holdout import (
+    SurveyPCA,
+    evaluate_held_out,
+    held_out_choice,
+    on_grid,
+    span_floor,
+)
 from stargon.evaluate.injection import inject
 from stargon.evaluate.metrics import (
     c2st_accuracy,
@@ -101,7 +107,7 @@ def emulator_fidelity(ev: Evaluation, fits: Fits) -> dict:
         return {}
     spectra = ev.dataset.spectra
     mae = [np.mean(np.abs(spectra[i].flux[spectra[i].valid] - r.model_flux)) for i, r in results]
-    span = np.array([span_floor(ev.model, spectra[i], r) for i, r in results])
+    span = np.array([span_floor(ev.fitter, spectra[i], r) for i, r in results])
     train_idx = ev.members(SYNTHETIC_SURVEY, held_out=False)
     held_idx = np.array([i for i, _ in results])
     pca = SurveyPCA([spectra[i] for i in train_idx], ev.model.config.latent_dim)
@@ -126,24 +132,6 @@ def emulator_fidelity(ev: Evaluation, fits: Fits) -> dict:
         "span_frac_rms": float(np.mean(span[:, 1])),
         "label_probe_rmse": probes,
     }
-
-
-def span_floor(model, spectrum: Spectrum, fit: FitResult) -> tuple[float, float]:
-    """(fractional RMS of a fit, fractional RMS of the best fit the decoder's span allows):
-    the spectrum's valid pixels fitted by least squares with any weights of the K+1 basis
-    functions, at the fit's velocity and under its continuum polynomial. No latent can do
-    better than the second number; when the fit is close to it, the number of basis functions
-    limits the model, not its training or its latent MLP."""
-    batch = make_batch([spectrum], v_kms=[fit.v_kms])
-    with torch.no_grad():
-        basis = model.basis(batch)
-        decoded = model.observe(torch.as_tensor(fit.z[None], dtype=basis.dtype), basis)
-    basis, decoded = basis[:, 0].double().numpy(), decoded[0].double().numpy()
-    polynomial = fit.model_flux / decoded
-    truth = spectrum.flux[spectrum.valid]
-    design = basis.T * polynomial[:, None]
-    weights, *_ = np.linalg.lstsq(design, truth, rcond=None)
-    return fractional_rms(truth, fit.model_flux), fractional_rms(truth, design @ weights)
 
 
 def rv_against_catalogue(ev: Evaluation, fits: Fits) -> list[dict]:

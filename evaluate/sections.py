@@ -100,13 +100,17 @@ class Reconstruction(Section):
                 line += f"; vs PCA {'below' if better else '**above**'} ({_n(m['pca_chi2_dof'])})"
             verdicts.append(line)
         columns = ["survey", "n_train", "n_held_out", "has_errors", "model_chi2_dof",
-                   "pca_chi2_dof", "model_fractional_rms", "pca_fractional_rms"]  # fmt: skip
+                   "pca_chi2_dof", "model_fractional_rms", "span_fractional_rms",
+                   "pca_fractional_rms"]  # fmt: skip
         return [
             "## Reconstruction of held-out stars",
             "Full fit (v for observed-frame spectra, latents, continuum) on every valid pixel; "
             "baseline: PCA with as many components as latent dimensions fitted per survey on its "
             "training spectra. Surveys without published errors (MILES, STELIB, MIKE) carry a "
-            "DER_SNR noise estimate, so their fractional RMS is the fairer number.",
+            "DER_SNR noise estimate, so their fractional RMS is the fairer number. "
+            "`span_fractional_rms`: the best any weights of the decoder's basis functions reach "
+            "under the fit's continuum — no latent does better, so a model close to it is "
+            "limited by its number of basis functions.",
             markdown_table(rows, columns),
             "Targets:\n" + "\n".join(verdicts),
             f"![reconstruction]({self.figures['reconstruction']})",

@@ -11,9 +11,15 @@ import torch
 
 from stargon.assets import line_list, nearest_line
 from stargon.core.physics import C_KMS
+from stargon.evaluate.holdout import span_floor
 from stargon.evaluate.injection import inject
-from stargon.evaluate.measurements import noisy_continuum, span_floor
-from stargon.evaluate.metrics import c2st_accuracy, c2st_column_weights, probe_rmse
+from stargon.evaluate.measurements import noisy_continuum
+from stargon.evaluate.metrics import (
+    c2st_accuracy,
+    c2st_column_weights,
+    fractional_rms,
+    probe_rmse,
+)
 from stargon.evaluate.sensitivity import (
     latent_sensitivity,
     rest_grid,
@@ -142,8 +148,9 @@ def test_injection_moves_a_real_line_by_the_doppler_factor_and_keeps_masks(data)
 def test_the_span_floor_bounds_a_fit_and_reaches_zero_on_a_spectrum_inside_the_span(spectra):
     release = Release.load(None)
     apogee = spectra[1]
-    (fit,) = Fitter.from_release(release).fit([apogee])
-    fit_rms, floor_rms = span_floor(release.model, apogee, fit)
+    fitter = Fitter.from_release(release)
+    (fit,) = fitter.fit([apogee])
+    fit_rms, floor_rms = span_floor(fitter, apogee, fit)
     assert floor_rms <= fit_rms  # the model's own spectrum is one combination of the basis
     # A spectrum made of the basis functions themselves, under the fit's continuum: the floor
     # is the least-squares fit's round-off, and the model's own fit is far from it.
@@ -157,5 +164,9 @@ def test_the_span_floor_bounds_a_fit_and_reaches_zero_on_a_spectrum_inside_the_s
     flux = apogee.flux.copy()
     flux[apogee.valid] = polynomial * (weights @ basis)
     inside = dataclasses.replace(apogee, flux=flux)
-    fit_rms, floor_rms = span_floor(release.model, inside, fit)
+    fit_rms, floor_rms = span_floor(fitter, inside, fit)
     assert floor_rms < 1e-5 < 1e-3 < fit_rms
+    used = np.arange(len(fit.model_flux)) % 3 > 0  # a subset of the pixels: that subset's RMS
+    fit_rms, _ = span_floor(fitter, inside, fit, used)
+    truth = inside.flux[inside.valid][used]
+    assert fit_rms == pytest.approx(fractional_rms(truth, fit.model_flux[used]), rel=1e-12)
