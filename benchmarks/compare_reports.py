@@ -23,6 +23,11 @@ def rows(old: dict, new: dict) -> list[dict]:
         a, b = old["reconstruction"].get(survey, {}), new["reconstruction"].get(survey, {})
         pca = f"PCA old / new: {_g(a.get('pca_chi2_dof'))} / {_g(b.get('pca_chi2_dof'))}"
         add(f"held-out χ²/dof {survey} ({pca})", a.get("model_chi2_dof"), b.get("model_chi2_dof"))
+        if "span_fractional_rms" in a or "span_fractional_rms" in b:
+            add(f"held-out frac. RMS {survey}", a.get("model_fractional_rms"),
+                b.get("model_fractional_rms"))  # fmt: skip
+            add(f"  span floor {survey}", a.get("span_fractional_rms"),
+                b.get("span_fractional_rms"))  # fmt: skip
     probes = {}
     for name, metrics in (("old", old), ("new", new)):
         for r in metrics["probes"]:
@@ -46,6 +51,9 @@ def rows(old: dict, new: dict) -> list[dict]:
             r_new["model_fractional_rms"])  # fmt: skip
     a, b = old.get("emulator_fidelity", {}), new.get("emulator_fidelity", {})
     add(f"emulator MAE (PCA {_g(b.get('pca_mae'))})", a.get("model_mae"), b.get("model_mae"))
+    if "span_frac_rms" in a or "span_frac_rms" in b:
+        add("emulator frac. RMS", a.get("model_frac_rms"), b.get("model_frac_rms"))
+        add("  span floor (emulator)", a.get("span_frac_rms"), b.get("span_frac_rms"))
     for r_old in old["rv_catalogue"]:
         key = (r_old["survey"], r_old["stage"])
         same = [r for r in new["rv_catalogue"] if (r["survey"], r["stage"]) == key]

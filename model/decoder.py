@@ -301,10 +301,11 @@ class BasisDecoder(nn.Module):
         weights, jacobian = self.h.with_jacobian(z)  # (B, K), (B, K, D)
         if directions is not None:
             jacobian = jacobian @ directions
+        mean, functions = _split(basis)
         if basis.ndim == 2:
-            return basis[0] + weights @ basis[1:], torch.einsum("kp,bkd->bpd", basis[1:], jacobian)
-        decoded = basis[0] + torch.einsum("bk,kbp->bp", weights, basis[1:])
-        return decoded, torch.einsum("kbp,bkd->bpd", basis[1:], jacobian)
+            return mean + weights @ functions, torch.einsum("kp,bkd->bpd", functions, jacobian)
+        decoded = mean + torch.einsum("bk,kbp->bp", weights, functions)
+        return decoded, torch.einsum("kbp,bkd->bpd", functions, jacobian)
 
     def roughness(
         self,
@@ -332,9 +333,18 @@ class BasisDecoder(nn.Module):
     def decode(self, z: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
         """Normalised flux: z (B, D) with a basis (K+1, B, P) per spectrum or (K+1, P) shared."""
         weights = self.h(z)
+        mean, functions = _split(basis)
         if basis.ndim == 2:
-            return basis[0] + weights @ basis[1:]
-        return basis[0] + torch.einsum("bk,kbp->bp", weights, basis[1:])
+            return mean + weights @ functions
+        return mean + torch.einsum("bk,kbp->bp", weights, functions)
+
+
+def _split(basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T₀'s row, the K functions' rows) of a basis. One split, not two slices: each slice's
+    backward writes a zero tensor of the whole basis's size (at 128 × 2,000 pixels a step,
+    33 × 256,000 values) before it adds its own part."""
+    mean, functions = basis.split([1, len(basis) - 1])
+    return mean[0], functions
 
 
 def _bracketing_level(
