@@ -98,27 +98,42 @@ def _modelled(spectrum: Spectrum) -> np.ndarray:
 
 
 def span_floor(
-    fitter: Fitter, spectrum: Spectrum, fit: FitResult, used: np.ndarray | None = None
+    fitter: Fitter,
+    spectrum: Spectrum,
+    fit: FitResult,
+    used: np.ndarray | None = None,
+    extra: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """(fractional RMS of a fit, fractional RMS of the best fit the decoder's span allows)
     over the `used` valid pixels (default: all): the spectrum fitted by least squares with any
-    weights of the K+1 basis functions, at the fit's velocity and under its continuum
-    polynomial. No latent can do better than the second number; when the fit is close to it,
-    the number of basis functions limits the model, not its training or its latent MLP."""
+    weights of the K+1 basis functions (and of `extra` functions at its valid pixels, (M, P)),
+    at the fit's velocity and under its continuum polynomial. No latent can do better than the
+    second number; when the fit is close to it, the number of basis functions limits the
+    model, not its training or its latent MLP."""
+    basis, _, polynomial = fit_parts(fitter, spectrum, fit)
+    functions = basis if extra is None else np.vstack([basis, extra])
+    used = np.ones(len(polynomial), bool) if used is None else used
+    truth = spectrum.flux[spectrum.valid][used]
+    design = (functions.T * polynomial[:, None])[used]
+    weights, *_ = np.linalg.lstsq(design, truth, rcond=None)
+    return (
+        fractional_rms(truth, fit.model_flux[used]),
+        fractional_rms(truth, design @ weights),
+    )
+
+
+def fit_parts(
+    fitter: Fitter, spectrum: Spectrum, fit: FitResult
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A fit at the spectrum's valid pixels taken apart (float64): the basis (K+1, P) at its
+    velocity, the decoded spectrum f (P,) and the continuum polynomial (P,), model = poly · f."""
     model = fitter.model
     batch = make_batch([spectrum], v_kms=[fit.v_kms])
     with torch.no_grad():
         basis = model.basis(batch, fitter.pyramid)
         decoded = model.observe(torch.as_tensor(fit.z[None], dtype=basis.dtype), basis)
     basis, decoded = basis[:, 0].double().numpy(), decoded[0].double().numpy()
-    used = np.ones(len(decoded), bool) if used is None else used
-    truth = spectrum.flux[spectrum.valid][used]
-    design = (basis.T * (fit.model_flux / decoded)[:, None])[used]  # under the fit's polynomial
-    weights, *_ = np.linalg.lstsq(design, truth, rcond=None)
-    return (
-        fractional_rms(truth, fit.model_flux[used]),
-        fractional_rms(truth, design @ weights),
-    )
+    return basis, decoded, fit.model_flux / decoded
 
 
 def _median(values: list[float]) -> float | None:

@@ -166,6 +166,13 @@ def test_the_span_floor_bounds_a_fit_and_reaches_zero_on_a_spectrum_inside_the_s
     inside = dataclasses.replace(apogee, flux=flux)
     fit_rms, floor_rms = span_floor(fitter, inside, fit)
     assert floor_rms < 1e-5 < 1e-3 < fit_rms
+    # Outside the span until the missing function is given as an extra one.
+    extra = np.sin(np.linspace(0.0, 40.0, len(polynomial)))[None]
+    flux = flux.copy()
+    flux[apogee.valid] += 0.05 * polynomial * extra[0]
+    outside = dataclasses.replace(apogee, flux=flux)
+    assert span_floor(fitter, outside, fit)[1] > 1e-2
+    assert span_floor(fitter, outside, fit, extra=extra)[1] < 1e-5
     used = np.arange(len(fit.model_flux)) % 3 > 0  # a subset of the pixels: that subset's RMS
     fit_rms, _ = span_floor(fitter, inside, fit, used)
     truth = inside.flux[inside.valid][used]
