@@ -65,11 +65,10 @@ def evaluate_held_out(
     report = {}
     for survey, results in fits.items():
         model_chi2 = [result.chi2_dof for _, result in results]
-        model_rms = [_masked_rms(dataset.spectra[i], r) for i, r in results]
-        span_rms = [
-            span_floor(fitter, dataset.spectra[i], r, _modelled(dataset.spectra[i]))[1]
-            for i, r in results
-        ]
+        # over the modelled pixels: (the fit's fractional RMS, its span floor) per spectrum
+        rms = [span_floor(fitter, dataset.spectra[i], r, _modelled(dataset.spectra[i]))
+               for i, r in results]  # fmt: skip
+        model_rms, span_rms = [a for a, _ in rms], [b for _, b in rms]
         train = [dataset.spectra[i] for i in dataset.indices() if dataset.surveys[i] == survey]
         held = [dataset.spectra[i] for i, _ in results]
         pca = pca_baseline(train, held, fitter.model.config.latent_dim)
@@ -84,12 +83,6 @@ def evaluate_held_out(
             "has_errors": bool(train[0].has_errors) if train else None,
         }
     return report
-
-
-def _masked_rms(spectrum: Spectrum, result: FitResult) -> float:
-    """Fractional RMS over the pixels the model is asked to fit (atmosphere masked)."""
-    used = _modelled(spectrum)
-    return fractional_rms(spectrum.flux[spectrum.valid][used], result.model_flux[used])
 
 
 def _modelled(spectrum: Spectrum) -> np.ndarray:

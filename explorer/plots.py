@@ -296,7 +296,8 @@ def _value_key(latent: int, values: np.ndarray, colours: list[str]):
 
 
 def response_labels(latent: int, values: np.ndarray) -> list[str]:
-    """The line response's legend: one entry per value of the latent."""
+    """The line response's curve labels (the keys `explorer.live` writes each curve by): one
+    per value of the latent."""
     return [f"w{latent} = {value:+.2f}" for value in values]
 
 
