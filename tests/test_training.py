@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import shutil
 import signal
@@ -16,12 +18,15 @@ import pytest
 import torch
 
 from stargon.evaluate.release import view_priors
+from stargon.model.batch import make_batch
 from stargon.model.checkpoint import load_checkpoint
 from stargon.model.decoder import ModelConfig
 from stargon.model.fitter import Fitter
 from stargon.model.gon import StarGON
 from stargon.model.release import Release
+from stargon.surveys import read_file
 from stargon.train.stream import packed_spectra
+from stargon.train.warm_start import residual_functions
 
 pytestmark = pytest.mark.slow  # end to end: training subprocesses, kill -9, torchrun
 
@@ -117,6 +122,8 @@ def test_a_run_grown_from_a_trained_model_starts_from_its_spectra(tiny_data, tmp
     with torch.no_grad():
         spectra = [m.observe(z, m.observation_basis(wave, 30.0, 2000.0)) for m in (small, grown)]
     torch.testing.assert_close(spectra[1], spectra[0], rtol=0, atol=1e-6)
+    rms = grown.decoder.table.detach().pow(2).mean(-1).sqrt()  # new functions: the old ones' size
+    torch.testing.assert_close(rms[5:], rms[1:5].median().expand(2), rtol=1e-4, atol=0)
     refused = subprocess.run([*grow, "--latent-dim", "5"], capture_output=True, text=True)
     message = "".join(refused.stderr.split())  # the console wraps long lines
     assert refused.returncode != 0 and f"{trained}:amodelwithothersettings" in message
@@ -325,3 +332,30 @@ def test_each_instruments_view_draws_from_stars_seen_at_its_wavelengths(tmp_path
     loaded = Release.load(release.save(tmp_path / "release"))
     np.testing.assert_allclose(loaded.prior_for("apogee").means, priors["apogee"].means)
     np.testing.assert_allclose(loaded.prior_for("gaia_rvs").means, release.prior.means)
+
+
+def test_a_grown_model_s_new_functions_start_along_what_its_spectra_lack(data):
+    """Twelve MILES spectra made of the model's z = 0 spectrum plus ± one of two functions of
+    ln λ the model does not have, six spectra each: the two residual functions found from them
+    span both (as the observations' LSF lets them be seen), whatever the signs."""
+    model = Release.load(None).model
+    miles = [read_file(path)[0] for path in sorted(data.glob("miles/MILES_*.fits"))[:12]]
+    batch = make_batch(miles)
+    decoder = model.decoder
+    ln_table = decoder.ln_min + decoder.levels[0].step * torch.arange(decoder.config.n_table)
+    periods = torch.tensor([[6e-3], [4.3e-3]], dtype=ln_table.dtype)  # ~30 and 21 Å at 5,000 Å
+    lacking = torch.sin(2 * math.pi * ln_table / periods).to(decoder.table.dtype)
+    ln_rest = decoder.rest_frame(batch.wave, batch.v_kms)
+    with torch.no_grad():
+        basis = model.basis(batch)
+        plain = model.observe(torch.zeros(len(miles), model.config.latent_dim), basis)
+        seen = decoder.read(decoder.pyramid(lacking), ln_rest, batch.resolving_power)[0]
+    which = torch.arange(12) // 6  # spectra 0–5 lack the first function, 6–11 the second
+    signs = torch.tensor([1.0, -1.0] * 6)[:, None]
+    added = 0.03 * signs * seen[which, torch.arange(12)]
+    found = residual_functions(model, [dataclasses.replace(batch, flux=plain + added)], 2)
+    covered = (found.abs() > 0.1 * found.abs().max()).any(0).nonzero()
+    region = slice(int(covered.min()) + 1000, int(covered.max()) - 1000)
+    span = torch.linalg.qr(found[:, region].T.double())[0]  # orthonormal columns
+    for function in lacking[:, region].double():
+        assert (span.T @ function).norm() / function.norm() > 0.9

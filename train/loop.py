@@ -72,6 +72,8 @@ class TrainConfig:
     device: Annotated[str, "auto, cpu, cuda, cuda:1 …"] = "auto"
     init_from: Annotated[str | None, "Start from this checkpoint's or released model's weights "
                          "(fine-tuning; more --n-basis grows it)."] = None  # fmt: skip
+    residual_spectra: Annotated[int, "Training spectra whose residuals start a grown model's "
+                                "new functions (0: small random ones)."] = 512  # fmt: skip
     model: ModelConfig = field(default_factory=ModelConfig)
 
     @classmethod
@@ -104,7 +106,7 @@ def _train(config, resume, dataset, context) -> Path:
         start, coverage = _restore(run, model, optimiser, source, context.device)
     else:
         if config.init_from:
-            warm_start(model, config.init_from)
+            warm_start(model, config.init_from, _residual_batches(source, model, config))
         if context.is_main:
             write_json(run / "config.json", asdict(config))
             write_json(run / "split.json", source.split_record())
@@ -169,6 +171,23 @@ def _train(config, resume, dataset, context) -> Path:
             if context.is_main:
                 _checkpoint(run, model, optimiser, done, state, coverage, config, source.summary())
     return run
+
+
+def _residual_batches(source, model: StarGON, config: TrainConfig):
+    """The batches whose residuals start a grown model's new functions (drawn only if it is
+    grown): all pixels of `residual_spectra` training spectra, 16 at a time, with the
+    training's error floor. None when they are to start at random."""
+    if config.residual_spectra == 0:
+        return None
+
+    def batches():
+        spectra, velocities = source.residual_sample(model, config.residual_spectra)
+        for start in range(0, len(spectra), 16):
+            part = slice(start, start + 16)
+            batch = make_batch(spectra[part], velocities[part], error_floor=config.error_floor)
+            yield batch.to(model.decoder.table.device)
+
+    return batches()
 
 
 def held_out_chi2(model, spectra, velocities, ids, config) -> float | None:

@@ -84,6 +84,15 @@ class MemorySource:
         mine = np.array_split(chosen, self.context.world_size)[self.context.rank]
         return [self.dataset.spectra[i] for i in mine], self.velocities[mine], mine
 
+    def residual_sample(self, model: StarGON, size: int) -> tuple[list[Spectrum], np.ndarray]:
+        """`size` training spectra drawn as a batch is (by survey balance), with the model's
+        velocities: whose residuals start a grown model's new functions."""
+        chosen = self._draw(np.random.default_rng([self.config.seed, 11]), self.train_all, size)
+        spectra = [self.dataset.spectra[i] for i in chosen]
+        fitter = Fitter(model, self._prototypes(model), self.context.device)
+        found = fitter.velocities(spectra)
+        return spectra, np.where([s.frame == "observed" for s in spectra], found, 0.0)
+
     def held_out(self, model: StarGON, rest_only: bool) -> Step:
         chosen = self.watched
         if rest_only:
@@ -100,11 +109,13 @@ class MemorySource:
     def _global_batch(self, step: int, pool: np.ndarray) -> np.ndarray:
         """The step's spectra. Each survey gets a share ∝ n^balance of the batches, so MILES's
         thousand stars do not drown the four APOGEE ones (balance 1: every spectrum alike)."""
+        rng = np.random.default_rng([self.config.seed, step])
+        return self._draw(rng, pool, self.config.batch_size)
+
+    def _draw(self, rng: np.random.Generator, pool: np.ndarray, size: int) -> np.ndarray:
         names = np.array(self.dataset.surveys)[pool]
         _, inverse, counts = np.unique(names, return_inverse=True, return_counts=True)
         weights = counts[inverse] ** (self.config.survey_balance - 1.0)
-        rng = np.random.default_rng([self.config.seed, step])
-        size = self.config.batch_size
         chosen = rng.choice(pool, size, replace=pool.size < size, p=weights / weights.sum())
         return np.sort(chosen)
 
@@ -205,6 +216,12 @@ class StreamSource:
             found = self._velocities(str(lane), ids[mine].tolist(), [spectra[k] for k in mine])
             velocities[mine] = found
         return spectra, velocities, ids
+
+    def residual_sample(self, model: StarGON, size: int) -> tuple[list[Spectrum], np.ndarray]:
+        raise ValueError(
+            f"{self.config.shards}: a grown model's new functions start from residuals of a "
+            "data folder (--data); with --shards, pass --residual-spectra 0"
+        )
 
     def held_out(self, model: StarGON, rest_only: bool) -> Step:
         if self.watched is None:
