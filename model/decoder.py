@@ -301,11 +301,11 @@ class BasisDecoder(nn.Module):
         weights, jacobian = self.h.with_jacobian(z)  # (B, K), (B, K, D)
         if directions is not None:
             jacobian = jacobian @ directions
-        mean, functions = _split(basis)
+        weights, jacobian = _with_mean(weights), nn.functional.pad(jacobian, (0, 0, 1, 0))
         if basis.ndim == 2:
-            return mean + weights @ functions, torch.einsum("kp,bkd->bpd", functions, jacobian)
-        decoded = mean + torch.einsum("bk,kbp->bp", weights, functions)
-        return decoded, torch.einsum("kbp,bkd->bpd", functions, jacobian)
+            return weights @ basis, torch.einsum("kp,bkd->bpd", basis, jacobian)
+        decoded = torch.einsum("bk,kbp->bp", weights, basis)
+        return decoded, torch.einsum("kbp,bkd->bpd", basis, jacobian)
 
     def roughness(
         self,
@@ -332,19 +332,18 @@ class BasisDecoder(nn.Module):
 
     def decode(self, z: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
         """Normalised flux: z (B, D) with a basis (K+1, B, P) per spectrum or (K+1, P) shared."""
-        weights = self.h(z)
-        mean, functions = _split(basis)
+        weights = _with_mean(self.h(z))
         if basis.ndim == 2:
-            return mean + weights @ functions
-        return mean + torch.einsum("bk,kbp->bp", weights, functions)
+            return weights @ basis
+        return torch.einsum("bk,kbp->bp", weights, basis)
 
 
-def _split(basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(T₀'s row, the K functions' rows) of a basis. One split, not two slices: each slice's
-    backward writes a zero tensor of the whole basis's size (at 128 × 2,000 pixels a step,
-    33 × 256,000 values) before it adds its own part."""
-    mean, functions = basis.split([1, len(basis) - 1])
-    return mean[0], functions
+def _with_mean(weights: torch.Tensor) -> torch.Tensor:
+    """(B, K+1): T₀'s weight, 1, before the functions' weights — so that decoding is one
+    product with the whole basis. Taking the basis apart instead (T₀'s row, the functions'
+    rows) costs, in the backward pass, a copy of the whole basis's gradient (at 128 × 2,000
+    pixels a step, 33 × 256,000 values) per decode."""
+    return nn.functional.pad(weights, (1, 0), value=1.0)
 
 
 def _bracketing_level(
