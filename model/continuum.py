@@ -47,8 +47,6 @@ def solve_continuum(
     scale = (diagonal.sum(-1) / used).clamp_min(1e-30)
     eye = torch.eye(normal.shape[-1], dtype=normal.dtype, device=normal.device)
     normal = normal + ridge * scale[..., None, None] * eye
-    rhs = (design * (ivar * model * flux).unsqueeze(-1)).sum(-2)
-    coeffs = torch.linalg.solve(normal, rhs.unsqueeze(-1)).squeeze(-1)
-    if design.ndim < coeffs.ndim + 1:
-        design = design.expand(*coeffs.shape[:-1], *design.shape)
-    return (design * coeffs.unsqueeze(-2)).sum(-1).to(dtype)
+    rhs = design.transpose(-1, -2) @ (ivar * model * flux).unsqueeze(-1)
+    coeffs = torch.linalg.solve(normal, rhs)  # (…, C, 1)
+    return (design @ coeffs).squeeze(-1).to(dtype)
