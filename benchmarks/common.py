@@ -81,7 +81,7 @@ def load_fitter(checkpoint: str | None, **settings):
 
 
 def code_at(
-    rev: str, names: tuple[str, ...] = ("pyramid", "decoder", "gon")
+    rev: str, names: tuple[str, ...] = ("pyramid", "continuum", "decoder", "gon")
 ) -> dict[str, types.ModuleType]:
     """Modules of `stargon.model` as they were at commit `rev` (the rest of the package as it
     is; those the commit did not have are left out), for timing old code against new in one
