@@ -359,3 +359,25 @@ def test_a_grown_model_s_new_functions_start_along_what_its_spectra_lack(data):
     span = torch.linalg.qr(found[:, region].T.double())[0]  # orthonormal columns
     for function in lacking[:, region].double():
         assert (span.T @ function).norm() / function.norm() > 0.9
+
+
+def test_each_re_estimate_of_the_velocities_logs_how_far_they_moved(packed, tmp_path):
+    """From a data folder of MILES (rest frame) and LAMOST DR8 (observed) spectra, velocities
+    re-found every 2 steps: the records after the second and third estimates carry LAMOST's
+    median change, which is that of the velocities the checkpoints hold."""
+    tiny = [a for a in TINY if a not in ("--warmup-steps", "1000")]
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "stargon", "train", "--data", str(packed.parent / "data"),
+               "--out", str(out), "--steps", "5", *tiny, "--warmup-steps", "0",
+               "--rv-every", "2", "--log-every", "1"]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True)
+    shifts = {m["step"]: m["velocity_shift_kms"] for m in metrics(out) if "velocity_shift_kms" in m}
+    assert list(shifts) == [3, 5]  # re-estimated at steps 2 and 4; the first estimate is none
+    for step, shift in shifts.items():
+        before, after = (
+            load_checkpoint(out / f"checkpoints/step-{s:07d}")[2]["source.velocities"].numpy()
+            for s in (step - 1, step)
+        )
+        observed = before != 0.0
+        assert list(shift) == ["lamost_dr8"]
+        assert shift["lamost_dr8"] == pytest.approx(np.median((after - before)[observed]))

@@ -160,6 +160,7 @@ def _train(config, resume, dataset, context) -> Path:
                 "median_chi2": chi2.median().item(),
                 "roughness": roughness.item(),
                 **({"held_out_chi2": held_out} if check_now else {}),
+                **({"velocity_shift_kms": shift} if (shift := source.pop_velocity_shift()) else {}),
                 "spectra_per_s": config.log_every * config.batch_size / max(elapsed, 1e-9),
                 "time": time.time(),
             }

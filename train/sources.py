@@ -51,6 +51,7 @@ class MemorySource:
             progress=context.is_main, synthetic=config.synthetic,
         )  # fmt: skip
         self.velocities = np.zeros(len(self.dataset.spectra))
+        self._velocity_shift: dict[str, float] = {}
         self.train_rest = self.dataset.indices(held_out=False, frame="rest")
         self.train_all = self.dataset.indices(held_out=False)
         pool = self.dataset.indices(held_out=True)
@@ -131,8 +132,21 @@ class MemorySource:
         for i in tqdm(mine, desc="radial velocities", leave=False, disable=not context.is_main):
             estimates[i] = float(fitter.velocities(make_batch([spectra[i]]))[0])
         estimates = distributed.sum_over_ranks(estimates.to(context.device), context).cpu()
-        self.velocities = self.velocities.copy()
+        previous, self.velocities = self.velocities, self.velocities.copy()
         self.velocities[observed] = estimates.numpy()[observed]
+        if np.any(previous[observed]):  # not the first estimate
+            surveys = np.array(self.dataset.surveys)[observed]
+            change = self.velocities[observed] - previous[observed]
+            self._velocity_shift = {
+                name: float(np.median(change[surveys == name])) for name in np.unique(surveys)
+            }
+
+    def pop_velocity_shift(self) -> dict[str, float]:
+        """Per survey, the median change (km/s) of its velocities at the last re-estimate, once:
+        a frame that keeps moving one way drifts (each model learns the spectra at the
+        velocities the one before it found), which the metrics should show."""
+        shift, self._velocity_shift = self._velocity_shift, {}
+        return shift
 
     def _prototypes(self, model: StarGON) -> torch.Tensor:
         """Latents of the training set's bank spectra (`TrainingSet.bank_spectra`)."""
@@ -222,6 +236,10 @@ class StreamSource:
             f"{self.config.shards}: a grown model's new functions start from residuals of a "
             "data folder (--data); with --shards, pass --residual-spectra 0"
         )
+
+    def pop_velocity_shift(self) -> dict[str, float]:
+        """Nothing: a stream keeps the velocities of one period only."""
+        return {}
 
     def held_out(self, model: StarGON, rest_only: bool) -> Step:
         if self.watched is None:
