@@ -90,9 +90,12 @@ class MemorySource:
         velocities: whose residuals start a grown model's new functions."""
         chosen = self._draw(np.random.default_rng([self.config.seed, 11]), self.train_all, size)
         spectra = [self.dataset.spectra[i] for i in chosen]
-        fitter = Fitter(model, self._prototypes(model), self.context.device)
-        found = fitter.velocities(spectra)
-        return spectra, np.where([s.frame == "observed" for s in spectra], found, 0.0)
+        observed = [k for k, s in enumerate(spectra) if s.frame == "observed"]
+        velocities = np.zeros(len(spectra))
+        if observed:  # rest-frame spectra stay at 0
+            found = self._fitter(model).velocities([spectra[k] for k in observed])
+            velocities[observed] = found
+        return spectra, velocities
 
     def held_out(self, model: StarGON, rest_only: bool) -> Step:
         chosen = self.watched
@@ -127,7 +130,7 @@ class MemorySource:
         context, spectra = self.context, self.dataset.spectra
         observed = np.array([i for i, s in enumerate(spectra) if s.frame == "observed"], int)
         mine = np.array_split(observed, context.world_size)[context.rank]
-        fitter = Fitter(model, self._prototypes(model), context.device)
+        fitter = self._fitter(model)
         estimates = torch.zeros(len(self.velocities), dtype=torch.float64)
         for i in tqdm(mine, desc="radial velocities", leave=False, disable=not context.is_main):
             estimates[i] = float(fitter.velocities(make_batch([spectra[i]]))[0])
@@ -147,6 +150,10 @@ class MemorySource:
         velocities the one before it found), which the metrics should show."""
         shift, self._velocity_shift = self._velocity_shift, {}
         return shift
+
+    def _fitter(self, model: StarGON) -> Fitter:
+        """The model's velocity search, with the training set's bank as its templates."""
+        return Fitter(model, self._prototypes(model), self.context.device)
 
     def _prototypes(self, model: StarGON) -> torch.Tensor:
         """Latents of the training set's bank spectra (`TrainingSet.bank_spectra`)."""
