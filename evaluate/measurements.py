@@ -36,6 +36,7 @@ from stargon.evaluate.sensitivity import latent_sensitivity, rest_grid, sensitiv
 from stargon.model.batch import make_batch
 from stargon.model.continuum import solve_continuum
 from stargon.model.directions import LabelDirections, line_response
+from stargon.model.fitter import Fitter
 from stargon.model.prior import LatentPrior
 from stargon.model.pseudo_continuum import pseudo_continuum
 from stargon.model.refine import FitResult
@@ -45,6 +46,7 @@ from stargon.train.dataset import SYNTHETIC_SURVEY
 Fits = dict[str, list[tuple[int, FitResult]]]
 LABELS = ("teff", "logg", "fe_h")
 CATASTROPHIC_KMS = 50.0
+DECISIVE_DELTA_CHI2 = 25.0  # 5σ for one parameter, in units of the better fit's χ²/dof
 
 
 def reconstruction(ev: Evaluation, max_per_survey: int) -> tuple[dict, Fits]:
@@ -169,9 +171,71 @@ def rv_against_catalogue(ev: Evaluation, fits: Fits) -> list[dict]:
                     "catastrophic": int((~good).sum()),
                     "catalogue": catalogue.tolist() if stage.startswith("scan") else None,
                     "fitted": fitted.tolist() if stage.startswith("scan") else None,
+                    "indices": idx if stage.startswith("scan") else None,
                 }
             )
     return rows
+
+
+def velocity_preference(
+    fitter: Fitter, spectra: list[Spectrum], other_kms: np.ndarray
+) -> list[dict]:
+    """Which velocity the data prefer: the fit's own (v free) or `other_kms` (a catalogue's).
+    The spectrum is fitted held at each, latents and continuum free, by the same descent from
+    the same kind of start (a fit with v free ends in another of the posterior's local minima
+    in z, and would not be a fair rival). They are compared by what the fits minimise,
+    −2 ln posterior = χ² + zᵀΛz, as Δ in units of the better fit's χ²/dof, so that errors over-
+    or under-stated by a common factor do not decide. |Δ| ≥ `DECISIVE_DELTA_CHI2` is decisive;
+    positive: the data prefer the fit's velocity."""
+    found = [result.v_kms for result in fitter.fit(spectra, fit_velocity=True)]
+    at_fit = fitter.fit(spectra, velocities=found)
+    held = fitter.fit(spectra, velocities=other_kms)
+    rows = []
+    for ours, theirs, v_other in zip(at_fit, held, other_kms, strict=True):
+        delta = _minus_two_ln_posterior(fitter, theirs) - _minus_two_ln_posterior(fitter, ours)
+        delta /= min(ours.chi2_dof, theirs.chi2_dof)
+        rows.append(
+            {
+                "v_fit_kms": ours.v_kms,
+                "v_other_kms": float(v_other),
+                "chi2_dof_fit": ours.chi2_dof,
+                "chi2_dof_other": theirs.chi2_dof,
+                "delta_chi2": float(delta),
+                "prefer": "fit" if delta >= DECISIVE_DELTA_CHI2
+                else "other" if delta <= -DECISIVE_DELTA_CHI2 else "neither",
+            }
+        )  # fmt: skip
+    return rows
+
+
+def _minus_two_ln_posterior(fitter: Fitter, result: FitResult) -> float:
+    """χ² + zᵀΛz of a fit (the χ² from its χ²/dof and degrees of freedom)."""
+    dof = max(result.n_pix - result.z.size - 1, 1)
+    prior = fitter.model.prior_term(torch.as_tensor(result.z, dtype=torch.float64))
+    return result.chi2_dof * dof + float(prior)
+
+
+def catastrophic_velocities(ev: Evaluation, rows: list[dict]) -> list[dict]:
+    """Each scan-stage catastrophic velocity of `rv_against_catalogue`, with the full fit's
+    velocity, whether the catalogue gave the star an RV error (a LAMOST pipeline that fitted
+    no stellar parameters gives none) and which velocity its pixels prefer
+    (`velocity_preference`)."""
+    found = []
+    for row in rows:
+        if not row["stage"].startswith("scan") or not row["catastrophic"]:
+            continue
+        catalogue, fitted = np.array(row["catalogue"]), np.array(row["fitted"])
+        bad = np.flatnonzero(np.abs(fitted - catalogue) >= CATASTROPHIC_KMS)
+        spectra = [ev.dataset.spectra[row["indices"][k]] for k in bad]
+        verdicts = velocity_preference(ev.fitter, spectra, catalogue[bad])
+        for spectrum, v_scan, verdict in zip(spectra, fitted[bad], verdicts, strict=True):
+            error = spectrum.labels.get("rv_err")
+            found.append(
+                {"survey": row["survey"], "star": spectrum.star_id,
+                 "catalogue_rv_err": np.nan if error is None else float(error),
+                 "v_scan_kms": float(v_scan)} | verdict
+            )  # fmt: skip
+    return found
 
 
 INJECTION_SETTINGS = {

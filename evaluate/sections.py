@@ -22,6 +22,7 @@ TARGETS = {
     "probe": {"teff": 150.0, "logg": 0.3, "fe_h": 0.2},
     "rv_scatter": 5.0,
     "rv_bias": 2.0,
+    "rv_catastrophic": 0.02,  # share of a survey's scans not shown to be the catalogue's error
     "c2st": 0.75,
     "snr_partial": 0.3,
     "degradation_shift": 1.0,
@@ -200,6 +201,7 @@ class RadialVelocity(Section):
     def compute(self, earlier: dict[str, Section]) -> None:
         fits = earlier["reconstruction"].fits
         self.catalogue = measurements.rv_against_catalogue(self.ev, fits)
+        self.catastrophic = measurements.catastrophic_velocities(self.ev, self.catalogue)
         trials = self.settings.get("injection_trials", 40)
         self.injection = measurements.rv_injection(self.ev, trials)
 
@@ -209,9 +211,11 @@ class RadialVelocity(Section):
 
     def metrics(self) -> dict:
         catalogue = [
-            {k: v for k, v in r.items() if k not in ("catalogue", "fitted")} for r in self.catalogue
+            {k: v for k, v in r.items() if k not in ("catalogue", "fitted", "indices")}
+            for r in self.catalogue
         ]
-        return {"rv_catalogue": catalogue, "rv_injection": self.injection}
+        return {"rv_catalogue": catalogue, "rv_catastrophic": self.catastrophic,
+                "rv_injection": self.injection}  # fmt: skip
 
     def markdown(self) -> list[str]:
         parts = ["## Radial velocity"]
@@ -233,6 +237,8 @@ class RadialVelocity(Section):
                 "Targets (LAMOST): " + targets,
                 f"![rv]({self.figures['rv']})",
             ]
+        if self.catastrophic:
+            parts += self._catastrophic_markdown(scans)
         if self.injection:
             columns = ["setting", "trials", "bias_kms", "scatter_kms", "median_sigma_v_kms",
                        "catastrophic"]  # fmt: skip
@@ -242,6 +248,39 @@ class RadialVelocity(Section):
                 markdown_table(self.injection, columns),
             ]
         return parts
+
+    def _catastrophic_markdown(self, scans: list[dict]) -> list[str]:
+        """The scans' catastrophic velocities one by one: whose error each one is."""
+        columns = ["survey", "star", "v_other_kms", "catalogue_rv_err", "v_scan_kms",
+                   "v_fit_kms", "chi2_dof_other", "chi2_dof_fit", "delta_chi2",
+                   "prefer"]  # fmt: skip
+        verdicts = []
+        for row in scans:
+            mine = [r for r in self.catastrophic if r["survey"] == row["survey"]]
+            if not mine:
+                continue
+            limit = measurements.CATASTROPHIC_KMS
+            resolved = [r for r in mine if abs(r["v_fit_kms"] - r["v_other_kms"]) < limit]
+            theirs = [r for r in mine if r not in resolved and r["prefer"] == "fit"]
+            remaining = len(mine) - len(resolved) - len(theirs)
+            no_error = sum(not math.isfinite(r["catalogue_rv_err"]) for r in mine)
+            verdicts.append(
+                f"- {row['survey']}: {len(mine)} of {row['n']} ({no_error} with no catalogue RV "
+                f"error); the full fit comes within {limit:g} km/s of the catalogue for "
+                f"{len(resolved)}; the pixels decisively prefer the fit's velocity for "
+                f"{len(theirs)} more (the catalogue's error); the rest, {remaining}: "
+                f"{verdict(remaining / row['n'], TARGETS['rv_catastrophic'])}"
+            )
+        return [
+            "Catastrophic scans, one by one: each star fitted held at the full fit's velocity "
+            "and at the catalogue's RV (latents and continuum free in both). `delta_chi2`: how "
+            "much higher −2 ln posterior (χ² + zᵀΛz) is at the catalogue's, over the better "
+            "fit's χ²/dof; ≥ 25 means the pixels prefer the fit's velocity (5σ for one "
+            "parameter), ≤ −25 the catalogue's. A missing `catalogue_rv_err`: the catalogue "
+            "gave the star no RV error.",
+            markdown_table(self.catastrophic, columns),
+            *verdicts,
+        ]
 
 
 class CrossInstrument(Section):

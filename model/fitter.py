@@ -60,20 +60,30 @@ class Fitter:
             found[rows] = self.velocities(make_batch([spectra[i] for i in rows]))
         return found
 
-    def fit(self, spectra: Sequence[Spectrum], fit_velocity: bool | None = None) -> list[FitResult]:
+    def fit(
+        self,
+        spectra: Sequence[Spectrum],
+        fit_velocity: bool | None = None,
+        velocities: Sequence[float] | None = None,
+    ) -> list[FitResult]:
         """MAP (v, z, continuum) of each spectrum, in order. Spectra are fitted in batches of
         one instrument (similar lengths pad little) of at most `pixel_budget` pixels; a
         spectrum's result does not depend on its batch-mates. Rest-frame spectra keep v = 0
-        unless `fit_velocity`."""
+        unless `fit_velocity`. `velocities` (km/s, one per spectrum) holds each at that v
+        instead: the best (z, continuum) at, say, a catalogue's velocity."""
         found: list[FitResult | None] = [None] * len(spectra)
         for rows in self._batches(spectra):
             chosen = [spectra[i] for i in rows]
-            for i, result in zip(rows, self.fit_batch(chosen, fit_velocity), strict=True):
+            held = None if velocities is None else [velocities[i] for i in rows]
+            for i, result in zip(rows, self.fit_batch(chosen, fit_velocity, held), strict=True):
                 found[i] = result
         return found
 
     def fit_batch(
-        self, spectra: Sequence[Spectrum], fit_velocity: bool | None = None
+        self,
+        spectra: Sequence[Spectrum],
+        fit_velocity: bool | None = None,
+        velocities: Sequence[float] | None = None,
     ) -> list[FitResult]:
         """`fit` of spectra as one padded batch, however many pixels they hold."""
         moving = np.array(
@@ -82,7 +92,9 @@ class Fitter:
         batch = make_batch(spectra, used_columns_only=True, design_dtype=torch.float64)
         batch = batch.to(self.device)
         v0 = np.zeros(len(spectra))
-        if moving.any():
+        if velocities is not None:
+            v0[:], moving[:] = velocities, False
+        elif moving.any():
             rows = np.flatnonzero(moving)
             v0[rows] = self.velocities(batch.select(rows))
         v = torch.as_tensor(v0, dtype=batch.flux.dtype, device=self.device)

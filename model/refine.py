@@ -210,7 +210,8 @@ def _reduced_system(model, linearised: _Linearised, z, v):
     stacked = torch.cat([columns, ridge.sqrt()[:, None, None] * eye], dim=1)
     q = torch.linalg.qr(stacked).Q[:, : columns.shape[1]]
     projected = torch.baddbmm(jacobian, q, q.transpose(1, 2) @ jacobian, alpha=-1)
-    theta = torch.cat([z, v.to(z.dtype).unsqueeze(-1)], dim=-1).double()
+    held_at = (v - linearised.v0).to(z.dtype).unsqueeze(-1)  # a held v is pulled back to v0
+    theta = torch.cat([z, held_at], dim=-1).double()
     normal = (projected.transpose(1, 2) @ projected).double()
     gradient = (projected * residual).sum(1).double()
     return with_prior(normal, gradient, linearised.penalty, theta)

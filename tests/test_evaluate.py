@@ -13,7 +13,7 @@ from stargon.assets import line_list, nearest_line
 from stargon.core.physics import C_KMS
 from stargon.evaluate.holdout import span_floor
 from stargon.evaluate.injection import inject
-from stargon.evaluate.measurements import noisy_continuum
+from stargon.evaluate.measurements import noisy_continuum, velocity_preference
 from stargon.evaluate.metrics import (
     c2st_accuracy,
     c2st_column_weights,
@@ -143,6 +143,21 @@ def test_injection_moves_a_real_line_by_the_doppler_factor_and_keeps_masks(data)
     inside_mask = (moved.wave > masked_rest[0]) & (moved.wave < masked_rest[-1])
     assert inside_mask.any() and not valid[inside_mask].any()
     assert valid.sum() > 0.99 * star.valid.sum() - 60
+
+
+def test_the_pixels_decide_between_a_fit_s_velocity_and_a_wrong_catalogue_s(data):
+    """A real MILES star moved to +120 km/s at S/N 30: a catalogue 150 km/s off is decisively
+    worse, a catalogue at the fit's own velocity is not, and a held velocity stays held."""
+    star = read_file(data / "miles/MILES_res2.50_star_m0001V.fits")[0]
+    moved = dataclasses.replace(inject(star, 120.0, 30.0, np.random.default_rng(1)),
+                                frame="observed")  # fmt: skip
+    fitter = Fitter.from_release(Release.load(None))
+    wrong = velocity_preference(fitter, [moved], np.array([-30.0]))[0]
+    assert wrong["v_fit_kms"] == pytest.approx(120.0, abs=10.0)
+    assert wrong["prefer"] == "fit" and wrong["delta_chi2"] > 25.0
+    right = velocity_preference(fitter, [moved], np.array([wrong["v_fit_kms"]]))[0]
+    assert right["prefer"] == "neither" and abs(right["delta_chi2"]) < 2.0
+    assert fitter.fit([moved], velocities=[-30.0])[0].v_kms == pytest.approx(-30.0)
 
 
 def test_the_span_floor_bounds_a_fit_and_reaches_zero_on_a_spectrum_inside_the_span(spectra):
