@@ -25,7 +25,7 @@ def default():
 def test_default_model_is_small_and_fully_described(default):
     folder = default_checkpoint()
     size = sum(p.stat().st_size for p in folder.iterdir())
-    assert size <= 25 * 2**20
+    assert size <= 32 * 2**20  # 65 functions of ln λ × 112,780 float32 values: 28.3 MiB
     _, document, extra = default
     card = document["card"]
     for key in (

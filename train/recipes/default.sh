@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The embedded default model (assets/default): every real survey in the data folder plus 1,000
+# The fifth release, the first stage of the embedded default model (train/recipes/grow.sh grows
+# it into the sixth, now in assets/default): every real survey in the data folder plus 1,000
 # Payne-emulator spectra as the separate survey payne_synthetic; Gauss–Newton GON step with a
 # N(0, I) latent prior, atmosphere masked, detail finer than the data penalised. The fifth
 # release: 7,500 steps of 128 spectra × 2,000 pixels (1,920 M pixel reads, 10× the third's), in
@@ -8,7 +9,7 @@
 # decay: the rate climbs back to 94 % at step 5,000 and falls to 5 % again by step 7,500
 # (benchmarks/README.md, "Learning curves"). Safe to re-run: `--resume` continues from the last
 # checkpoint. Then
-#   stargon release runs/default --out assets/default
+#   stargon release runs/default            # then train/recipes/grow.sh
 set -euo pipefail
 for steps in 5000 7500; do
   stargon train --data "${STARGON_DATA:-../shared/data}" --out "${1:-runs/default}" \
