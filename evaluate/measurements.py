@@ -181,12 +181,11 @@ def velocity_preference(
     fitter: Fitter, spectra: list[Spectrum], other_kms: np.ndarray
 ) -> list[dict]:
     """Which velocity the data prefer: the fit's own (v free) or `other_kms` (a catalogue's).
-    The spectrum is fitted held at each, latents and continuum free, by the same descent from
-    the same kind of start (a fit with v free ends in another of the posterior's local minima
-    in z, and would not be a fair rival). They are compared by what the fits minimise,
-    −2 ln posterior = χ² + zᵀΛz, as Δ in units of the better fit's χ²/dof, so that errors over-
-    or under-stated by a common factor do not decide. |Δ| ≥ `DECISIVE_DELTA_CHI2` is decisive;
-    positive: the data prefer the fit's velocity."""
+    The spectrum is fitted held at each, latents and continuum free: the same descent at both.
+    They are compared by what the fits minimise, −2 ln posterior = χ² + zᵀΛz (χ² alone would
+    favour the fit that strays further from the prior), as Δ in units of the better fit's
+    χ²/dof, so that errors over- or under-stated by a common factor do not decide.
+    |Δ| ≥ `DECISIVE_DELTA_CHI2` is decisive; positive: the data prefer the fit's velocity."""
     found = [result.v_kms for result in fitter.fit(spectra, fit_velocity=True)]
     at_fit = fitter.fit(spectra, velocities=found)
     held = fitter.fit(spectra, velocities=other_kms)

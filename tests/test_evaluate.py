@@ -149,8 +149,7 @@ def test_the_pixels_decide_between_a_fit_s_velocity_and_a_wrong_catalogue_s(data
     """A real MILES star moved to +120 km/s at S/N 30: a catalogue 150 km/s off is decisively
     worse, a catalogue at the fit's own velocity is not, and a held velocity stays held."""
     star = read_file(data / "miles/MILES_res2.50_star_m0001V.fits")[0]
-    moved = dataclasses.replace(inject(star, 120.0, 30.0, np.random.default_rng(1)),
-                                frame="observed")  # fmt: skip
+    moved = inject(star, 120.0, 30.0, np.random.default_rng(1))  # an observed-frame spectrum
     fitter = Fitter.from_release(Release.load(None))
     wrong = velocity_preference(fitter, [moved], np.array([-30.0]))[0]
     assert wrong["v_fit_kms"] == pytest.approx(120.0, abs=10.0)
