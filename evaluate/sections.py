@@ -22,7 +22,7 @@ TARGETS = {
     "probe": {"teff": 150.0, "logg": 0.3, "fe_h": 0.2},
     "rv_scatter": 5.0,
     "rv_bias": 2.0,
-    "rv_catastrophic": 0.02,  # share of a survey's scans not shown to be the catalogue's error
+    "rv_catastrophic": 0.02,  # share of a survey's scans still > 50 km/s off after the full fit
     "c2st": 0.75,
     "snr_partial": 0.3,
     "degradation_shift": 1.0,
@@ -250,7 +250,7 @@ class RadialVelocity(Section):
         return parts
 
     def _catastrophic_markdown(self, scans: list[dict]) -> list[str]:
-        """The scans' catastrophic velocities one by one: whose error each one is."""
+        """The scans' catastrophic velocities one by one, and which velocity the model prefers."""
         columns = ["survey", "star", "v_other_kms", "catalogue_rv_err", "v_scan_kms",
                    "v_fit_kms", "chi2_dof_other", "chi2_dof_fit", "delta_chi2",
                    "prefer"]  # fmt: skip
@@ -261,14 +261,15 @@ class RadialVelocity(Section):
                 continue
             limit = measurements.CATASTROPHIC_KMS
             resolved = [r for r in mine if abs(r["v_fit_kms"] - r["v_other_kms"]) < limit]
-            theirs = [r for r in mine if r not in resolved and r["prefer"] == "fit"]
-            remaining = len(mine) - len(resolved) - len(theirs)
+            preferred = [r for r in mine if r not in resolved and r["prefer"] == "fit"]
+            remaining = len(mine) - len(resolved)
             no_error = sum(not math.isfinite(r["catalogue_rv_err"]) for r in mine)
             verdicts.append(
                 f"- {row['survey']}: {len(mine)} of {row['n']} ({no_error} with no catalogue RV "
                 f"error); the full fit comes within {limit:g} km/s of the catalogue for "
-                f"{len(resolved)}; the pixels decisively prefer the fit's velocity for "
-                f"{len(theirs)} more (the catalogue's error); the rest, {remaining}: "
+                f"{len(resolved)}; of the other {remaining}, the pixels as this model fits them "
+                f"decisively prefer the fit's velocity for {len(preferred)} (not proof of the "
+                f"catalogue's error); catastrophic after the full fit: "
                 f"{verdict(remaining / row['n'], TARGETS['rv_catastrophic'])}"
             )
         return [
@@ -276,8 +277,10 @@ class RadialVelocity(Section):
             "and at the catalogue's RV (latents and continuum free in both). `delta_chi2`: how "
             "much higher −2 ln posterior (χ² + zᵀΛz) is at the catalogue's, over the better "
             "fit's χ²/dof; ≥ 25 means the pixels prefer the fit's velocity (5σ for one "
-            "parameter), ≤ −25 the catalogue's. A missing `catalogue_rv_err`: the catalogue "
-            "gave the star no RV error.",
+            "parameter), ≤ −25 the catalogue's. The verdict is the model's: a star it cannot "
+            "fit at its true velocity (`chi2_dof_other` far above 1) is decisive too, so only an "
+            "independent look (the lines' positions) can show a catalogue's error. A "
+            "missing `catalogue_rv_err`: the catalogue gave the star no RV error.",
             markdown_table(self.catastrophic, columns),
             *verdicts,
         ]
